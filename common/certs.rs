@@ -1,0 +1,1 @@
+//! Development certificates (being written).

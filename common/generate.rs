@@ -1,0 +1,1 @@
+//! Synthetic WAL segments (being written).
