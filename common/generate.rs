@@ -1,1 +1,813 @@
-//! Synthetic WAL segments (being written).
+//! Synthetic PostgreSQL WAL segments.
+//!
+//! Owns the page-header layout (`XLogPageHeaderData`, short and long form),
+//! the payload pool that fills the pages (synthetic, or taken from a user's
+//! real segment), and writing numbered segments to a directory. Every page
+//! header is valid for the page's own position, so a server that checks
+//! headers accepts the load, and the payload compresses like real WAL.
+//!
+//! Writing is disk-bound: the payload is never copied, each batch of pages
+//! goes to the kernel as one `write_vectored` of header/payload slices.
+
+use std::fs::{self, File};
+use std::io::{self, IoSlice, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use flate2::write::GzEncoder;
+use flate2::Compression;
+
+use super::walname::{segment_bytes_from_mib, SegmentName, MIB, PAGE_SIZE};
+
+/// Size of a short page header (SizeOfXLogShortPHD, MAXALIGNed).
+pub const SHORT_HEADER: usize = 24;
+
+/// Size of a long page header (SizeOfXLogLongPHD), first page of a segment.
+pub const LONG_HEADER: usize = 40;
+
+/// `xlp_info`: this page has the long header.
+const XLP_LONG_HEADER: u16 = 0x0002;
+/// `xlp_info`: set by PostgreSQL on every page written outside a backup; we
+/// copy it so our headers look like the ones a running server writes.
+const XLP_BKP_REMOVABLE: u16 = 0x0004;
+
+/// Pages per `write_vectored` call: at most two payload slices and one
+/// header slice per page keeps a batch under Linux's IOV_MAX of 1024.
+const BATCH_PAGES: usize = 340;
+
+/// The PostgreSQL major version whose WAL page magic we write.
+///
+/// The default is 16: the middle of the supported range, and what most
+/// CloudNativePG clusters run today.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, clap::ValueEnum)]
+pub enum PgVersion {
+    #[value(name = "15")]
+    V15,
+    #[default]
+    #[value(name = "16")]
+    V16,
+    #[value(name = "17")]
+    V17,
+}
+
+impl PgVersion {
+    /// All supported versions, oldest first.
+    pub const ALL: [PgVersion; 3] = [PgVersion::V15, PgVersion::V16, PgVersion::V17];
+
+    /// `XLOG_PAGE_MAGIC` of this major version.
+    pub fn magic(self) -> u16 {
+        match self {
+            PgVersion::V15 => 0xD110,
+            PgVersion::V16 => 0xD113,
+            PgVersion::V17 => 0xD116,
+        }
+    }
+
+    /// The version whose page magic is `magic`, if we know it.
+    pub fn from_magic(magic: u16) -> Option<PgVersion> {
+        PgVersion::ALL.into_iter().find(|v| v.magic() == magic)
+    }
+
+    /// The major version number.
+    pub fn major(self) -> u32 {
+        match self {
+            PgVersion::V15 => 15,
+            PgVersion::V16 => 16,
+            PgVersion::V17 => 17,
+        }
+    }
+}
+
+impl std::fmt::Display for PgVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.major())
+    }
+}
+
+/// What went wrong while loading a template or writing segments.
+#[derive(Debug, thiserror::Error)]
+pub enum GenerateError {
+    #[error("cannot read WAL template {path}: {source}")]
+    TemplateRead { path: PathBuf, source: io::Error },
+    #[error("WAL template {path} is empty")]
+    TemplateEmpty { path: PathBuf },
+    #[error(
+        "WAL template {path} is {len} bytes, not a whole number of {PAGE_SIZE}-byte WAL pages"
+    )]
+    TemplateSize { path: PathBuf, len: u64 },
+    #[error("WAL template {path} is not a PostgreSQL 15, 16 or 17 WAL segment: {found}")]
+    TemplateNotWal { path: PathBuf, found: String },
+    #[error("invalid WAL segment size {bytes} bytes: {reason}")]
+    SegmentSize { bytes: u64, reason: String },
+    #[error("invalid timeline 0: PostgreSQL timelines start at 1")]
+    Timeline,
+    #[error(
+        "start LSN {} is not at a WAL segment boundary for {} MiB segments; \
+         use {} (the boundary below)",
+        fmt_lsn(*lsn), segment_bytes / MIB, fmt_lsn(*boundary)
+    )]
+    UnalignedStart {
+        lsn: u64,
+        segment_bytes: u64,
+        boundary: u64,
+    },
+    #[error("{count} segments of {segment_bytes} bytes from LSN {} run past the largest LSN", fmt_lsn(*start_lsn))]
+    LsnOverflow {
+        start_lsn: u64,
+        count: u64,
+        segment_bytes: u64,
+    },
+    #[error("cannot create directory {path}: {source}")]
+    CreateDir { path: PathBuf, source: io::Error },
+    #[error("cannot write {path}: {source}")]
+    Write { path: PathBuf, source: io::Error },
+    #[error("cannot rename {from} to {to}: {source}")]
+    Rename {
+        from: PathBuf,
+        to: PathBuf,
+        source: io::Error,
+    },
+}
+
+/// Formats an LSN the way PostgreSQL prints it.
+fn fmt_lsn(lsn: u64) -> String {
+    format!("{:X}/{:X}", lsn >> 32, lsn & 0xFFFF_FFFF)
+}
+
+/// The bytes that fill pages after their headers, read as an endless stream
+/// that wraps around. Cheap to clone; share it between writers.
+#[derive(Clone)]
+pub struct Payload {
+    pool: Arc<[u8]>,
+    /// Length of one period of the stream; `pool` may hold several copies so
+    /// that one page never needs more than two slices.
+    period: usize,
+}
+
+impl std::fmt::Debug for Payload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Payload")
+            .field("period", &self.period)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Payload {
+    fn from_stream(stream: Vec<u8>) -> Payload {
+        debug_assert!(!stream.is_empty());
+        let period = stream.len();
+        let copies = (2 * PAGE_SIZE).div_ceil(period).max(1);
+        let pool: Arc<[u8]> = stream.repeat(copies).into();
+        Payload { pool, period }
+    }
+
+    /// One period of the payload stream.
+    pub fn bytes(&self) -> &[u8] {
+        &self.pool[..self.period]
+    }
+
+    /// The slices holding `len` stream bytes starting at stream offset `pos`.
+    fn slices<'a>(&'a self, pos: usize, len: usize, out: &mut Vec<IoSlice<'a>>) {
+        let pos = pos % self.period;
+        let first = len.min(self.pool.len() - pos);
+        out.push(IoSlice::new(&self.pool[pos..pos + first]));
+        if first < len {
+            // The pool holds at least two pages, so one wrap is enough.
+            out.push(IoSlice::new(&self.pool[..len - first]));
+        }
+    }
+
+    /// A deterministic pool of WAL-like records that compresses like WAL
+    /// written by pgbench.
+    ///
+    /// Calibration, gzip level 6, PostgreSQL 15, `pgbench -i -s 5` then
+    /// `pgbench -c 2 -T 20`, 16 MiB segments:
+    /// - `pgbench -i` (COPY of accounts, index build): 14.8:1 (8.2 to 31:1);
+    /// - just after a checkpoint (94% full-page images): 9.7:1;
+    /// - steady state, no full-page images: 3.1:1;
+    /// - all ten segments together: 7.5:1.
+    ///
+    /// The pool imitates the busy part of a run with checkpoints: pgbench
+    /// transactions (three HOT updates, an insert, a commit) where about one
+    /// block reference in twelve carries a full-page image, and a few
+    /// mostly-zero images of non-heap pages. It gzips at about 9:1 with
+    /// flate2's default level (see `synthetic_ratio_is_calibrated`).
+    pub fn synthetic() -> Payload {
+        Payload::from_stream(synthetic_wal(SYNTHETIC_BYTES))
+    }
+
+    /// The payload of a user's real WAL segment: every page without its
+    /// header, so generated load compresses like their production.
+    ///
+    /// Accepts a plain segment or a gzip-compressed one, of any whole number
+    /// of pages; pages that are all zeros (the tail of a `.partial` file) are
+    /// kept as zeros.
+    pub fn from_template(path: &Path) -> Result<Payload, GenerateError> {
+        let data = read_template(path)?;
+        if data.is_empty() {
+            return Err(GenerateError::TemplateEmpty { path: path.into() });
+        }
+        if data.len() % PAGE_SIZE != 0 {
+            return Err(GenerateError::TemplateSize {
+                path: path.into(),
+                len: data.len() as u64,
+            });
+        }
+        let not_wal = |found: String| GenerateError::TemplateNotWal {
+            path: path.into(),
+            found,
+        };
+        let first = PageHeader::parse(&data);
+        let version = PgVersion::from_magic(first.magic).ok_or_else(|| {
+            not_wal(format!(
+                "the first page starts with magic 0x{:04X}, expected {}",
+                first.magic,
+                known_magics()
+            ))
+        })?;
+        if first.info & XLP_LONG_HEADER == 0 {
+            return Err(not_wal(format!(
+                "the first page (PostgreSQL {version}) has no long header, so the file \
+                 does not start at a segment boundary"
+            )));
+        }
+        let mut stream = Vec::with_capacity(data.len());
+        for (i, page) in data.chunks_exact(PAGE_SIZE).enumerate() {
+            let header = if i == 0 { LONG_HEADER } else { SHORT_HEADER };
+            let magic = u16::from_le_bytes([page[0], page[1]]);
+            let blank = page[..SHORT_HEADER].iter().all(|&b| b == 0);
+            if magic != version.magic() && !blank {
+                return Err(not_wal(format!(
+                    "page {i} (offset {}) has magic 0x{magic:04X}, but the first page has \
+                     0x{:04X} (PostgreSQL {version})",
+                    i * PAGE_SIZE,
+                    version.magic()
+                )));
+            }
+            stream.extend_from_slice(&page[header..]);
+        }
+        Ok(Payload::from_stream(stream))
+    }
+}
+
+fn known_magics() -> String {
+    let all: Vec<String> = PgVersion::ALL
+        .iter()
+        .map(|v| format!("0x{:04X} (PostgreSQL {v})", v.magic()))
+        .collect();
+    all.join(", ")
+}
+
+/// Reads a template, decompressing it if it is gzip.
+fn read_template(path: &Path) -> Result<Vec<u8>, GenerateError> {
+    let err = |source| GenerateError::TemplateRead {
+        path: path.into(),
+        source,
+    };
+    let data = fs::read(path).map_err(err)?;
+    if !data.starts_with(&[0x1f, 0x8b]) {
+        return Ok(data);
+    }
+    let mut plain = Vec::new();
+    flate2::read::MultiGzDecoder::new(&data[..])
+        .read_to_end(&mut plain)
+        .map_err(err)?;
+    Ok(plain)
+}
+
+/// The fields of a page header that we check.
+struct PageHeader {
+    magic: u16,
+    info: u16,
+    tli: u32,
+    pageaddr: u64,
+    seg_size: u32,
+    blcksz: u32,
+}
+
+impl PageHeader {
+    /// Reads the header at the start of `page`; the long-only fields are
+    /// zero unless the page has the long flag.
+    fn parse(page: &[u8]) -> PageHeader {
+        let u16_at = |o: usize| u16::from_le_bytes([page[o], page[o + 1]]);
+        let u32_at = |o: usize| u32::from_le_bytes(page[o..o + 4].try_into().unwrap());
+        let info = u16_at(2);
+        let long = info & XLP_LONG_HEADER != 0;
+        PageHeader {
+            magic: u16_at(0),
+            info,
+            tli: u32_at(4),
+            pageaddr: u64::from_le_bytes(page[8..16].try_into().unwrap()),
+            seg_size: if long { u32_at(32) } else { 0 },
+            blcksz: if long { u32_at(36) } else { 0 },
+        }
+    }
+}
+
+/// Writes the header of the page at `pageaddr` into `out` (24 or 40 bytes).
+fn put_page_header(
+    out: &mut Vec<u8>,
+    version: PgVersion,
+    tli: u32,
+    pageaddr: u64,
+    long: Option<(u64, u64)>,
+) {
+    let mut info = XLP_BKP_REMOVABLE;
+    if long.is_some() {
+        info |= XLP_LONG_HEADER;
+    }
+    out.extend_from_slice(&version.magic().to_le_bytes());
+    out.extend_from_slice(&info.to_le_bytes());
+    out.extend_from_slice(&tli.to_le_bytes());
+    out.extend_from_slice(&pageaddr.to_le_bytes());
+    // xlp_rem_len: we never continue a record across pages, and padding.
+    out.extend_from_slice(&[0; 8]);
+    if let Some((system_id, segment_bytes)) = long {
+        out.extend_from_slice(&system_id.to_le_bytes());
+        out.extend_from_slice(&(segment_bytes as u32).to_le_bytes());
+        out.extend_from_slice(&(PAGE_SIZE as u32).to_le_bytes());
+    }
+}
+
+/// Payload bytes one segment consumes.
+fn payload_per_segment(segment_bytes: u64) -> u64 {
+    segment_bytes
+        - (segment_bytes / PAGE_SIZE as u64) * SHORT_HEADER as u64
+        - (LONG_HEADER - SHORT_HEADER) as u64
+}
+
+/// Checks a segment size: a whole number of pages that fits `xlp_seg_size`.
+fn check_segment_bytes(segment_bytes: u64) -> io::Result<()> {
+    if segment_bytes == 0
+        || segment_bytes % PAGE_SIZE as u64 != 0
+        || segment_bytes > u32::MAX as u64
+    {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("segment size {segment_bytes} is not a whole number of WAL pages below 4 GiB"),
+        ));
+    }
+    Ok(())
+}
+
+/// Writes one whole segment: valid headers for `name`'s position, payload
+/// from `payload`.
+///
+/// The payload stream is read continuously across consecutive segments, so
+/// neighbouring segments differ, and a template of exactly one segment is
+/// reproduced byte for byte apart from the headers.
+pub fn write_segment(
+    out: &mut impl Write,
+    name: SegmentName,
+    segment_bytes: u64,
+    pg_version: PgVersion,
+    system_id: u64,
+    payload: &Payload,
+) -> io::Result<()> {
+    check_segment_bytes(segment_bytes)?;
+    let start_lsn = name.start_lsn(segment_bytes);
+    let pages = (segment_bytes / PAGE_SIZE as u64) as usize;
+    let index = start_lsn / segment_bytes;
+    let mut pos = (index as u128 * payload_per_segment(segment_bytes) as u128
+        % payload.period as u128) as usize;
+
+    let mut headers = Vec::with_capacity(BATCH_PAGES * SHORT_HEADER + LONG_HEADER);
+    for batch in (0..pages).step_by(BATCH_PAGES) {
+        let end = (batch + BATCH_PAGES).min(pages);
+        headers.clear();
+        for page in batch..end {
+            let long = (page == 0).then_some((system_id, segment_bytes));
+            let pageaddr = start_lsn + (page * PAGE_SIZE) as u64;
+            put_page_header(&mut headers, pg_version, name.timeline, pageaddr, long);
+        }
+        // A fresh vector each batch: it borrows `headers`, refilled above.
+        let mut slices = Vec::with_capacity(3 * (end - batch));
+        let mut at = 0;
+        for page in batch..end {
+            let header = if page == 0 { LONG_HEADER } else { SHORT_HEADER };
+            slices.push(IoSlice::new(&headers[at..at + header]));
+            at += header;
+            payload.slices(pos, PAGE_SIZE - header, &mut slices);
+            pos = (pos + PAGE_SIZE - header) % payload.period;
+        }
+        write_all_vectored(out, &mut slices)?;
+    }
+    Ok(())
+}
+
+/// `Write::write_all_vectored`, which is not stable yet.
+fn write_all_vectored(out: &mut impl Write, mut slices: &mut [IoSlice<'_>]) -> io::Result<()> {
+    while !slices.is_empty() {
+        match out.write_vectored(slices) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut slices, n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Verifies every page header of the whole segment `data` named `name`, and
+/// returns the PostgreSQL version its magic belongs to.
+pub fn check_page_headers(
+    data: &[u8],
+    name: SegmentName,
+    segment_bytes: u64,
+) -> Result<PgVersion, String> {
+    if data.len() as u64 != segment_bytes {
+        return Err(format!(
+            "segment {name} is {} bytes, expected {segment_bytes}",
+            data.len()
+        ));
+    }
+    check_segment_bytes(segment_bytes).map_err(|e| e.to_string())?;
+    let start_lsn = name.start_lsn(segment_bytes);
+    let first = PageHeader::parse(data);
+    let version = PgVersion::from_magic(first.magic).ok_or_else(|| {
+        format!(
+            "segment {name}: magic 0x{:04X} on the first page, expected {}",
+            first.magic,
+            known_magics()
+        )
+    })?;
+    for (i, page) in data.chunks_exact(PAGE_SIZE).enumerate() {
+        let lsn = start_lsn + (i * PAGE_SIZE) as u64;
+        let bad = |what: String| format!("segment {name}, page {i} (LSN {}): {what}", fmt_lsn(lsn));
+        let h = PageHeader::parse(page);
+        if h.magic != version.magic() {
+            return Err(bad(format!(
+                "magic 0x{:04X}, expected 0x{:04X}",
+                h.magic,
+                version.magic()
+            )));
+        }
+        if h.tli != name.timeline {
+            return Err(bad(format!(
+                "timeline {}, expected {}",
+                h.tli, name.timeline
+            )));
+        }
+        if h.pageaddr != lsn {
+            return Err(bad(format!("page address {}", fmt_lsn(h.pageaddr))));
+        }
+        let long = h.info & XLP_LONG_HEADER != 0;
+        if long != (i == 0) {
+            return Err(bad(format!(
+                "long header flag is {long}, expected only on the first page"
+            )));
+        }
+        if i == 0 && (h.seg_size as u64 != segment_bytes || h.blcksz as usize != PAGE_SIZE) {
+            return Err(bad(format!(
+                "long header says segment size {} and page size {}",
+                h.seg_size, h.blcksz
+            )));
+        }
+    }
+    Ok(version)
+}
+
+/// What to generate and where.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GenerateSpec {
+    /// Directory for the segments, created if missing.
+    pub dir: PathBuf,
+    /// Number of consecutive segments.
+    pub count: u64,
+    /// Segment size in bytes (1 MiB to 1 GiB, a power of two).
+    pub segment_bytes: u64,
+    /// Timeline of every segment (1 or more).
+    pub timeline: u32,
+    /// LSN of the first segment's first byte; must be a segment boundary.
+    pub start_lsn: u64,
+    /// Which page magic to write.
+    pub pg_version: PgVersion,
+    /// Write `NAME.gz` instead of `NAME`.
+    pub gzip: bool,
+    /// `xlp_sysid` in every segment's long header.
+    pub system_id: u64,
+}
+
+impl GenerateSpec {
+    /// Checks the spec and returns the first segment's name.
+    fn first_segment(&self) -> Result<SegmentName, GenerateError> {
+        let bytes = self.segment_bytes;
+        let mib = if bytes % MIB == 0 { bytes / MIB } else { 0 };
+        segment_bytes_from_mib(mib)
+            .map_err(|reason| GenerateError::SegmentSize { bytes, reason })?;
+        if self.timeline == 0 {
+            return Err(GenerateError::Timeline);
+        }
+        if self.start_lsn % bytes != 0 {
+            return Err(GenerateError::UnalignedStart {
+                lsn: self.start_lsn,
+                segment_bytes: bytes,
+                boundary: self.start_lsn - self.start_lsn % bytes,
+            });
+        }
+        // The last segment may end exactly at 2^64: that is an end, not a start.
+        let end = self.start_lsn as u128 + self.count as u128 * bytes as u128;
+        if end > 1u128 << 64 {
+            return Err(GenerateError::LsnOverflow {
+                start_lsn: self.start_lsn,
+                count: self.count,
+                segment_bytes: bytes,
+            });
+        }
+        Ok(SegmentName::containing(
+            self.timeline,
+            self.start_lsn,
+            bytes,
+        ))
+    }
+}
+
+/// Writes `spec.count` consecutive segments into `spec.dir` and returns how
+/// many it wrote. Calls `on_file(path, size_on_disk)` after each file.
+///
+/// Each file is written as `NAME.tmp` and renamed when complete, so an
+/// interrupted run never leaves a truncated file under a WAL name. Files are
+/// not fsynced: generated WAL is reproducible, and the benchmark measures the
+/// server, not our disk. An existing file with the same name is replaced.
+pub fn generate(
+    spec: &GenerateSpec,
+    payload: &Payload,
+    on_file: &mut dyn FnMut(&Path, u64),
+) -> Result<u64, GenerateError> {
+    let mut name = spec.first_segment()?;
+    fs::create_dir_all(&spec.dir).map_err(|source| GenerateError::CreateDir {
+        path: spec.dir.clone(),
+        source,
+    })?;
+    for written in 0..spec.count {
+        if written > 0 {
+            name = name.next(spec.segment_bytes);
+        }
+        let file_name = if spec.gzip {
+            format!("{name}.gz")
+        } else {
+            name.to_string()
+        };
+        let path = spec.dir.join(&file_name);
+        let tmp = spec.dir.join(format!("{file_name}.tmp"));
+        let size = write_file(&tmp, spec, name, payload).map_err(|source| {
+            let _ = fs::remove_file(&tmp);
+            GenerateError::Write {
+                path: tmp.clone(),
+                source,
+            }
+        })?;
+        fs::rename(&tmp, &path).map_err(|source| GenerateError::Rename {
+            from: tmp.clone(),
+            to: path.clone(),
+            source,
+        })?;
+        on_file(&path, size);
+    }
+    Ok(spec.count)
+}
+
+/// Writes one segment file and returns its size on disk.
+fn write_file(
+    path: &Path,
+    spec: &GenerateSpec,
+    name: SegmentName,
+    payload: &Payload,
+) -> io::Result<u64> {
+    let mut file = File::create(path)?;
+    let (bytes, pg, sysid) = (spec.segment_bytes, spec.pg_version, spec.system_id);
+    if !spec.gzip {
+        write_segment(&mut file, name, bytes, pg, sysid, payload)?;
+        return Ok(bytes);
+    }
+    let buffered = io::BufWriter::with_capacity(MIB as usize, &mut file);
+    let mut gz = GzEncoder::new(buffered, Compression::fast());
+    write_segment(&mut gz, name, bytes, pg, sysid, payload)?;
+    gz.finish()?.flush()?;
+    Ok(file.metadata()?.len())
+}
+
+/// Size of the synthetic pool: large enough that no page repeats within a
+/// 16 MiB segment's worth of gzip windows, small enough to build in
+/// milliseconds.
+const SYNTHETIC_BYTES: usize = 4 << 20;
+
+/// SplitMix64: a tiny deterministic generator, so the pool is the same on
+/// every run and every machine.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    fn chance(&mut self, one_in: u64) -> bool {
+        self.below(one_in) == 0
+    }
+}
+
+// pgbench's relations, as they appear in block references.
+const REL_ACCOUNTS: u32 = 16396;
+const REL_TELLERS: u32 = 16399;
+const REL_BRANCHES: u32 = 16397;
+const REL_HISTORY: u32 = 16408;
+const ACCOUNTS_PAGES: u64 = 8197;
+const ACCOUNTS_PER_PAGE: u64 = 61;
+
+/// Builds WAL-like records: the layout of PostgreSQL's XLogRecord, block
+/// references, heap tuples and full-page images, with pgbench's values.
+struct WalBuilder {
+    out: Vec<u8>,
+    rng: Rng,
+    xid: u32,
+    prev: u64,
+    time: u64,
+}
+
+impl WalBuilder {
+    /// Appends one record: the 24-byte XLogRecord header, then `body`,
+    /// padded to 8 bytes.
+    fn record(&mut self, rmid: u8, info: u8, body: &[u8]) {
+        let start = self.out.len();
+        let crc = self.rng.next() as u32;
+        self.out
+            .extend_from_slice(&((24 + body.len()) as u32).to_le_bytes());
+        self.out.extend_from_slice(&self.xid.to_le_bytes());
+        self.out.extend_from_slice(&self.prev.to_le_bytes());
+        self.out.extend_from_slice(&[info, rmid, 0, 0]);
+        self.out.extend_from_slice(&crc.to_le_bytes());
+        self.out.extend_from_slice(body);
+        self.out.resize(self.out.len().next_multiple_of(8), 0);
+        self.prev = 0x1_0000_0000 + start as u64;
+    }
+
+    /// A block reference header for `rel` block `blkno`.
+    fn block_ref(body: &mut Vec<u8>, flags: u8, data_len: u16, rel: u32, blkno: u32) {
+        body.extend_from_slice(&[0, flags]);
+        body.extend_from_slice(&data_len.to_le_bytes());
+        for v in [1663, 5, rel, blkno] {
+            body.extend_from_slice(&u32::to_le_bytes(v));
+        }
+    }
+
+    /// A HOT update of one row: block reference, changed column bytes,
+    /// xl_heap_update. With `image`, the block reference carries a
+    /// full-page image of the heap page.
+    fn hot_update(&mut self, rel: u32, blkno: u32, image: bool) {
+        let mut body = Vec::with_capacity(PAGE_SIZE + 64);
+        let balance = (self.rng.below(10_001) as i32 - 5000).to_le_bytes();
+        let mut data = vec![0x03, 0x80, 0x02, 0x29, 0x18, 0x0c, 0x00];
+        data.extend_from_slice(&balance);
+        let flags = 0x20 | if image { 0x10 } else { 0 };
+        Self::block_ref(&mut body, flags, data.len() as u16, rel, blkno);
+        if image {
+            let page = self.heap_page(blkno);
+            body.extend_from_slice(&(page.len() as u16).to_le_bytes());
+            body.extend_from_slice(&[0x60, 0x01, 0x05]);
+            body.extend_from_slice(&page);
+        }
+        body.extend_from_slice(&[0xFF, 14]);
+        body.extend_from_slice(&data);
+        let old_off = (1 + self.rng.below(ACCOUNTS_PER_PAGE)) as u16;
+        body.extend_from_slice(&self.xid.to_le_bytes());
+        body.extend_from_slice(&old_off.to_le_bytes());
+        body.extend_from_slice(&[0, 0x20, 0, 0, 0, 0]);
+        body.extend_from_slice(&(old_off + 61).to_le_bytes());
+        self.record(10, 0x40, &body);
+    }
+
+    /// A pgbench_accounts page without its hole, as a full-page image holds
+    /// it: page header, line pointers, then tuples (aid, bid, abalance,
+    /// 84-space filler).
+    fn heap_page(&mut self, blkno: u32) -> Vec<u8> {
+        let mut page = Vec::with_capacity(PAGE_SIZE);
+        page.extend_from_slice(&(0x1_0000_0000u64 + self.out.len() as u64).to_le_bytes());
+        page.extend_from_slice(&[0, 0, 0, 0, 0x1C, 0x01, 0x58, 0x04, 0, 0x20, 0x04, 0x20]);
+        page.extend_from_slice(&self.xid.to_le_bytes());
+        for i in 0..ACCOUNTS_PER_PAGE as u32 {
+            let off = PAGE_SIZE as u32 - 128 * (i + 1);
+            page.extend_from_slice(&(off | 1 << 15 | 121 << 17).to_le_bytes());
+        }
+        let first_aid = blkno as u64 * ACCOUNTS_PER_PAGE + 1;
+        for i in (0..ACCOUNTS_PER_PAGE).rev() {
+            let xmin = if self.rng.chance(3) {
+                self.xid - self.rng.below(50_000) as u32
+            } else {
+                2
+            };
+            page.extend_from_slice(&xmin.to_le_bytes());
+            page.extend_from_slice(&[0; 8]);
+            page.extend_from_slice(&(blkno as u16).to_le_bytes());
+            page.extend_from_slice(&[0, 0]);
+            page.extend_from_slice(&(i as u16 + 1).to_le_bytes());
+            page.extend_from_slice(&[0x04, 0x00, 0x02, 0x09, 0x18, 0x00]);
+            let aid = (first_aid + i) as u32;
+            let bid = aid / 100_000 + 1;
+            let balance = if xmin == 2 {
+                0
+            } else {
+                self.rng.below(20_001) as i32 - 10_000
+            };
+            page.extend_from_slice(&aid.to_le_bytes());
+            page.extend_from_slice(&bid.to_le_bytes());
+            page.extend_from_slice(&balance.to_le_bytes());
+            page.push(0xAB);
+            page.extend_from_slice(&[b' '; 84]);
+            page.extend_from_slice(&[0; 7]);
+        }
+        page
+    }
+
+    /// A full-page image of a page that is mostly zeros: a visibility-map
+    /// or FSM page, which PostgreSQL logs whole because it has no hole.
+    fn sparse_image(&mut self) {
+        let mut body = Vec::with_capacity(PAGE_SIZE + 64);
+        Self::block_ref(&mut body, 0x10, 0, REL_ACCOUNTS, 0);
+        body.extend_from_slice(&(PAGE_SIZE as u16).to_le_bytes());
+        body.extend_from_slice(&[0, 0, 0x01]);
+        let mut page = vec![0u8; PAGE_SIZE];
+        page[..8].copy_from_slice(&self.rng.next().to_le_bytes());
+        for b in page[24..24 + self.rng.below(600) as usize].iter_mut() {
+            *b = 0xFF;
+        }
+        body.extend_from_slice(&page);
+        self.record(0, 0xB0, &body);
+    }
+
+    /// An insert into pgbench_history: tid, bid, aid, delta, mtime.
+    fn history_insert(&mut self, aid: u32) {
+        let mut body = Vec::with_capacity(96);
+        Self::block_ref(&mut body, 0x20, 29, REL_HISTORY, 11 + (aid >> 20));
+        body.extend_from_slice(&[0xFF, 3, 59, 0, 0]);
+        body.extend_from_slice(&[0x05, 0x00, 0x02, 0x08, 0x18]);
+        let tid = 1 + self.rng.below(50) as u32;
+        for v in [tid, tid / 10 + 1, aid, self.rng.below(10_001) as u32] {
+            body.extend_from_slice(&v.to_le_bytes());
+        }
+        body.extend_from_slice(&self.time.to_le_bytes());
+        self.record(10, 0x00, &body);
+    }
+
+    /// A commit record: its timestamp moves on by a few hundred µs.
+    fn commit(&mut self) {
+        self.time += 150 + self.rng.below(400);
+        let mut body = vec![0xFF, 8];
+        body.extend_from_slice(&self.time.to_le_bytes());
+        self.record(1, 0x00, &body);
+        self.xid += 1;
+    }
+
+    /// One pgbench TPC-B-like transaction; about one block reference in
+    /// twelve carries a full-page image.
+    fn transaction(&mut self) {
+        let aid = 1 + self.rng.below(ACCOUNTS_PAGES * ACCOUNTS_PER_PAGE);
+        let accounts_page = (aid - 1) / ACCOUNTS_PER_PAGE;
+        let fpi = self.rng.chance(4);
+        self.hot_update(REL_ACCOUNTS, accounts_page as u32, fpi);
+        self.hot_update(REL_TELLERS, 0, false);
+        self.hot_update(REL_BRANCHES, 0, false);
+        self.history_insert(aid as u32);
+        if self.rng.chance(150) {
+            self.sparse_image();
+        }
+        self.commit();
+    }
+}
+
+/// A deterministic stream of `len` WAL-like bytes.
+fn synthetic_wal(len: usize) -> Vec<u8> {
+    let mut builder = WalBuilder {
+        out: Vec::with_capacity(len + 2 * PAGE_SIZE),
+        rng: Rng(0x5741_4C50_4C41_5952),
+        xid: 750_000,
+        prev: 0,
+        time: 820_000_000_000_000,
+    };
+    while builder.out.len() < len {
+        builder.transaction();
+    }
+    builder.out.truncate(len);
+    builder.out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn print_ratio() {
+        let p = Payload::synthetic();
+        let mut gz = GzEncoder::new(Vec::new(), Compression::default());
+        gz.write_all(p.bytes()).unwrap();
+        let n = gz.finish().unwrap().len();
+        eprintln!("ratio {:.2}", p.bytes().len() as f64 / n as f64);
+    }
+}
