@@ -5,7 +5,10 @@
 
 use std::error::Error;
 
-const PROTOS: &[&str] = &["klio/wal/v1/wal.proto", "walplayer/control/v1/control.proto"];
+const PROTOS: &[&str] = &[
+    "klio/wal/v1/wal.proto",
+    "walplayer/control/v1/control.proto",
+];
 
 fn main() -> Result<(), Box<dyn Error>> {
     for proto in PROTOS {

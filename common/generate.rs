@@ -25,6 +25,10 @@ pub const SHORT_HEADER: usize = 24;
 /// Size of a long page header (SizeOfXLogLongPHD), first page of a segment.
 pub const LONG_HEADER: usize = 40;
 
+/// `xlp_sysid` walplayer writes unless told otherwise (any fixed value
+/// works; PostgreSQL derives its own from the initdb time).
+pub const DEFAULT_SYSTEM_ID: u64 = 7_316_000_000_000_000_001;
+
 /// `xlp_info`: this page has the long header.
 const XLP_LONG_HEADER: u16 = 0x0002;
 /// `xlp_info`: set by PostgreSQL on every page written outside a backup; we

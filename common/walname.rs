@@ -74,14 +74,19 @@ impl SegmentName {
 
 impl fmt::Display for SegmentName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:08X}{:08X}{:08X}", self.timeline, self.log, self.segment)
+        write!(
+            f,
+            "{:08X}{:08X}{:08X}",
+            self.timeline, self.log, self.segment
+        )
     }
 }
 
 /// Parses an LSN written as PostgreSQL prints it (`16/B374D848`) or as a
 /// plain number of bytes.
 pub fn parse_lsn(text: &str) -> Result<u64, String> {
-    let bad = || format!("{text:?} is not an LSN: write it as PostgreSQL does, e.g. 0/0 or 16/B374D848");
+    let bad =
+        || format!("{text:?} is not an LSN: write it as PostgreSQL does, e.g. 0/0 or 16/B374D848");
     match text.split_once('/') {
         Some((hi, lo)) => {
             let hi = u32::from_str_radix(hi, 16).map_err(|_| bad())?;
@@ -112,7 +117,10 @@ pub fn is_wal_name(name: &str) -> bool {
     if rest.is_empty() || rest == ".partial" {
         return true;
     }
-    match rest.strip_prefix('.').and_then(|r| r.strip_suffix(".backup")) {
+    match rest
+        .strip_prefix('.')
+        .and_then(|r| r.strip_suffix(".backup"))
+    {
         Some(offset) => offset.len() == 8 && all_hex(offset),
         None => false,
     }
@@ -154,8 +162,14 @@ mod tests {
         assert_eq!(n.to_string(), "000000010000000100000000");
         assert_eq!(n.start_lsn(s), 1 << 32);
         let big = SegmentName::containing(2, 0, 1024 * MIB);
-        assert_eq!(big.next(1024 * MIB).next(1024 * MIB).next(1024 * MIB).next(1024 * MIB).to_string(),
-            "000000020000000100000000");
+        assert_eq!(
+            big.next(1024 * MIB)
+                .next(1024 * MIB)
+                .next(1024 * MIB)
+                .next(1024 * MIB)
+                .to_string(),
+            "000000020000000100000000"
+        );
     }
 
     #[test]

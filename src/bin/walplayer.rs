@@ -1,1 +1,259 @@
-fn main() {}
+//! `walplayer`: generate WAL, play it to Klio, run a sink, mint
+//! certificates, coordinate agents. Parses arguments and calls the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use walplayer::common::cli::{self, KlioArgs, OutputArgs, UploadArgs};
+use walplayer::common::{certs, generate, play, quickstart, sink, walname};
+
+#[derive(Parser)]
+#[command(
+    name = "walplayer",
+    version,
+    about = "Benchmark Klio WAL servers with real-looking PostgreSQL WAL"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Write synthetic WAL segments with valid page headers
+    Generate(GenerateArgs),
+    /// Send a directory of WAL files (plain or .gz) to a Klio server
+    Play(PlayArgs),
+    /// Run a Klio-compatible WAL server (tests, demos, calibration)
+    Sink(SinkArgs),
+    /// Mint a development CA, server and client certificates and a config file
+    Certs(CertsArgs),
+    /// Demo with nothing configured: certificates, sink, WAL, play, summary
+    Quickstart(quickstart::QuickstartArgs),
+}
+
+#[derive(clap::Args)]
+struct GenerateArgs {
+    /// Directory to write into (created if missing)
+    #[arg(default_value = ".")]
+    dir: PathBuf,
+    /// Number of WAL files to write
+    #[arg(long)]
+    length: u64,
+    /// Size of each WAL file in MB: a power of two from 1 to 1024
+    #[arg(long, value_name = "MB", default_value_t = 16)]
+    wal_size: u64,
+    /// Timeline of the generated segments
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    timeline: u32,
+    /// LSN where the first segment starts (e.g. 0/0 or 1/FF000000)
+    #[arg(long, value_name = "LSN", default_value = "0/0", value_parser = walname::parse_lsn)]
+    start_lsn: u64,
+    /// PostgreSQL major version whose page magic the headers carry
+    #[arg(long, value_enum, default_value = "16")]
+    pg_version: generate::PgVersion,
+    /// Take the payload from this real WAL segment, so the load compresses like yours
+    #[arg(long, value_name = "FILE")]
+    template: Option<PathBuf>,
+    /// Write NAME.gz files
+    #[arg(long)]
+    gzip: bool,
+    /// No line per file on stderr
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+#[derive(clap::Args)]
+struct PlayArgs {
+    /// Directory holding the WAL files
+    dir: PathBuf,
+    #[command(flatten)]
+    upload: UploadArgs,
+    #[command(flatten)]
+    klio: KlioArgs,
+    #[command(flatten)]
+    output: OutputArgs,
+}
+
+#[derive(clap::Args)]
+struct SinkArgs {
+    /// Address to listen on (port 0 picks a free one, printed on stdout)
+    #[arg(long, default_value = certs::DEFAULT_SINK_ADDRESS)]
+    listen: std::net::SocketAddr,
+    /// Directory to store WAL in, one subdirectory per cluster
+    #[arg(long, required_unless_present = "discard")]
+    data: Option<PathBuf>,
+    /// Validate and count, store nothing
+    #[arg(long, conflicts_with = "data")]
+    discard: bool,
+    /// Server certificate, PEM
+    #[arg(long, value_name = "FILE")]
+    tls_cert: PathBuf,
+    /// Server private key, PEM
+    #[arg(long, value_name = "FILE")]
+    tls_key: PathBuf,
+    /// CA that client certificates must be signed by
+    #[arg(long, value_name = "FILE")]
+    client_ca: PathBuf,
+    /// When to fsync received WAL: after every block (like Klio) or never
+    #[arg(long, value_enum, default_value = "block")]
+    fsync: sink::Fsync,
+}
+
+#[derive(clap::Args)]
+struct CertsArgs {
+    /// Directory to write the certificates into
+    dir: PathBuf,
+    /// Host names and addresses the server certificate is valid for
+    #[arg(long, value_delimiter = ',', default_value = "localhost,127.0.0.1,::1")]
+    hosts: Vec<String>,
+    /// Cluster name: the client certificate's CN is klio@NAME
+    #[arg(long, default_value = "walplayer")]
+    cluster: String,
+    /// Sink address written into klio-config.yaml
+    #[arg(long, default_value = certs::DEFAULT_SINK_ADDRESS)]
+    address: String,
+    /// Overwrite existing files
+    #[arg(long)]
+    force: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    cli::init_logging(matches!(cli.command, Command::Sink(_)));
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime starts");
+    let code = runtime.block_on(run(cli.command));
+    ExitCode::from(code)
+}
+
+/// Prints an up-front error with its causes and gives exit status 2.
+fn usage_error(e: impl Into<anyhow::Error>) -> u8 {
+    eprintln!("walplayer: error: {:#}", e.into());
+    2
+}
+
+async fn run(command: Command) -> u8 {
+    let shutdown = CancellationToken::new();
+    cli::cancel_on_signal(shutdown.clone());
+    match command {
+        Command::Generate(args) => run_generate(args, shutdown).await,
+        Command::Play(args) => run_play(args, shutdown).await,
+        Command::Sink(args) => run_sink(args, shutdown).await,
+        Command::Certs(args) => run_certs(args),
+        Command::Quickstart(args) => match quickstart::run(args, shutdown).await {
+            Ok(code) => code as u8,
+            Err(e) => usage_error(e),
+        },
+    }
+}
+
+async fn run_generate(args: GenerateArgs, shutdown: CancellationToken) -> u8 {
+    let segment_bytes = match walname::segment_bytes_from_mib(args.wal_size) {
+        Ok(bytes) => bytes,
+        Err(e) => return usage_error(anyhow::anyhow!("--wal-size: {e}")),
+    };
+    let payload = match &args.template {
+        Some(path) => match generate::Payload::from_template(path) {
+            Ok(p) => p,
+            Err(e) => return usage_error(e),
+        },
+        None => generate::Payload::synthetic(),
+    };
+    let spec = generate::GenerateSpec {
+        dir: args.dir,
+        count: args.length,
+        segment_bytes,
+        timeline: args.timeline,
+        start_lsn: args.start_lsn,
+        pg_version: args.pg_version,
+        gzip: args.gzip,
+        system_id: generate::DEFAULT_SYSTEM_ID,
+    };
+    let quiet = args.quiet;
+    let task = tokio::task::spawn_blocking(move || {
+        generate::generate(&spec, &payload, &mut |path, _| {
+            if !quiet {
+                eprintln!("{}", path.display());
+            }
+        })
+    });
+    tokio::select! {
+        done = task => match done {
+            Ok(Ok(_)) => 0,
+            Ok(Err(e)) => usage_error(e),
+            Err(e) => usage_error(e),
+        },
+        // Files are written under a temporary name and renamed, so stopping
+        // here leaves only complete segments.
+        _ = shutdown.cancelled() => 130,
+    }
+}
+
+async fn run_play(args: PlayArgs, shutdown: CancellationToken) -> u8 {
+    let klio = match args.klio.resolve() {
+        Ok(k) => k,
+        Err(e) => return usage_error(e),
+    };
+    let opts = play::PlayOptions {
+        dir: args.dir,
+        jobs: args.upload.jobs as usize,
+        upload: args.upload.settings(),
+        klio,
+        output: args.output.output,
+        summary: args.output.summary,
+        quiet: args.output.quiet,
+    };
+    match play::play(opts, shutdown).await {
+        Ok(outcome) => outcome.exit_code() as u8,
+        Err(e) => usage_error(e),
+    }
+}
+
+async fn run_sink(args: SinkArgs, shutdown: CancellationToken) -> u8 {
+    let tls =
+        match walplayer::common::tls::server_config(&args.tls_cert, &args.tls_key, &args.client_ca)
+        {
+            Ok(t) => t,
+            Err(e) => return usage_error(e),
+        };
+    let settings = sink::SinkSettings {
+        tls,
+        storage: sink::storage(if args.discard { None } else { args.data }, args.fsync),
+    };
+    let bound = match sink::Sink::bind(args.listen, settings).await {
+        Ok(s) => s,
+        Err(e) => return usage_error(anyhow::anyhow!("cannot listen on {}: {e}", args.listen)),
+    };
+    println!("listening on {}", bound.local_addr());
+    tracing::info!("sink listening on {}", bound.local_addr());
+    match bound.serve(shutdown).await {
+        Ok(totals) => {
+            tracing::info!("sink stopped: {}", totals.to_text());
+            0
+        }
+        Err(e) => {
+            eprintln!("walplayer: sink failed: {e:#}");
+            1
+        }
+    }
+}
+
+fn run_certs(args: CertsArgs) -> u8 {
+    let spec = certs::CertSpec {
+        hosts: args.hosts,
+        cluster: args.cluster,
+        sink_address: args.address,
+        force: args.force,
+        ..certs::CertSpec::default()
+    };
+    match certs::mint(&args.dir, &spec) {
+        Ok(minted) => {
+            println!("{}", minted.klio_config.display());
+            0
+        }
+        Err(e) => usage_error(e),
+    }
+}

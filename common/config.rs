@@ -1,0 +1,422 @@
+//! Klio client settings: the seed's YAML file, environment and flags.
+//!
+//! Precedence is the seed's: a flag beats the environment, which beats the
+//! file. Every missing setting is reported in one error, before anything
+//! connects; unknown YAML keys are warned about by name.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use crate::common::walname::check_cluster_name;
+
+/// One Klio client setting: its YAML key, environment variable and flag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Key {
+    ClusterName,
+    Address,
+    ServerCert,
+    ClientCert,
+    ClientKey,
+}
+
+impl Key {
+    /// Every key, in the order errors list them.
+    pub const ALL: [Key; 5] = [
+        Key::ClusterName,
+        Key::Address,
+        Key::ServerCert,
+        Key::ClientCert,
+        Key::ClientKey,
+    ];
+
+    /// The dotted YAML path, as the seed's configuration names it.
+    pub fn yaml(self) -> &'static str {
+        match self {
+            Key::ClusterName => "client.cluster_name",
+            Key::Address => "client.wal.address",
+            Key::ServerCert => "client.wal.server_cert_path",
+            Key::ClientCert => "client.wal.client_cert_path",
+            Key::ClientKey => "client.wal.client_key_path",
+        }
+    }
+
+    /// The environment variable: the key upper-cased, `.` turned into `_`.
+    pub fn env(self) -> &'static str {
+        match self {
+            Key::ClusterName => "CLIENT_CLUSTER_NAME",
+            Key::Address => "CLIENT_WAL_ADDRESS",
+            Key::ServerCert => "CLIENT_WAL_SERVER_CERT_PATH",
+            Key::ClientCert => "CLIENT_WAL_CLIENT_CERT_PATH",
+            Key::ClientKey => "CLIENT_WAL_CLIENT_KEY_PATH",
+        }
+    }
+
+    /// The command-line flag.
+    pub fn flag(self) -> &'static str {
+        match self {
+            Key::ClusterName => "--cluster-name",
+            Key::Address => "--address",
+            Key::ServerCert => "--server-cert",
+            Key::ClientCert => "--client-cert",
+            Key::ClientKey => "--client-key",
+        }
+    }
+}
+
+/// Settings from one layer (file, environment or flags); unset is `None`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Layer(pub BTreeMap<Key, String>);
+
+impl Layer {
+    /// Sets `key` when `value` is present and not empty.
+    pub fn set(&mut self, key: Key, value: Option<String>) {
+        if let Some(v) = value.filter(|v| !v.is_empty()) {
+            self.0.insert(key, v);
+        }
+    }
+
+    /// The environment layer, read through `lookup` (so tests need not touch
+    /// the process environment).
+    pub fn from_env(lookup: impl Fn(&str) -> Option<String>) -> Layer {
+        let mut layer = Layer::default();
+        for key in Key::ALL {
+            layer.set(key, lookup(key.env()));
+        }
+        layer
+    }
+}
+
+/// Complete, validated settings for talking to one Klio WAL server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KlioConfig {
+    pub cluster_name: String,
+    pub address: String,
+    /// CA that signed the server's certificate (`server_cert_path`).
+    pub server_ca: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+}
+
+/// What went wrong assembling the settings.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("configuration file {path} is not valid YAML: {message}")]
+    Yaml { path: PathBuf, message: String },
+    #[error("configuration file {path}: key {key} must be a string, found {found}")]
+    NotAString {
+        path: PathBuf,
+        key: String,
+        found: &'static str,
+    },
+    #[error("{}", missing_message(.0))]
+    Missing(Vec<Key>),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+fn missing_message(keys: &[Key]) -> String {
+    let mut text = String::from(
+        "missing Klio client settings (set each in the config file, the environment or a flag):",
+    );
+    for key in keys {
+        text.push_str(&format!(
+            "\n  {} (env {}, flag {})",
+            key.yaml(),
+            key.env(),
+            key.flag()
+        ));
+    }
+    text
+}
+
+/// A file layer and the warnings reading it produced.
+#[derive(Debug, Default)]
+pub struct FileLayer {
+    pub layer: Layer,
+    pub warnings: Vec<String>,
+}
+
+/// Which configuration file to read.
+pub fn config_file_path(explicit: Option<&Path>, home: Option<&Path>) -> Option<PathBuf> {
+    match explicit {
+        Some(path) => Some(path.to_path_buf()),
+        None => home.map(|h| h.join(".klio.yaml")).filter(|p| p.is_file()),
+    }
+}
+
+/// Reads the seed's YAML configuration file.
+pub fn read_file(path: &Path) -> Result<FileLayer, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse_yaml(path, &text)
+}
+
+/// Parses configuration text; `path` only names it in messages.
+pub fn parse_yaml(path: &Path, text: &str) -> Result<FileLayer, ConfigError> {
+    let value: serde_norway::Value =
+        serde_norway::from_str(text).map_err(|e| ConfigError::Yaml {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+    let mut out = FileLayer::default();
+    let mut leaves = Vec::new();
+    flatten(&value, String::new(), &mut leaves);
+    for (dotted, leaf) in leaves {
+        let Some(key) = Key::ALL
+            .iter()
+            .copied()
+            .find(|k| k.yaml().eq_ignore_ascii_case(&dotted))
+        else {
+            if !dotted.is_empty() {
+                out.warnings.push(unknown_key_warning(path, &dotted));
+            }
+            continue;
+        };
+        let text = match leaf {
+            serde_norway::Value::String(s) => s.clone(),
+            serde_norway::Value::Number(n) => n.to_string(),
+            serde_norway::Value::Null => continue,
+            other => {
+                return Err(ConfigError::NotAString {
+                    path: path.to_path_buf(),
+                    key: dotted,
+                    found: yaml_kind(other),
+                })
+            }
+        };
+        out.layer.set(key, Some(text));
+    }
+    Ok(out)
+}
+
+fn flatten<'a>(
+    value: &'a serde_norway::Value,
+    prefix: String,
+    out: &mut Vec<(String, &'a serde_norway::Value)>,
+) {
+    match value {
+        serde_norway::Value::Mapping(map) => {
+            for (k, v) in map {
+                let name = match k {
+                    serde_norway::Value::String(s) => s.clone(),
+                    other => format!("{other:?}"),
+                };
+                let dotted = if prefix.is_empty() {
+                    name
+                } else {
+                    format!("{prefix}.{name}")
+                };
+                // A known key that holds a mapping is reported as such, not
+                // walked into.
+                if Key::ALL
+                    .iter()
+                    .any(|k| k.yaml().eq_ignore_ascii_case(&dotted))
+                {
+                    out.push((dotted, v));
+                } else {
+                    flatten(v, dotted, out);
+                }
+            }
+        }
+        serde_norway::Value::Null if prefix.is_empty() => {}
+        leaf => out.push((prefix, leaf)),
+    }
+}
+
+fn yaml_kind(v: &serde_norway::Value) -> &'static str {
+    match v {
+        serde_norway::Value::Bool(_) => "a boolean",
+        serde_norway::Value::Sequence(_) => "a list",
+        serde_norway::Value::Mapping(_) => "a mapping",
+        _ => "a value of another type",
+    }
+}
+
+fn unknown_key_warning(path: &Path, dotted: &str) -> String {
+    let last = dotted.rsplit('.').next().unwrap_or(dotted);
+    let hint = Key::ALL
+        .iter()
+        .find(|k| k.yaml().rsplit('.').next() == Some(last))
+        .map(|k| format!(" (did you mean {}?)", k.yaml()))
+        .unwrap_or_default();
+    format!(
+        "configuration file {}: unknown key {dotted} is ignored{hint}",
+        path.display()
+    )
+}
+
+/// Merges the layers (flags beat environment beat file) and validates.
+pub fn resolve(file: &Layer, env: &Layer, flags: &Layer) -> Result<KlioConfig, ConfigError> {
+    let get = |key: Key| {
+        flags
+            .0
+            .get(&key)
+            .or_else(|| env.0.get(&key))
+            .or_else(|| file.0.get(&key))
+            .cloned()
+    };
+    let missing: Vec<Key> = Key::ALL.into_iter().filter(|k| get(*k).is_none()).collect();
+    if !missing.is_empty() {
+        return Err(ConfigError::Missing(missing));
+    }
+    let value = |key| get(key).unwrap_or_default();
+    let config = KlioConfig {
+        cluster_name: value(Key::ClusterName),
+        address: value(Key::Address),
+        server_ca: PathBuf::from(value(Key::ServerCert)),
+        client_cert: PathBuf::from(value(Key::ClientCert)),
+        client_key: PathBuf::from(value(Key::ClientKey)),
+    };
+    check_cluster_name(&config.cluster_name)
+        .map_err(|e| ConfigError::Invalid(format!("client.cluster_name: {e}")))?;
+    split_address(&config.address).map_err(ConfigError::Invalid)?;
+    Ok(config)
+}
+
+/// Splits `host:port` (`[v6]:port` for IPv6 literals) into host and port.
+pub fn split_address(address: &str) -> Result<(String, u16), String> {
+    let bad = |why: &str| {
+        format!("client.wal.address {address:?} {why}: write it as host:port, e.g. 127.0.0.1:52000 or [::1]:52000")
+    };
+    let (host, port) = address.rsplit_once(':').ok_or_else(|| bad("has no port"))?;
+    let port: u16 = port.parse().map_err(|_| bad("has no valid port"))?;
+    let host = match host.strip_prefix('[') {
+        Some(v6) => v6
+            .strip_suffix(']')
+            .ok_or_else(|| bad("has an unclosed '['"))?,
+        None if host.contains(':') => return Err(bad("is an IPv6 address without brackets")),
+        None => host,
+    };
+    if host.is_empty() || host.contains('/') {
+        return Err(bad("has no host"));
+    }
+    Ok((host.to_string(), port))
+}
+
+impl fmt::Display for KlioConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "cluster {} at {}", self.cluster_name, self.address)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const FULL: &str = "client:\n  cluster_name: walplayer\n  wal:\n    address: localhost:52000\n    server_cert_path: /s/ca.crt\n    client_cert_path: /c/tls.crt\n    client_key_path: /c/tls.key\n";
+
+    fn file(text: &str) -> FileLayer {
+        parse_yaml(Path::new("klio.yaml"), text).unwrap()
+    }
+
+    #[test]
+    fn seed_file_resolves() {
+        let f = file(FULL);
+        assert!(f.warnings.is_empty());
+        let c = resolve(&f.layer, &Layer::default(), &Layer::default()).unwrap();
+        assert_eq!(c.cluster_name, "walplayer");
+        assert_eq!(c.address, "localhost:52000");
+        assert_eq!(c.client_key, PathBuf::from("/c/tls.key"));
+    }
+
+    #[test]
+    fn flags_beat_env_beat_file() {
+        let f = file(FULL);
+        let env = Layer::from_env(|k| match k {
+            "CLIENT_CLUSTER_NAME" => Some("from-env".into()),
+            "CLIENT_WAL_ADDRESS" => Some("env:1".into()),
+            "CLIENT_WAL_CLIENT_KEY_PATH" => Some(String::new()),
+            _ => None,
+        });
+        let mut flags = Layer::default();
+        flags.set(Key::Address, Some("flag:2".into()));
+        let c = resolve(&f.layer, &env, &flags).unwrap();
+        assert_eq!(c.cluster_name, "from-env");
+        assert_eq!(c.address, "flag:2");
+        // An empty variable counts as unset.
+        assert_eq!(c.client_key, PathBuf::from("/c/tls.key"));
+    }
+
+    #[test]
+    fn missing_settings_reported_together() {
+        let f = file("client:\n  cluster_name: x\n");
+        let e = resolve(&f.layer, &Layer::default(), &Layer::default()).unwrap_err();
+        let text = e.to_string();
+        for key in &Key::ALL[1..] {
+            assert!(text.contains(key.yaml()), "{text}");
+            assert!(text.contains(key.env()), "{text}");
+            assert!(text.contains(key.flag()), "{text}");
+        }
+        assert!(!text.contains("client.cluster_name"), "{text}");
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_a_hint() {
+        let f = file("client:\n  wal:\n    cluster_name: oops\n    adress: x\n");
+        assert_eq!(f.warnings.len(), 2, "{:?}", f.warnings);
+        assert!(f.warnings[0].contains("client.wal.cluster_name"));
+        assert!(f.warnings[0].contains("did you mean client.cluster_name"));
+        assert!(f.warnings[1].contains("client.wal.adress"));
+    }
+
+    #[test]
+    fn wrong_types_and_bad_yaml_are_errors() {
+        let e = parse_yaml(Path::new("k.yaml"), "client:\n  cluster_name: [a]\n").unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("client.cluster_name must be a string, found a list"),
+            "{e}"
+        );
+        let e = parse_yaml(Path::new("k.yaml"), "client: [\n").unwrap_err();
+        assert!(e.to_string().contains("k.yaml is not valid YAML"), "{e}");
+        assert!(parse_yaml(Path::new("k.yaml"), "")
+            .unwrap()
+            .layer
+            .0
+            .is_empty());
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let mut f = file(FULL).layer;
+        f.0.insert(Key::ClusterName, "a/b".into());
+        let e = resolve(&f, &Layer::default(), &Layer::default()).unwrap_err();
+        assert!(e.to_string().contains("client.cluster_name"), "{e}");
+        let mut f = file(FULL).layer;
+        f.0.insert(Key::Address, "nohost".into());
+        let e = resolve(&f, &Layer::default(), &Layer::default()).unwrap_err();
+        assert!(e.to_string().contains("host:port"), "{e}");
+    }
+
+    #[test]
+    fn addresses_split() {
+        assert_eq!(split_address("[::1]:5").unwrap(), ("::1".into(), 5));
+        assert_eq!(split_address("a.b:52000").unwrap(), ("a.b".into(), 52000));
+        assert!(split_address("::1:5").is_err());
+        assert!(split_address(":5").is_err());
+        assert!(split_address("a:99999").is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn config_loader_never_panics(text in "\\PC{0,200}") {
+            if let Ok(f) = parse_yaml(Path::new("fuzz.yaml"), &text) {
+                let _ = resolve(&f.layer, &Layer::default(), &Layer::default());
+            }
+        }
+
+        #[test]
+        fn address_splitter_never_panics(text in "\\PC{0,40}") {
+            let _ = split_address(&text);
+        }
+    }
+}

@@ -1,0 +1,348 @@
+//! The sink's WAL service: Put and Get with every rule of the protocol.
+//!
+//! A Put stream writes `<data>/<cluster>/<wal>.partial`, flushing (and with
+//! `--fsync block`, fsyncing) after every block, and renames it to its final
+//! name when exactly `segment_size` bytes arrived. Every rejected stream is
+//! logged with its reason and counted.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::common::klio::MAX_BLOCK_BYTES;
+use crate::common::walname::{has_only_name_chars, is_wal_name};
+use crate::proto::klio::wal_server::Wal;
+use crate::proto::klio::{GetRequest, GetResult, PutRequest, PutResult};
+
+/// When the sink fsyncs what it writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Fsync {
+    /// After every received block, like Klio.
+    Block,
+    /// Never (the page cache decides).
+    None,
+}
+
+/// Where received WAL goes.
+#[derive(Debug, Clone)]
+pub enum Storage {
+    Disk {
+        dir: PathBuf,
+        fsync: Fsync,
+    },
+    /// Validate and count, store nothing.
+    Discard,
+}
+
+/// What the sink has seen; printed when it stops.
+#[derive(Debug, Default)]
+pub struct SinkTotals {
+    pub completed: AtomicU64,
+    pub partial: AtomicU64,
+    pub rejected: AtomicU64,
+    pub aborted: AtomicU64,
+    pub bytes: AtomicU64,
+    pub reads: AtomicU64,
+    pub handshakes_rejected: AtomicU64,
+}
+
+impl SinkTotals {
+    /// One line for the log.
+    pub fn to_text(&self) -> String {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        format!(
+            "{} files complete, {} left partial, {} streams rejected, {} aborted by the client, {} bytes received, {} read back, {} TLS handshakes rejected",
+            get(&self.completed),
+            get(&self.partial),
+            get(&self.rejected),
+            get(&self.aborted),
+            get(&self.bytes),
+            get(&self.reads),
+            get(&self.handshakes_rejected)
+        )
+    }
+}
+
+/// The WAL service.
+pub struct WalService {
+    storage: Storage,
+    totals: Arc<SinkTotals>,
+}
+
+impl WalService {
+    pub fn new(storage: Storage) -> WalService {
+        WalService {
+            storage,
+            totals: Arc::default(),
+        }
+    }
+
+    /// The running totals.
+    pub fn totals(&self) -> Arc<SinkTotals> {
+        self.totals.clone()
+    }
+}
+
+/// The identity every message of one stream repeats.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct StreamId {
+    cluster: String,
+    wal: String,
+    size: u64,
+}
+
+fn check_names(cluster: &str, wal: &str) -> Result<(), Status> {
+    if cluster.is_empty() || !has_only_name_chars(cluster) || cluster == "." || cluster == ".." {
+        return Err(Status::invalid_argument(format!(
+            "invalid cluster_name {cluster:?}: only letters, digits, '_', '-' and '.' are allowed"
+        )));
+    }
+    if !has_only_name_chars(wal) {
+        return Err(Status::invalid_argument(format!(
+            "invalid wal_name {wal:?}: only letters, digits, '_', '-' and '.' are allowed"
+        )));
+    }
+    if !is_wal_name(wal) {
+        return Err(Status::invalid_argument(format!(
+            "invalid wal_name {wal:?}: not a PostgreSQL WAL file name"
+        )));
+    }
+    Ok(())
+}
+
+impl StreamId {
+    fn of(msg: &PutRequest) -> Result<StreamId, Status> {
+        check_names(&msg.cluster_name, &msg.wal_name)?;
+        if msg.segment_size == 0 {
+            return Err(Status::invalid_argument("segment_size must be non-zero"));
+        }
+        Ok(StreamId {
+            cluster: msg.cluster_name.clone(),
+            wal: msg.wal_name.clone(),
+            size: msg.segment_size,
+        })
+    }
+
+    fn check_coherent(&self, msg: &PutRequest) -> Result<(), Status> {
+        let fields = [
+            ("cluster_name", msg.cluster_name != self.cluster),
+            ("wal_name", msg.wal_name != self.wal),
+            ("segment_size", msg.segment_size != self.size),
+        ];
+        match fields.iter().find(|(_, differs)| *differs) {
+            Some((field, _)) => Err(Status::invalid_argument(format!(
+                "incoherent {field} within one stream (first message said {}/{} of {} bytes)",
+                self.cluster, self.wal, self.size
+            ))),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The file being written by one stream.
+struct Target {
+    file: File,
+    partial: PathBuf,
+    done: PathBuf,
+    fsync: bool,
+}
+
+impl Target {
+    fn create(dir: &Path, id: &StreamId, fsync: Fsync) -> std::io::Result<Target> {
+        let cluster_dir = dir.join(&id.cluster);
+        std::fs::create_dir_all(&cluster_dir)?;
+        let partial = cluster_dir.join(format!("{}.partial", id.wal));
+        let file = File::create(&partial)?;
+        Ok(Target {
+            file,
+            partial,
+            done: cluster_dir.join(&id.wal),
+            fsync: fsync == Fsync::Block,
+        })
+    }
+
+    async fn write(mut self, block: bytes::Bytes) -> std::io::Result<Target> {
+        tokio::task::spawn_blocking(move || {
+            self.file.write_all(&block)?;
+            if self.fsync {
+                self.file.sync_data()?;
+            }
+            Ok(self)
+        })
+        .await
+        .map_err(std::io::Error::other)?
+    }
+}
+
+/// How a Put stream ended.
+enum PutEnd {
+    Complete,
+    Partial,
+}
+
+impl WalService {
+    async fn receive(
+        &self,
+        stream: &mut Streaming<PutRequest>,
+        written: &mut u64,
+    ) -> Result<Option<(StreamId, PutEnd)>, PutFailure> {
+        let mut id: Option<StreamId> = None;
+        let mut target: Option<Target> = None;
+        while let Some(msg) = stream.message().await.map_err(PutFailure::Aborted)? {
+            match &id {
+                None => {
+                    let first = StreamId::of(&msg).map_err(PutFailure::Rejected)?;
+                    if let Storage::Disk { dir, fsync } = &self.storage {
+                        target = Some(Target::create(dir, &first, *fsync).map_err(|e| {
+                            PutFailure::Rejected(Status::internal(format!(
+                                "cannot create {}/{}.partial: {e}",
+                                first.cluster, first.wal
+                            )))
+                        })?);
+                    }
+                    id = Some(first);
+                }
+                Some(id) => id.check_coherent(&msg).map_err(PutFailure::Rejected)?,
+            }
+            if msg.wal_block.len() > MAX_BLOCK_BYTES {
+                return Err(PutFailure::Rejected(Status::invalid_argument(format!(
+                    "block of {} bytes exceeds the largest block payload ({MAX_BLOCK_BYTES} bytes)",
+                    msg.wal_block.len()
+                ))));
+            }
+            let len = msg.wal_block.len() as u64;
+            if let Some(t) = target.take() {
+                target = Some(t.write(msg.wal_block).await.map_err(|e| {
+                    PutFailure::Rejected(Status::internal(format!("cannot write block: {e}")))
+                })?);
+            }
+            *written += len;
+            self.totals.bytes.fetch_add(len, Ordering::Relaxed);
+        }
+        let Some(id) = id else {
+            return Ok(None);
+        };
+        if *written != id.size {
+            return Ok(Some((id, PutEnd::Partial)));
+        }
+        if let Some(t) = target {
+            std::fs::rename(&t.partial, &t.done).map_err(|e| {
+                PutFailure::Rejected(Status::internal(format!(
+                    "cannot complete {}: {e}",
+                    t.done.display()
+                )))
+            })?;
+        }
+        Ok(Some((id, PutEnd::Complete)))
+    }
+}
+
+enum PutFailure {
+    Rejected(Status),
+    Aborted(Status),
+}
+
+#[tonic::async_trait]
+impl Wal for WalService {
+    async fn put(
+        &self,
+        request: Request<Streaming<PutRequest>>,
+    ) -> Result<Response<PutResult>, Status> {
+        let peer = request
+            .remote_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| "unknown peer".into());
+        let mut stream = request.into_inner();
+        let mut written = 0;
+        match self.receive(&mut stream, &mut written).await {
+            Ok(Some((id, PutEnd::Complete))) => {
+                self.totals.completed.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(
+                    "{}/{} complete ({written} bytes) from {peer}",
+                    id.cluster,
+                    id.wal
+                );
+            }
+            Ok(Some((id, PutEnd::Partial))) => {
+                self.totals.partial.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    "{}/{} from {peer} stays partial: {written} of {} bytes",
+                    id.cluster,
+                    id.wal,
+                    id.size
+                );
+            }
+            Ok(None) => {}
+            Err(PutFailure::Rejected(status)) => {
+                self.totals.rejected.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!("rejected a Put stream from {peer}: {}", status.message());
+                return Err(status);
+            }
+            Err(PutFailure::Aborted(status)) => {
+                self.totals.aborted.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    "Put stream from {peer} aborted after {written} bytes: {}",
+                    status.message()
+                );
+                return Err(status);
+            }
+        }
+        Ok(Response::new(PutResult {
+            written_size: written,
+        }))
+    }
+
+    type GetStream = ReceiverStream<Result<GetResult, Status>>;
+
+    async fn get(&self, request: Request<GetRequest>) -> Result<Response<Self::GetStream>, Status> {
+        let GetRequest {
+            cluster_name,
+            wal_name,
+        } = request.into_inner();
+        check_names(&cluster_name, &wal_name)?;
+        let Storage::Disk { dir, .. } = &self.storage else {
+            return Err(Status::failed_precondition(
+                "this sink discards what it receives (--discard): nothing to read back",
+            ));
+        };
+        let path = dir.join(&cluster_name).join(&wal_name);
+        let mut file = File::open(&path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => {
+                Status::not_found(format!("no WAL file {wal_name} for cluster {cluster_name}"))
+            }
+            _ => Status::internal(format!("cannot open {cluster_name}/{wal_name}: {e}")),
+        })?;
+        let size = file
+            .metadata()
+            .map_err(|e| Status::internal(format!("cannot stat {cluster_name}/{wal_name}: {e}")))?
+            .len();
+        self.totals.reads.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel(2);
+        tokio::task::spawn_blocking(move || loop {
+            let mut block = vec![0u8; 1 << 20];
+            let n = match file.read(&mut block) {
+                Ok(0) => return,
+                Ok(n) => n,
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(Status::internal(format!("read failed: {e}"))));
+                    return;
+                }
+            };
+            block.truncate(n);
+            let result = GetResult {
+                wal_block: block.into(),
+                segment_size: size,
+            };
+            if tx.blocking_send(Ok(result)).is_err() {
+                return;
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}

@@ -1,0 +1,299 @@
+//! Statistics of a run: counts, bytes, an HdrHistogram of per-file elapsed
+//! time and errors counted by message; and the summary made from them.
+//!
+//! `Stats` adds up (`+=`): jobs, agents and clusters each keep their own and
+//! are merged exactly, histograms included.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::ops::AddAssign;
+use std::time::Duration;
+
+use hdrhistogram::serialization::{Deserializer, Serializer, V2Serializer};
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use crate::common::report::FileReport;
+
+/// Longest per-file time the histogram tracks exactly (one hour).
+const HISTOGRAM_MAX_NS: u64 = 3_600 * 1_000_000_000;
+
+/// Counts, bytes, latency and errors of some set of files.
+#[derive(Debug, Clone)]
+pub struct Stats {
+    pub files_ok: u64,
+    pub files_failed: u64,
+    pub files_skipped: u64,
+    /// Bytes of the files stored completely.
+    pub bytes: u64,
+    /// Elapsed time of every finished file (stored or failed), in ns.
+    pub latency: Histogram<u64>,
+    pub errors: BTreeMap<String, u64>,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Stats {
+            files_ok: 0,
+            files_failed: 0,
+            files_skipped: 0,
+            bytes: 0,
+            latency: new_histogram(),
+            errors: BTreeMap::new(),
+        }
+    }
+}
+
+/// A histogram with walplayer's bounds: 1 ns to one hour, 3 significant
+/// digits.
+pub fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, HISTOGRAM_MAX_NS, 3).expect("constant bounds are valid")
+}
+
+impl Stats {
+    /// Counts one finished file.
+    pub fn record(&mut self, report: &FileReport) {
+        if report.ok() {
+            self.files_ok += 1;
+            self.bytes += report.bytes;
+        } else {
+            self.files_failed += 1;
+            *self.errors.entry(report.error.clone()).or_default() += 1;
+        }
+        self.latency.saturating_record(report.elapsed_ns().max(1));
+    }
+
+    /// Files that finished, stored or not.
+    pub fn files_done(&self) -> u64 {
+        self.files_ok + self.files_failed
+    }
+}
+
+impl AddAssign<&Stats> for Stats {
+    fn add_assign(&mut self, other: &Stats) {
+        self.files_ok += other.files_ok;
+        self.files_failed += other.files_failed;
+        self.files_skipped += other.files_skipped;
+        self.bytes += other.bytes;
+        self.latency
+            .add(&other.latency)
+            .expect("histograms share walplayer's bounds");
+        for (message, count) in &other.errors {
+            *self.errors.entry(message.clone()).or_default() += count;
+        }
+    }
+}
+
+/// Serializes a histogram (HdrHistogram V2 format) to send it elsewhere.
+pub fn encode_histogram(h: &Histogram<u64>) -> Vec<u8> {
+    let mut out = Vec::new();
+    V2Serializer::new()
+        .serialize(h, &mut out)
+        .expect("writing to a Vec cannot fail");
+    out
+}
+
+/// Reads a histogram sent by [`encode_histogram`].
+pub fn decode_histogram(bytes: &[u8]) -> Result<Histogram<u64>, String> {
+    let h: Histogram<u64> = Deserializer::new()
+        .deserialize(&mut &bytes[..])
+        .map_err(|e| format!("histogram does not decode: {e:?}"))?;
+    let mut ours = new_histogram();
+    ours.add(&h)
+        .map_err(|e| format!("histogram out of bounds: {e:?}"))?;
+    Ok(ours)
+}
+
+/// Latency percentiles in nanoseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Latency {
+    pub min_ns: u64,
+    pub mean_ns: u64,
+    pub p50_ns: u64,
+    pub p90_ns: u64,
+    pub p99_ns: u64,
+    pub p999_ns: u64,
+    pub max_ns: u64,
+}
+
+impl Latency {
+    pub fn of(h: &Histogram<u64>) -> Latency {
+        if h.is_empty() {
+            return Latency::default();
+        }
+        Latency {
+            min_ns: h.min(),
+            mean_ns: h.mean().round() as u64,
+            p50_ns: h.value_at_quantile(0.50),
+            p90_ns: h.value_at_quantile(0.90),
+            p99_ns: h.value_at_quantile(0.99),
+            p999_ns: h.value_at_quantile(0.999),
+            max_ns: h.max(),
+        }
+    }
+}
+
+/// One distinct error and how many files it failed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ErrorCount {
+    pub message: String,
+    pub count: u64,
+}
+
+/// Totals of a run, as written to `--summary FILE`.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Totals {
+    pub files_ok: u64,
+    pub files_failed: u64,
+    pub files_skipped: u64,
+    pub bytes: u64,
+    pub wall_seconds: f64,
+    pub mib_per_second: f64,
+    pub files_per_second: f64,
+    pub latency: Latency,
+    pub errors: Vec<ErrorCount>,
+}
+
+impl Totals {
+    /// Totals of `stats` over a run that took `wall`.
+    pub fn new(stats: &Stats, wall: Duration) -> Totals {
+        let secs = wall.as_secs_f64();
+        let per_sec = |x: f64| if secs > 0.0 { x / secs } else { 0.0 };
+        let mut errors: Vec<ErrorCount> = stats
+            .errors
+            .iter()
+            .map(|(message, count)| ErrorCount {
+                message: message.clone(),
+                count: *count,
+            })
+            .collect();
+        errors.sort_by(|a, b| b.count.cmp(&a.count).then(a.message.cmp(&b.message)));
+        Totals {
+            files_ok: stats.files_ok,
+            files_failed: stats.files_failed,
+            files_skipped: stats.files_skipped,
+            bytes: stats.bytes,
+            wall_seconds: secs,
+            mib_per_second: per_sec(stats.bytes as f64 / (1u64 << 20) as f64),
+            files_per_second: per_sec(stats.files_ok as f64),
+            latency: Latency::of(&stats.latency),
+            errors,
+        }
+    }
+
+    /// The human-readable summary, several lines.
+    pub fn to_text(&self) -> String {
+        let mut t = String::new();
+        let _ = writeln!(
+            t,
+            "{} files stored, {} failed, {} skipped; {} in {:.2} s = {:.1} MiB/s, {:.1} files/s",
+            self.files_ok,
+            self.files_failed,
+            self.files_skipped,
+            human_bytes(self.bytes),
+            self.wall_seconds,
+            self.mib_per_second,
+            self.files_per_second
+        );
+        let l = &self.latency;
+        if self.files_ok + self.files_failed > 0 {
+            let _ = writeln!(
+                t,
+                "time per file: min {}  mean {}  p50 {}  p90 {}  p99 {}  p99.9 {}  max {}",
+                ns(l.min_ns),
+                ns(l.mean_ns),
+                ns(l.p50_ns),
+                ns(l.p90_ns),
+                ns(l.p99_ns),
+                ns(l.p999_ns),
+                ns(l.max_ns)
+            );
+        }
+        for e in &self.errors {
+            let _ = writeln!(t, "  {} file(s) failed: {}", e.count, e.message);
+        }
+        t
+    }
+}
+
+/// Bytes with a binary unit, e.g. `1.50 GiB`.
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.2} {}", UNITS[unit])
+    }
+}
+
+fn ns(n: u64) -> String {
+    format!("{:.1?}", Duration::from_nanos(n))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::SystemTime;
+
+    fn report(ms: u64, error: &str) -> FileReport {
+        FileReport {
+            wal_full_path: "p".into(),
+            cluster: "c".into(),
+            wal_name: "w".into(),
+            agent: None,
+            start: SystemTime::UNIX_EPOCH,
+            end: SystemTime::UNIX_EPOCH,
+            elapsed: Duration::from_millis(ms),
+            bytes: if error.is_empty() { 100 } else { 0 },
+            error: error.into(),
+        }
+    }
+
+    #[test]
+    fn merged_stats_equal_one_stats_of_everything() {
+        let mut all = Stats::default();
+        let mut parts = [Stats::default(), Stats::default(), Stats::default()];
+        for i in 0..300u64 {
+            let r = report(1 + i * 7 % 113, if i % 50 == 0 { "boom" } else { "" });
+            all.record(&r);
+            parts[(i % 3) as usize].record(&r);
+        }
+        let mut merged = Stats::default();
+        for p in &parts {
+            let wire = decode_histogram(&encode_histogram(&p.latency)).unwrap();
+            let mut copy = p.clone();
+            copy.latency = wire;
+            merged += &copy;
+        }
+        let w = Duration::from_secs(2);
+        let (a, m) = (Totals::new(&all, w), Totals::new(&merged, w));
+        assert_eq!(a.latency, m.latency);
+        assert_eq!((m.files_ok, m.files_failed, m.bytes), (294, 6, 29_400));
+        assert_eq!(
+            m.errors,
+            vec![ErrorCount {
+                message: "boom".into(),
+                count: 6
+            }]
+        );
+        assert!(m.to_text().contains("6 file(s) failed: boom"));
+        assert!((m.files_per_second - 147.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn empty_run_has_zero_latency_and_bad_histograms_are_errors() {
+        let t = Totals::new(&Stats::default(), Duration::ZERO);
+        assert_eq!(t.latency, Latency::default());
+        assert_eq!(t.mib_per_second, 0.0);
+        assert!(decode_histogram(b"nonsense").is_err());
+        assert_eq!(human_bytes(1536), "1.50 KiB");
+    }
+}

@@ -1,0 +1,183 @@
+//! rustls configurations from PEM files, for the Klio client and the sink.
+//!
+//! Keys load as cert-manager and openssl write them: RSA PKCS#1, EC (SEC1)
+//! and PKCS#8. Every error names the file and what is wrong with it.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::crypto::CryptoProvider;
+use rustls::server::WebPkiClientVerifier;
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+/// ALPN protocol id of HTTP/2, which gRPC runs on.
+const ALPN_H2: &[u8] = b"h2";
+
+/// A TLS file that could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot read {what} {path}: {source}")]
+    Read {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{what} {path} holds no PEM {expected}: {detail}")]
+    NotPem {
+        what: &'static str,
+        path: PathBuf,
+        expected: &'static str,
+        detail: String,
+    },
+    #[error("{what} {path}: {detail}")]
+    Unusable {
+        what: &'static str,
+        path: PathBuf,
+        detail: String,
+    },
+}
+
+/// The crypto provider walplayer uses everywhere (ring).
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|source| TlsError::Read {
+        what,
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Loads every certificate of a PEM file (at least one).
+pub fn load_certs(
+    what: &'static str,
+    path: &Path,
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let pem = read(what, path)?;
+    let not_pem = |detail: String| TlsError::NotPem {
+        what,
+        path: path.to_path_buf(),
+        expected: "certificate",
+        detail,
+    };
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| not_pem(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(not_pem(
+            "expected a '-----BEGIN CERTIFICATE-----' block".into(),
+        ));
+    }
+    Ok(certs)
+}
+
+/// Loads a private key: PKCS#1 RSA, SEC1 EC or PKCS#8.
+pub fn load_key(what: &'static str, path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    let pem = read(what, path)?;
+    PrivateKeyDer::from_pem_slice(&pem).map_err(|e| TlsError::NotPem {
+        what,
+        path: path.to_path_buf(),
+        expected: "private key (PKCS#1, SEC1 or PKCS#8)",
+        detail: e.to_string(),
+    })
+}
+
+fn roots(what: &'static str, path: &Path) -> Result<RootCertStore, TlsError> {
+    let mut store = RootCertStore::empty();
+    for cert in load_certs(what, path)? {
+        store.add(cert).map_err(|e| TlsError::Unusable {
+            what,
+            path: path.to_path_buf(),
+            detail: format!("not a usable CA certificate: {e}"),
+        })?;
+    }
+    Ok(store)
+}
+
+/// Client side of mutual TLS: trust `server_ca`, present the client pair.
+pub fn client_config(
+    server_ca: &Path,
+    cert: &Path,
+    key: &Path,
+) -> Result<Arc<ClientConfig>, TlsError> {
+    let roots = roots("server CA certificate (server_cert_path)", server_ca)?;
+    let chain = load_certs("client certificate (client_cert_path)", cert)?;
+    let key = load_key("client key (client_key_path)", key)?;
+    let mut config = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default protocol versions")
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .map_err(|e| TlsError::Unusable {
+            what: "client certificate and key",
+            path: cert.to_path_buf(),
+            detail: format!("do not form a usable pair: {e}"),
+        })?;
+    config.alpn_protocols = vec![ALPN_H2.to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Server side of mutual TLS: present `cert`/`key`, require client
+/// certificates signed by `client_ca`.
+pub fn server_config(
+    cert: &Path,
+    key: &Path,
+    client_ca: &Path,
+) -> Result<Arc<ServerConfig>, TlsError> {
+    let roots = roots("client CA certificate", client_ca)?;
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+        .build()
+        .map_err(|e| TlsError::Unusable {
+            what: "client CA certificate",
+            path: client_ca.to_path_buf(),
+            detail: e.to_string(),
+        })?;
+    let chain = load_certs("server certificate", cert)?;
+    let key = load_key("server key", key)?;
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default protocol versions")
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .map_err(|e| TlsError::Unusable {
+            what: "server certificate and key",
+            path: cert.to_path_buf(),
+            detail: format!("do not form a usable pair: {e}"),
+        })?;
+    config.alpn_protocols = vec![ALPN_H2.to_vec()];
+    Ok(Arc::new(config))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_name_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("nope.crt");
+        let e = load_certs("server CA certificate", &missing)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("cannot read server CA certificate") && e.contains("nope.crt"),
+            "{e}"
+        );
+        let junk = dir.path().join("junk.crt");
+        std::fs::write(&junk, "hello").unwrap();
+        let e = load_certs("client certificate", &junk)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("junk.crt holds no PEM certificate"), "{e}");
+        let e = load_key("client key", &junk).unwrap_err().to_string();
+        assert!(e.contains("junk.crt holds no PEM private key"), "{e}");
+        let e = load_certs("client certificate", dir.path())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cannot read client certificate"), "{e}");
+    }
+}
