@@ -59,6 +59,7 @@ pub async fn run(args: QuickstartArgs, shutdown: CancellationToken) -> Result<i3
         SinkSettings {
             tls: sink_tls,
             storage: sink::storage(Some(sink_data.clone()), Fsync::Block),
+            read_only: false,
         },
     )
     .await

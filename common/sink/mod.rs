@@ -35,6 +35,8 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct SinkSettings {
     pub tls: Arc<ServerConfig>,
     pub storage: Storage,
+    /// Refuse every upload, as a read-only Klio server does.
+    pub read_only: bool,
 }
 
 /// A sink bound to its address, not yet serving.
@@ -62,7 +64,7 @@ impl Sink {
         self,
         shutdown: CancellationToken,
     ) -> Result<Arc<SinkTotals>, tonic::transport::Error> {
-        let service = WalService::new(self.settings.storage);
+        let service = WalService::new(self.settings.storage, self.settings.read_only);
         let totals = service.totals();
         let (tx, rx) = mpsc::channel(64);
         let acceptor = TlsAcceptor::from(self.settings.tls);

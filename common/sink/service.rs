@@ -72,13 +72,17 @@ impl SinkTotals {
 /// The WAL service.
 pub struct WalService {
     storage: Storage,
+    read_only: bool,
     totals: Arc<SinkTotals>,
 }
 
 impl WalService {
-    pub fn new(storage: Storage) -> WalService {
+    /// A service storing into `storage`; a `read_only` one refuses every
+    /// Put with FAILED_PRECONDITION, as a read-only Klio server does.
+    pub fn new(storage: Storage, read_only: bool) -> WalService {
         WalService {
             storage,
+            read_only,
             totals: Arc::default(),
         }
     }
@@ -195,6 +199,9 @@ impl WalService {
         let mut id: Option<StreamId> = None;
         let mut target: Option<Target> = None;
         while let Some(msg) = stream.message().await.map_err(PutFailure::Aborted)? {
+            if self.read_only {
+                return Err(PutFailure::Rejected(Status::failed_precondition("server is read-only")));
+            }
             match &id {
                 None => {
                     let first = StreamId::of(&msg).map_err(PutFailure::Rejected)?;

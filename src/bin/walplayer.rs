@@ -101,6 +101,9 @@ struct SinkArgs {
     /// When to fsync received WAL: after every block (like Klio) or never
     #[arg(long, value_enum, default_value = "block")]
     fsync: sink::Fsync,
+    /// Refuse every upload with FAILED_PRECONDITION, as a read-only Klio does
+    #[arg(long)]
+    read_only: bool,
 }
 
 #[derive(clap::Args)]
@@ -222,6 +225,7 @@ async fn run_sink(args: SinkArgs, shutdown: CancellationToken) -> u8 {
     let settings = sink::SinkSettings {
         tls,
         storage: sink::storage(if args.discard { None } else { args.data }, args.fsync),
+        read_only: args.read_only,
     };
     let bound = match sink::Sink::bind(args.listen, settings).await {
         Ok(s) => s,

@@ -1,0 +1,251 @@
+//! Test helpers: a private directory with certificates, the built binaries
+//! with a clean environment, a sink process, bounded waits.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use walplayer::common::certs::{self, CertSpec, MintedCerts};
+
+/// Longest any one command of a test may run.
+pub const COMMAND_LIMIT: Duration = Duration::from_secs(120);
+
+/// A test's own directory with minted certificates.
+pub struct TestEnv {
+    pub dir: tempfile::TempDir,
+    pub certs: MintedCerts,
+}
+
+impl TestEnv {
+    pub fn new() -> TestEnv {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let certs = certs::mint(&dir.path().join("certs"), &CertSpec::default()).expect("mint certs");
+        TestEnv { dir, certs }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// `walplayer ARGS` with no Klio settings inherited and `HOME` inside
+    /// the test directory (so no `~/.klio.yaml` leaks in).
+    pub fn walplayer(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_walplayer"));
+        cmd.args(args).env("HOME", self.dir.path()).env_remove("RUST_LOG");
+        for var in [
+            "CLIENT_CLUSTER_NAME",
+            "CLIENT_WAL_ADDRESS",
+            "CLIENT_WAL_SERVER_CERT_PATH",
+            "CLIENT_WAL_CLIENT_CERT_PATH",
+            "CLIENT_WAL_CLIENT_KEY_PATH",
+        ] {
+            cmd.env_remove(var);
+        }
+        cmd
+    }
+
+    /// `walplayer play DIR` against `address` with this env's client
+    /// identity, as flags.
+    pub fn play(&self, dir: &Path, address: &str, extra: &[&str]) -> Command {
+        let c = &self.certs.client;
+        let mut cmd = self.walplayer(&["play"]);
+        cmd.arg(dir)
+            .args(["--cluster-name", "walplayer", "--address", address])
+            .arg("--server-cert")
+            .arg(&c.ca)
+            .arg("--client-cert")
+            .arg(&c.cert)
+            .arg("--client-key")
+            .arg(&c.key)
+            .args(extra);
+        cmd
+    }
+
+    /// Generates `count` segments of `mib` MiB into `name`.
+    pub fn generate(&self, name: &str, count: u32, mib: u32, extra: &[&str]) -> PathBuf {
+        let dir = self.path(name);
+        let out = run(self.walplayer(&["generate"]).arg(&dir).args([
+            "--length",
+            &count.to_string(),
+            "--wal-size",
+            &mib.to_string(),
+            "--quiet",
+        ]).args(extra));
+        assert_status(&out, 0);
+        dir
+    }
+
+    /// Starts a sink storing into `data` (fsync off: tests measure nothing).
+    pub fn sink(&self, data: &Path, extra: &[&str]) -> SinkProcess {
+        let s = &self.certs.server;
+        let mut cmd = self.walplayer(&["sink", "--listen", "127.0.0.1:0", "--fsync", "none"]);
+        cmd.arg("--data").arg(data);
+        cmd.arg("--tls-cert").arg(&s.cert).arg("--tls-key").arg(&s.key).arg("--client-ca").arg(&s.ca);
+        cmd.args(extra);
+        SinkProcess::start(cmd)
+    }
+}
+
+/// A running `walplayer sink`; killed when dropped.
+pub struct SinkProcess {
+    pub child: Child,
+    pub address: String,
+    pub log: PathBuf,
+    _log_dir: tempfile::TempDir,
+}
+
+impl SinkProcess {
+    pub fn start(mut cmd: Command) -> SinkProcess {
+        let log_dir = tempfile::tempdir().unwrap();
+        let log = log_dir.path().join("sink.log");
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start sink");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("sink prints its address within 30 s");
+        let address = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected sink line {line:?}: {}", std::fs::read_to_string(&log).unwrap_or_default()))
+            .to_string();
+        SinkProcess {
+            child,
+            address,
+            log,
+            _log_dir: log_dir,
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM and waits (bounded) for a clean exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        signal(&self.child, libc::SIGTERM);
+        wait_bounded(&mut self.child, Duration::from_secs(20))
+    }
+}
+
+impl Drop for SinkProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn signal(child: &Child, sig: i32) {
+    // SAFETY: kill(2) on a child we own; no memory is involved.
+    unsafe {
+        libc::kill(child.id() as i32, sig);
+    }
+}
+
+/// Waits for `child`, killing it (and failing the test) past `limit`.
+pub fn wait_bounded(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("process did not finish within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Runs a command to completion within [`COMMAND_LIMIT`], capturing output.
+pub fn run(cmd: &mut Command) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let stdout = child.stdout.take().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let out_reader = std::thread::spawn(move || read_all(stdout));
+    let err_reader = std::thread::spawn(move || read_all(stderr));
+    let status = wait_bounded(&mut child, COMMAND_LIMIT);
+    Output {
+        status,
+        stdout: out_reader.join().unwrap(),
+        stderr: err_reader.join().unwrap(),
+    }
+}
+
+fn read_all(mut r: impl std::io::Read) -> Vec<u8> {
+    let mut v = Vec::new();
+    let _ = r.read_to_end(&mut v);
+    v
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn assert_status(out: &Output, code: i32) {
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "expected exit {code}\nstdout:\n{}\nstderr:\n{}",
+        stdout(out),
+        stderr(out)
+    );
+}
+
+/// Parses JSON lines.
+pub fn json_lines(text: &str) -> Vec<serde_json::Value> {
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}")))
+        .collect()
+}
+
+pub fn read_json(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// Asserts every WAL file of `sent` is stored byte-identical in `stored`
+/// (`.gz` inputs compared decompressed); returns how many.
+pub fn assert_stored_identical(sent: &Path, stored: &Path) -> usize {
+    let mut n = 0;
+    let mut names: Vec<_> = std::fs::read_dir(sent).unwrap().map(|e| e.unwrap().path()).collect();
+    names.sort();
+    for path in names {
+        if !path.is_file() {
+            continue;
+        }
+        let name = path.file_name().unwrap().to_str().unwrap().to_string();
+        let (wal, data) = match name.strip_suffix(".gz") {
+            Some(wal) => {
+                let mut d = Vec::new();
+                std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(std::fs::File::open(&path).unwrap()), &mut d).unwrap();
+                (wal.to_string(), d)
+            }
+            None => (name.clone(), std::fs::read(&path).unwrap()),
+        };
+        let stored_data = std::fs::read(stored.join(&wal)).unwrap_or_else(|e| panic!("{wal} not stored: {e}"));
+        assert!(stored_data == data, "{wal} differs from what was sent");
+        n += 1;
+    }
+    n
+}
