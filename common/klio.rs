@@ -112,13 +112,28 @@ impl KlioEndpoint {
             Ok(Ok(_)) => Ok(client),
             // The service answered: the transport and TLS work.
             Ok(Err(status)) if answered_by_service(&status) => Ok(client),
-            Ok(Err(status)) => Err(format!(
-                "Klio at {} refused the connection: {}",
-                self.address,
-                status_text(&status)
-            )),
+            Ok(Err(status)) => Err(refusal(&self.address, &status)),
         }
     }
+}
+
+/// Explains a probe that failed below the service. With TLS 1.3 a server
+/// refuses a client certificate only after the client's side of the
+/// handshake is done, so the refusal shows as an alert or a closed
+/// connection on the first call.
+fn refusal(address: &str, status: &tonic::Status) -> String {
+    let text = status_text(status);
+    let closed = ["alert", "broken pipe", "reset", "closed", "unexpected eof"]
+        .iter()
+        .any(|w| text.to_lowercase().contains(w));
+    let hint = if closed {
+        "; the server ended the connection after the TLS handshake, which is how it refuses a client \
+         certificate: check that the client certificate (client_cert_path) is signed by a CA the server \
+         trusts, is not expired and allows client authentication"
+    } else {
+        ""
+    };
+    format!("Klio at {address} refused the connection: {text}{hint}")
 }
 
 fn tune_socket(tcp: &TcpStream) {

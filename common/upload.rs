@@ -149,6 +149,12 @@ fn read_blocks(
         let mut buf = vec![0u8; block];
         let n = match read_full(&mut input, &mut buf) {
             Ok(n) => n,
+            Err(e) if segment.gzip && e.to_string().contains("checksum") => {
+                return Err(fail(
+                    "gzip trailer (CRC or size) does not match the decompressed data: the file is damaged".into(),
+                    tx,
+                ))
+            }
             Err(e) if segment.gzip => return Err(fail(format!("gzip data is corrupt: {e}"), tx)),
             Err(e) => return Err(fail(format!("cannot read file: {e}"), tx)),
         };

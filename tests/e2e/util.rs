@@ -243,6 +243,9 @@ pub fn assert_stored_identical(sent: &Path, stored: &Path) -> usize {
             }
             None => (name.clone(), std::fs::read(&path).unwrap()),
         };
+        if !walplayer::common::walname::is_wal_name(&wal) {
+            continue;
+        }
         let stored_data = std::fs::read(stored.join(&wal)).unwrap_or_else(|e| panic!("{wal} not stored: {e}"));
         assert!(stored_data == data, "{wal} differs from what was sent");
         n += 1;

@@ -1,0 +1,152 @@
+//! The sink follows every rule of the protocol facts, checked in process.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use tokio_util::sync::CancellationToken;
+use walplayer::common::certs::{self, CertSpec};
+use walplayer::common::klio::{Client, KlioEndpoint};
+use walplayer::common::sink::{self, Fsync, Sink, SinkSettings, SinkTotals};
+use walplayer::common::tls;
+use walplayer::proto::klio::{GetRequest, PutRequest};
+
+struct Running {
+    client: Client,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<Result<std::sync::Arc<SinkTotals>, tonic::transport::Error>>,
+}
+
+async fn start(dir: &Path, discard: bool) -> Running {
+    let minted = certs::mint(&dir.join("certs"), &CertSpec::default()).unwrap();
+    let settings = SinkSettings {
+        tls: tls::server_config(&minted.server.cert, &minted.server.key, &minted.server.ca).unwrap(),
+        storage: sink::storage(if discard { None } else { Some(dir.join("data")) }, Fsync::Block),
+        read_only: false,
+    };
+    let sink = Sink::bind(SocketAddr::from(([127, 0, 0, 1], 0)), settings).await.unwrap();
+    let addr = sink.local_addr().to_string();
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(sink.serve(stop.clone()));
+    let client_tls = tls::client_config(&minted.client.ca, &minted.client.cert, &minted.client.key).unwrap();
+    let client = KlioEndpoint::new(&addr, client_tls).unwrap().probe().await.unwrap();
+    Running { client, stop, task }
+}
+
+impl Running {
+    async fn stop(self) -> std::sync::Arc<SinkTotals> {
+        self.stop.cancel();
+        tokio::time::timeout(std::time::Duration::from_secs(20), self.task)
+            .await
+            .expect("sink stops within 20 s")
+            .unwrap()
+            .unwrap()
+    }
+}
+
+fn block(cluster: &str, wal: &str, size: u64, data: &[u8]) -> PutRequest {
+    PutRequest {
+        cluster_name: cluster.into(),
+        wal_name: wal.into(),
+        wal_block: Bytes::copy_from_slice(data),
+        segment_size: size,
+        send_to_tier2: false,
+    }
+}
+
+async fn put(client: &mut Client, msgs: Vec<PutRequest>) -> Result<u64, tonic::Status> {
+    client
+        .put(tokio_stream::iter(msgs))
+        .await
+        .map(|r| r.into_inner().written_size)
+}
+
+const WAL: &str = "000000010000000000000001";
+
+#[tokio::test]
+async fn complete_partial_and_read_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = start(dir.path(), false).await;
+    let data = dir.path().join("data/c1");
+
+    let written = put(&mut s.client, vec![block("c1", WAL, 6, b"abc"), block("c1", WAL, 6, b"def")]).await.unwrap();
+    assert_eq!(written, 6);
+    assert_eq!(std::fs::read(data.join(WAL)).unwrap(), b"abcdef");
+    assert!(!data.join(format!("{WAL}.partial")).exists());
+
+    // Fewer bytes than segment_size: reported, and the file stays partial.
+    let short = "000000010000000000000002";
+    assert_eq!(put(&mut s.client, vec![block("c1", short, 10, b"abc")]).await.unwrap(), 3);
+    assert!(data.join(format!("{short}.partial")).exists());
+    assert!(!data.join(short).exists());
+
+    // No block at all: written_size 0.
+    assert_eq!(put(&mut s.client, vec![]).await.unwrap(), 0);
+
+    let mut stream = s
+        .client
+        .get(GetRequest { cluster_name: "c1".into(), wal_name: WAL.into() })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut got = Vec::new();
+    while let Some(m) = stream.message().await.unwrap() {
+        assert_eq!(m.segment_size, 6);
+        got.extend_from_slice(&m.wal_block);
+    }
+    assert_eq!(got, b"abcdef");
+    let missing = s
+        .client
+        .get(GetRequest { cluster_name: "c1".into(), wal_name: "000000010000000000000009".into() })
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), tonic::Code::NotFound);
+
+    let totals = s.stop().await;
+    assert_eq!(totals.completed.load(Ordering::Relaxed), 1);
+    assert_eq!(totals.partial.load(Ordering::Relaxed), 1);
+    assert_eq!(totals.reads.load(Ordering::Relaxed), 1);
+}
+
+#[tokio::test]
+async fn invalid_streams_are_rejected_with_invalid_argument() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = start(dir.path(), false).await;
+    let cases = vec![
+        (vec![block("c", "README", 3, b"abc")], "not a PostgreSQL WAL file name"),
+        (vec![block("a/b", WAL, 3, b"abc")], "invalid cluster_name"),
+        (vec![block("..", WAL, 3, b"abc")], "invalid cluster_name"),
+        (vec![block("c", "0000000100000000000000/1", 3, b"abc")], "invalid wal_name"),
+        (vec![block("c", WAL, 0, b"abc")], "segment_size must be non-zero"),
+        (vec![block("c", WAL, 6, b"abc"), block("c", "000000010000000000000002", 6, b"def")], "incoherent wal_name"),
+        (vec![block("c", WAL, 6, b"abc"), block("d", WAL, 6, b"def")], "incoherent cluster_name"),
+        (vec![block("c", WAL, 6, b"abc"), block("c", WAL, 7, b"def")], "incoherent segment_size"),
+    ];
+    let n = cases.len() as u64;
+    for (msgs, needle) in cases {
+        let e = put(&mut s.client, msgs).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{needle}: {e:?}");
+        assert!(e.message().contains(needle), "{needle}: {}", e.message());
+    }
+    assert!(!dir.path().join("data/c").join(WAL).exists(), "nothing rejected is completed");
+    let totals = s.stop().await;
+    assert_eq!(totals.rejected.load(Ordering::Relaxed), n);
+}
+
+#[tokio::test]
+async fn discard_counts_and_stores_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = start(dir.path(), true).await;
+    assert_eq!(put(&mut s.client, vec![block("c", WAL, 3, b"abc")]).await.unwrap(), 3);
+    let e = s
+        .client
+        .get(GetRequest { cluster_name: "c".into(), wal_name: WAL.into() })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition);
+    assert!(!dir.path().join("data").exists());
+    let totals = s.stop().await;
+    assert_eq!(totals.completed.load(Ordering::Relaxed), 1);
+    assert_eq!(totals.bytes.load(Ordering::Relaxed), 3);
+}
