@@ -207,7 +207,7 @@ impl Payload {
         if data.is_empty() {
             return Err(GenerateError::TemplateEmpty { path: path.into() });
         }
-        if data.len() % PAGE_SIZE != 0 {
+        if !data.len().is_multiple_of(PAGE_SIZE) {
             return Err(GenerateError::TemplateSize {
                 path: path.into(),
                 len: data.len() as u64,
@@ -339,7 +339,7 @@ fn payload_per_segment(segment_bytes: u64) -> u64 {
 /// Checks a segment size: a whole number of pages that fits `xlp_seg_size`.
 fn check_segment_bytes(segment_bytes: u64) -> io::Result<()> {
     if segment_bytes == 0
-        || segment_bytes % PAGE_SIZE as u64 != 0
+        || !segment_bytes.is_multiple_of(PAGE_SIZE as u64)
         || segment_bytes > u32::MAX as u64
     {
         return Err(io::Error::new(
@@ -492,13 +492,17 @@ impl GenerateSpec {
     /// Checks the spec and returns the first segment's name.
     fn first_segment(&self) -> Result<SegmentName, GenerateError> {
         let bytes = self.segment_bytes;
-        let mib = if bytes % MIB == 0 { bytes / MIB } else { 0 };
+        let mib = if bytes.is_multiple_of(MIB) {
+            bytes / MIB
+        } else {
+            0
+        };
         segment_bytes_from_mib(mib)
             .map_err(|reason| GenerateError::SegmentSize { bytes, reason })?;
         if self.timeline == 0 {
             return Err(GenerateError::Timeline);
         }
-        if self.start_lsn % bytes != 0 {
+        if !self.start_lsn.is_multiple_of(bytes) {
             return Err(GenerateError::UnalignedStart {
                 lsn: self.start_lsn,
                 segment_bytes: bytes,
