@@ -1,1 +1,122 @@
-fn main() {}
+//! Is generation bound by the disk? Compares `generate()` with a plain
+//! sequential write of the same bytes, on each filesystem we can reach.
+//!
+//! Filesystems: `/dev/shm` if present, the temporary directory, and
+//! `WALPLAYER_BENCH_DIR` if set. `WALPLAYER_BENCH_SEGMENTS` (default 32)
+//! sets how many 16 MiB segments each round writes. Prints medians of
+//! alternating rounds; asserts nothing about time.
+
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use walplayer::common::generate::{generate, write_segment, GenerateSpec, Payload, PgVersion};
+use walplayer::common::walname::{SegmentName, MIB};
+
+const SEGMENT_BYTES: u64 = 16 * MIB;
+const ROUNDS: usize = 5;
+const CHUNK: usize = MIB as usize;
+
+fn main() {
+    let segments: u64 = std::env::var("WALPLAYER_BENCH_SEGMENTS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(32);
+    let payload = Payload::synthetic();
+    let template = |dir: PathBuf| GenerateSpec {
+        dir,
+        count: segments,
+        segment_bytes: SEGMENT_BYTES,
+        timeline: 1,
+        start_lsn: 0,
+        pg_version: PgVersion::default(),
+        gzip: false,
+        system_id: 7_400_000_000_000_000_000,
+    };
+    let expected = pregenerate(&template(PathBuf::new()), &payload);
+
+    let mut filesystems = Vec::new();
+    if Path::new("/dev/shm").is_dir() {
+        filesystems.push(PathBuf::from("/dev/shm"));
+    }
+    filesystems.push(std::env::temp_dir());
+    if let Some(dir) = std::env::var_os("WALPLAYER_BENCH_DIR") {
+        filesystems.push(PathBuf::from(dir));
+    }
+
+    let total = (segments * SEGMENT_BYTES) as f64 / MIB as f64;
+    for fs_root in filesystems {
+        let root = fs_root.join(format!("walplayer-bench-{}", std::process::id()));
+        let (mut baseline, mut generated) = (Vec::new(), Vec::new());
+        for _ in 0..ROUNDS {
+            let dir = root.join("baseline");
+            baseline.push(time(|| write_plain(&dir, &expected)));
+            remove(&dir);
+            let dir = root.join("generate");
+            let spec = template(dir.clone());
+            generated.push(time(|| {
+                generate(&spec, &payload, &mut |_, _| ()).expect("generate");
+            }));
+            remove(&dir);
+        }
+        remove(&root);
+        let (g, b) = (total / median(generated), total / median(baseline));
+        println!(
+            "generate {}: {g:.0} MiB/s, baseline {b:.0} MiB/s, ratio {:.2}",
+            fs_root.display(),
+            g / b
+        );
+    }
+}
+
+/// The exact bytes `generate` writes, named, held in memory.
+fn pregenerate(spec: &GenerateSpec, payload: &Payload) -> Vec<(String, Vec<u8>)> {
+    let mut name = SegmentName::containing(spec.timeline, spec.start_lsn, SEGMENT_BYTES);
+    (0..spec.count)
+        .map(|i| {
+            if i > 0 {
+                name = name.next(SEGMENT_BYTES);
+            }
+            let mut data = Vec::with_capacity(SEGMENT_BYTES as usize);
+            write_segment(
+                &mut data,
+                name,
+                SEGMENT_BYTES,
+                spec.pg_version,
+                spec.system_id,
+                payload,
+            )
+            .expect("write to memory");
+            (name.to_string(), data)
+        })
+        .collect()
+}
+
+/// The baseline: one file per segment, written in 1 MiB `write_all`s.
+fn write_plain(dir: &Path, segments: &[(String, Vec<u8>)]) {
+    fs::create_dir_all(dir).expect("create baseline directory");
+    for (name, data) in segments {
+        let mut file = File::create(dir.join(name)).expect("create baseline file");
+        for chunk in data.chunks(CHUNK) {
+            file.write_all(chunk).expect("write baseline file");
+        }
+    }
+}
+
+fn time(f: impl FnOnce()) -> f64 {
+    let start = Instant::now();
+    f();
+    start.elapsed().max(Duration::from_nanos(1)).as_secs_f64()
+}
+
+fn median(mut seconds: Vec<f64>) -> f64 {
+    seconds.sort_by(f64::total_cmp);
+    seconds[seconds.len() / 2]
+}
+
+fn remove(dir: &Path) {
+    if dir.exists() {
+        fs::remove_dir_all(dir).expect("remove bench files");
+    }
+}
