@@ -200,7 +200,9 @@ impl WalService {
         let mut target: Option<Target> = None;
         while let Some(msg) = stream.message().await.map_err(PutFailure::Aborted)? {
             if self.read_only {
-                return Err(PutFailure::Rejected(Status::failed_precondition("server is read-only")));
+                return Err(PutFailure::Rejected(Status::failed_precondition(
+                    "server is read-only",
+                )));
             }
             match &id {
                 None => {

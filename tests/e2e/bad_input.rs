@@ -18,7 +18,13 @@ fn expect_usage_error(out: std::process::Output, needles: &[&str]) {
 fn play_flags_out_of_range() {
     let env = TestEnv::new();
     let wal = env.generate("wal", 1, 1, &[]);
-    for (flag, value) in [("--block-size", "0"), ("--block-size", "8193"), ("--jobs", "0"), ("--timeout", "soon"), ("--timeout", "0s")] {
+    for (flag, value) in [
+        ("--block-size", "0"),
+        ("--block-size", "8193"),
+        ("--jobs", "0"),
+        ("--timeout", "soon"),
+        ("--timeout", "0s"),
+    ] {
         let out = run(&mut env.play(&wal, "127.0.0.1:1", &[flag, value]));
         expect_usage_error(out, &[flag]);
     }
@@ -40,7 +46,10 @@ fn play_missing_directory_and_file_as_directory() {
 fn missing_settings_are_listed_together() {
     let env = TestEnv::new();
     let wal = env.generate("wal", 1, 1, &[]);
-    let out = run(env.walplayer(&["play"]).arg(&wal).args(["--address", "127.0.0.1:1"]));
+    let out = run(env
+        .walplayer(&["play"])
+        .arg(&wal)
+        .args(["--address", "127.0.0.1:1"]));
     expect_usage_error(
         out,
         &[
@@ -59,11 +68,25 @@ fn unknown_yaml_key_is_warned_by_name() {
     let env = TestEnv::new();
     let wal = env.generate("wal", 1, 1, &[]);
     let config = env.path("klio.yaml");
-    std::fs::write(&config, "client:\n  wal:\n    cluster_name: oops\n    address: 127.0.0.1:1\n").unwrap();
+    std::fs::write(
+        &config,
+        "client:\n  wal:\n    cluster_name: oops\n    address: 127.0.0.1:1\n",
+    )
+    .unwrap();
     let out = run(env.walplayer(&["play", "--config"]).arg(&config).arg(&wal));
-    expect_usage_error(out, &["client.wal.cluster_name", "did you mean client.cluster_name", "missing"]);
+    expect_usage_error(
+        out,
+        &[
+            "client.wal.cluster_name",
+            "did you mean client.cluster_name",
+            "missing",
+        ],
+    );
 
-    let out = run(env.walplayer(&["play", "--config"]).arg(env.path("absent.yaml")).arg(&wal));
+    let out = run(env
+        .walplayer(&["play", "--config"])
+        .arg(env.path("absent.yaml"))
+        .arg(&wal));
     expect_usage_error(out, &["absent.yaml", "cannot read configuration file"]);
 
     std::fs::write(&config, "client: [unclosed\n").unwrap();
@@ -79,23 +102,44 @@ fn certificate_files_unreadable_or_not_pem_are_named() {
     std::fs::write(&junk, "this is not PEM").unwrap();
     let c = &env.certs.client;
     let cases: [(&str, &Path, &str); 4] = [
-        ("--server-cert", &env.path("missing-ca.crt"), "missing-ca.crt"),
+        (
+            "--server-cert",
+            &env.path("missing-ca.crt"),
+            "missing-ca.crt",
+        ),
         ("--server-cert", &junk, "junk.pem"),
         ("--client-cert", &junk, "junk.pem"),
         ("--client-key", &junk, "junk.pem"),
     ];
     for (flag, path, needle) in cases {
         let mut cmd = env.walplayer(&["play"]);
-        cmd.arg(&wal).args(["--cluster-name", "x", "--address", "127.0.0.1:1"]);
-        for (f, default) in [("--server-cert", &c.ca), ("--client-cert", &c.cert), ("--client-key", &c.key)] {
-            cmd.arg(f).arg(if f == flag { path } else { default.as_path() });
+        cmd.arg(&wal)
+            .args(["--cluster-name", "x", "--address", "127.0.0.1:1"]);
+        for (f, default) in [
+            ("--server-cert", &c.ca),
+            ("--client-cert", &c.cert),
+            ("--client-key", &c.key),
+        ] {
+            cmd.arg(f)
+                .arg(if f == flag { path } else { default.as_path() });
         }
         expect_usage_error(run(&mut cmd), &[needle]);
     }
     // A directory where a file is expected.
     let mut cmd = env.walplayer(&["play"]);
-    cmd.arg(&wal).args(["--cluster-name", "x", "--address", "127.0.0.1:1", "--server-cert"]).arg(env.dir.path());
-    cmd.arg("--client-cert").arg(&c.cert).arg("--client-key").arg(&c.key);
+    cmd.arg(&wal)
+        .args([
+            "--cluster-name",
+            "x",
+            "--address",
+            "127.0.0.1:1",
+            "--server-cert",
+        ])
+        .arg(env.dir.path());
+    cmd.arg("--client-cert")
+        .arg(&c.cert)
+        .arg("--client-key")
+        .arg(&c.key);
     expect_usage_error(run(&mut cmd), &["server CA certificate"]);
 }
 
@@ -104,7 +148,11 @@ fn unreachable_address_is_reported_once() {
     let env = TestEnv::new();
     let wal = env.generate("wal", 3, 1, &[]);
     // A port that was just free: nothing listens there.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let address = format!("127.0.0.1:{port}");
     let out = run(&mut env.play(&wal, &address, &[]));
     assert!(stdout(&out).is_empty(), "no file was attempted");
@@ -120,7 +168,10 @@ fn bad_cluster_name_is_refused_before_connecting() {
     let env = TestEnv::new();
     let wal = env.generate("wal", 1, 1, &[]);
     let mut cmd = env.walplayer(&["play"]);
-    cmd.arg(&wal).arg("--config").arg(&env.certs.klio_config).args(["--cluster-name", "../etc"]);
+    cmd.arg(&wal)
+        .arg("--config")
+        .arg(&env.certs.klio_config)
+        .args(["--cluster-name", "../etc"]);
     expect_usage_error(run(&mut cmd), &["client.cluster_name", "../etc"]);
 }
 
@@ -128,14 +179,21 @@ fn bad_cluster_name_is_refused_before_connecting() {
 fn generate_rejects_sizes_postgres_refuses() {
     let env = TestEnv::new();
     for size in ["0", "3", "2048"] {
-        let out = run(env.walplayer(&["generate", "--length", "1", "--wal-size", size]).arg(env.path("g")));
+        let out = run(env
+            .walplayer(&["generate", "--length", "1", "--wal-size", size])
+            .arg(env.path("g")));
         expect_usage_error(out, &["--wal-size", "1, 2, 4"]);
     }
     let out = run(env.walplayer(&["generate"]).arg(env.path("g")));
     expect_usage_error(out, &["--length"]);
-    let out = run(env.walplayer(&["generate", "--length", "1", "--start-lsn", "0/1"]).arg(env.path("g")));
+    let out = run(env
+        .walplayer(&["generate", "--length", "1", "--start-lsn", "0/1"])
+        .arg(env.path("g")));
     expect_usage_error(out, &["0/0"]);
-    let out = run(env.walplayer(&["generate", "--length", "1", "--template"]).arg(env.path("nope")).arg(env.path("g")));
+    let out = run(env
+        .walplayer(&["generate", "--length", "1", "--template"])
+        .arg(env.path("nope"))
+        .arg(env.path("g")));
     expect_usage_error(out, &["nope"]);
 }
 
@@ -157,13 +215,45 @@ fn key_formats_pkcs1_sec1_pkcs8_all_work() {
     // SEC1 ("EC PRIVATE KEY") from the minted PKCS#8 key.
     let key = env.certs.client.key.to_str().unwrap();
     openssl(&["ec", "-in", key, "-out", "sec1.key"]);
-    assert!(std::fs::read_to_string(d.join("sec1.key")).unwrap().contains("BEGIN EC PRIVATE KEY"));
+    assert!(std::fs::read_to_string(d.join("sec1.key"))
+        .unwrap()
+        .contains("BEGIN EC PRIVATE KEY"));
     // An RSA client certificate signed by our CA, key in PKCS#1 ("RSA PRIVATE KEY").
     std::fs::write(d.join("ext.cnf"), "extendedKeyUsage=clientAuth\n").unwrap();
-    openssl(&["req", "-new", "-newkey", "rsa:2048", "-nodes", "-keyout", "rsa8.key", "-subj", "/CN=klio@walplayer", "-out", "rsa.csr"]);
-    openssl(&["x509", "-req", "-in", "rsa.csr", "-CA", ca_dir.join("tls.crt").to_str().unwrap(), "-CAkey", ca_dir.join("tls.key").to_str().unwrap(), "-CAcreateserial", "-days", "2", "-extfile", "ext.cnf", "-out", "rsa.crt"]);
+    openssl(&[
+        "req",
+        "-new",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "rsa8.key",
+        "-subj",
+        "/CN=klio@walplayer",
+        "-out",
+        "rsa.csr",
+    ]);
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "rsa.csr",
+        "-CA",
+        ca_dir.join("tls.crt").to_str().unwrap(),
+        "-CAkey",
+        ca_dir.join("tls.key").to_str().unwrap(),
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+        "-out",
+        "rsa.crt",
+    ]);
     openssl(&["rsa", "-in", "rsa8.key", "-traditional", "-out", "rsa1.key"]);
-    assert!(std::fs::read_to_string(d.join("rsa1.key")).unwrap().contains("BEGIN RSA PRIVATE KEY"));
+    assert!(std::fs::read_to_string(d.join("rsa1.key"))
+        .unwrap()
+        .contains("BEGIN RSA PRIVATE KEY"));
 
     let client_cert = env.certs.client.cert.clone();
     for (cert, key) in [
@@ -175,7 +265,13 @@ fn key_formats_pkcs1_sec1_pkcs8_all_work() {
         let out = run(env
             .walplayer(&["play"])
             .arg(&wal)
-            .args(["--cluster-name", "walplayer", "--address", &sink.address, "--server-cert"])
+            .args([
+                "--cluster-name",
+                "walplayer",
+                "--address",
+                &sink.address,
+                "--server-cert",
+            ])
             .arg(&env.certs.client.ca)
             .arg("--client-cert")
             .arg(&cert)
@@ -187,7 +283,13 @@ fn key_formats_pkcs1_sec1_pkcs8_all_work() {
     let out = run(env
         .walplayer(&["play"])
         .arg(&wal)
-        .args(["--cluster-name", "walplayer", "--address", &sink.address, "--server-cert"])
+        .args([
+            "--cluster-name",
+            "walplayer",
+            "--address",
+            &sink.address,
+            "--server-cert",
+        ])
         .arg(&env.certs.client.ca)
         .arg("--client-cert")
         .arg(d.join("rsa.crt"))

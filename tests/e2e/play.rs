@@ -15,14 +15,24 @@ fn generate_play_store_byte_identical() {
     let mut sink = env.sink(&data, &[]);
     let summary = env.path("summary.json");
     let out = run(env
-        .play(&wal, &sink.address, &["-j", "3", "--block-size", "100", "--summary"])
+        .play(
+            &wal,
+            &sink.address,
+            &["-j", "3", "--block-size", "100", "--summary"],
+        )
         .arg(&summary));
     assert_status(&out, 0);
 
     let lines = json_lines(&stdout(&out));
     assert_eq!(lines.len(), 6, "one JSON line per WAL file");
     for line in &lines {
-        for key in ["walFullPath", "startTime", "endTime", "elapsedTime", "error"] {
+        for key in [
+            "walFullPath",
+            "startTime",
+            "endTime",
+            "elapsedTime",
+            "error",
+        ] {
             assert!(line.get(key).is_some(), "{key} missing in {line}");
         }
         assert_eq!(line["error"], "");
@@ -35,8 +45,15 @@ fn generate_play_store_byte_identical() {
         assert!(end >= start);
         assert!(line["startTime"].as_str().unwrap().ends_with('Z'));
     }
-    assert!(stderr(&out).contains("README"), "skipped file is named: {}", stderr(&out));
-    assert_eq!(assert_stored_identical(&wal, &data.join("walplayer")), 6 + 0);
+    assert!(
+        stderr(&out).contains("README"),
+        "skipped file is named: {}",
+        stderr(&out)
+    );
+    assert_eq!(
+        assert_stored_identical(&wal, &data.join("walplayer")),
+        6 + 0
+    );
 
     let s = read_json(&summary);
     assert_eq!(s["filesOk"], 6);
@@ -47,7 +64,11 @@ fn generate_play_store_byte_identical() {
         assert!(s[key].as_f64().unwrap() > 0.0, "{key}");
     }
     let lat = &s["latency"];
-    let (min, p50, max) = (lat["minNs"].as_u64().unwrap(), lat["p50Ns"].as_u64().unwrap(), lat["maxNs"].as_u64().unwrap());
+    let (min, p50, max) = (
+        lat["minNs"].as_u64().unwrap(),
+        lat["p50Ns"].as_u64().unwrap(),
+        lat["maxNs"].as_u64().unwrap(),
+    );
     assert!(min > 0 && min <= p50 && p50 <= max);
     for key in ["meanNs", "p90Ns", "p99Ns", "p999Ns"] {
         assert!(lat[key].as_u64().is_some(), "{key}");
@@ -57,7 +78,11 @@ fn generate_play_store_byte_identical() {
     // The sink logs its totals and exits cleanly on SIGTERM.
     let status = sink.terminate();
     assert!(status.success(), "sink exit {status:?}");
-    assert!(sink.log_text().contains("6 files complete"), "{}", sink.log_text());
+    assert!(
+        sink.log_text().contains("6 files complete"),
+        "{}",
+        sink.log_text()
+    );
 }
 
 #[test]
@@ -70,8 +95,31 @@ fn gzip_input_is_sent_decompressed_with_trailer_size() {
     assert_status(&out, 0);
     let lines = json_lines(&stdout(&out));
     assert_eq!(lines.len(), 3);
-    assert!(lines[0]["walFullPath"].as_str().unwrap().ends_with(".gz"));
-    assert_eq!(lines[0]["walName"], "000000010000000000000000");
+    let mut names: Vec<_> = lines
+        .iter()
+        .map(|l| l["walName"].as_str().unwrap().to_string())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "000000010000000000000000",
+            "000000010000000000000001",
+            "000000010000000000000002"
+        ]
+    );
+    for l in &lines {
+        let path = l["walFullPath"].as_str().unwrap();
+        assert!(
+            path.ends_with(&format!("{}.gz", l["walName"].as_str().unwrap())),
+            "{path}"
+        );
+        assert_eq!(
+            l["bytes"],
+            2 << 20,
+            "size from the trailer, sent decompressed"
+        );
+    }
     assert_eq!(assert_stored_identical(&wal, &data.join("walplayer")), 3);
 }
 
@@ -80,7 +128,10 @@ fn damaged_gzip_fails_that_file_only() {
     let env = TestEnv::new();
     let wal = env.generate("wal", 3, 1, &["--gzip"]);
     let names: Vec<_> = {
-        let mut v: Vec<_> = std::fs::read_dir(&wal).unwrap().map(|e| e.unwrap().path()).collect();
+        let mut v: Vec<_> = std::fs::read_dir(&wal)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
         v.sort();
         v
     };
@@ -104,8 +155,16 @@ fn damaged_gzip_fails_that_file_only() {
     assert_status(&out, 1);
     let lines = json_lines(&stdout(&out));
     assert_eq!(lines.len(), 3);
-    assert!(lines[0]["error"].as_str().unwrap().contains("gzip trailer"), "{}", lines[0]);
-    assert!(lines[1]["error"].as_str().unwrap().contains("gzip"), "{}", lines[1]);
+    assert!(
+        lines[0]["error"].as_str().unwrap().contains("gzip trailer"),
+        "{}",
+        lines[0]
+    );
+    assert!(
+        lines[1]["error"].as_str().unwrap().contains("gzip"),
+        "{}",
+        lines[1]
+    );
     assert_eq!(lines[2]["error"], "");
     // Only the good file completed; damaged ones never got a final name.
     assert!(!data.join("walplayer/000000010000000000000000").exists());
@@ -159,12 +218,18 @@ fn output_file_gets_each_line_and_read_only_server_fails_files() {
     assert_eq!(lines.len(), 3);
     for l in &lines {
         let e = l["error"].as_str().unwrap();
-        assert!(e.contains("FailedPrecondition") && e.contains("read-only"), "{e}");
+        assert!(
+            e.contains("FailedPrecondition") && e.contains("read-only"),
+            "{e}"
+        );
     }
     let s = read_json(&summary);
     assert_eq!(s["filesFailed"], 3);
     assert_eq!(s["errors"][0]["count"], 3);
-    assert!(s["errors"][0]["message"].as_str().unwrap().contains("read-only"));
+    assert!(s["errors"][0]["message"]
+        .as_str()
+        .unwrap()
+        .contains("read-only"));
     assert!(stderr(&out).contains("3 failed"), "{}", stderr(&out));
 }
 
@@ -188,9 +253,18 @@ fn client_certificate_from_another_ca_is_refused_up_front() {
     assert_status(&out, 2);
     let err = stderr(&out);
     assert!(err.contains(&sink.address), "names the address: {err}");
-    assert!(err.to_lowercase().contains("certificate") || err.contains("UnknownCA") || err.contains("alert"), "{err}");
+    assert!(
+        err.to_lowercase().contains("certificate")
+            || err.contains("UnknownCA")
+            || err.contains("alert"),
+        "{err}"
+    );
     assert!(stdout(&out).is_empty());
-    assert!(sink.log_text().contains("TLS handshake"), "sink logs the rejection: {}", sink.log_text());
+    assert!(
+        sink.log_text().contains("TLS handshake"),
+        "sink logs the rejection: {}",
+        sink.log_text()
+    );
 
     // And the other way: a server we do not trust.
     let out = run(env
@@ -205,7 +279,11 @@ fn client_certificate_from_another_ca_is_refused_up_front() {
         .arg(&env.certs.client.key));
     assert_status(&out, 2);
     let err = stderr(&out);
-    assert!(err.contains(&sink.address) && (err.contains("UnknownIssuer") || err.contains("BadSignature")), "{err}");
+    assert!(
+        err.contains(&sink.address)
+            && (err.contains("UnknownIssuer") || err.contains("BadSignature")),
+        "{err}"
+    );
 }
 
 #[test]
@@ -216,7 +294,18 @@ fn sink_killed_mid_run_ends_the_run_with_a_summary() {
     let output = env.path("out.json");
     let summary = env.path("summary.json");
     let mut child = env
-        .play(&wal, &sink.address, &["--block-size", "16", "--timeout", "20s", "--quiet", "--output"])
+        .play(
+            &wal,
+            &sink.address,
+            &[
+                "--block-size",
+                "16",
+                "--timeout",
+                "20s",
+                "--quiet",
+                "--output",
+            ],
+        )
         .arg(&output)
         .arg("--summary")
         .arg(&summary)
@@ -226,7 +315,11 @@ fn sink_killed_mid_run_ends_the_run_with_a_summary() {
         .unwrap();
     // Kill the sink once a few files are through.
     let deadline = Instant::now() + Duration::from_secs(60);
-    while std::fs::read_to_string(&output).map(|t| t.lines().count()).unwrap_or(0) < 3 {
+    while std::fs::read_to_string(&output)
+        .map(|t| t.lines().count())
+        .unwrap_or(0)
+        < 3
+    {
         assert!(Instant::now() < deadline, "no file finished within 60 s");
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -250,7 +343,11 @@ fn interrupt_stops_starting_files_and_writes_summary() {
     let output = env.path("out.json");
     let summary = env.path("summary.json");
     let mut child = env
-        .play(&wal, &sink.address, &["--block-size", "8", "--quiet", "--output"])
+        .play(
+            &wal,
+            &sink.address,
+            &["--block-size", "8", "--quiet", "--output"],
+        )
         .arg(&output)
         .arg("--summary")
         .arg(&summary)
@@ -259,7 +356,11 @@ fn interrupt_stops_starting_files_and_writes_summary() {
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
-    while std::fs::read_to_string(&output).map(|t| t.lines().count()).unwrap_or(0) < 2 {
+    while std::fs::read_to_string(&output)
+        .map(|t| t.lines().count())
+        .unwrap_or(0)
+        < 2
+    {
         assert!(Instant::now() < deadline, "no file finished within 60 s");
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -267,8 +368,15 @@ fn interrupt_stops_starting_files_and_writes_summary() {
     let status = wait_bounded(&mut child, Duration::from_secs(30));
     assert_eq!(status.code(), Some(130));
     let lines = json_lines(&std::fs::read_to_string(&output).unwrap());
-    assert!(lines.len() >= 2 && lines.len() < 200, "{} lines", lines.len());
+    assert!(
+        lines.len() >= 2 && lines.len() < 200,
+        "{} lines",
+        lines.len()
+    );
     let s = read_json(&summary);
     assert_eq!(s["interrupted"], true);
-    assert_eq!(s["filesOk"].as_u64().unwrap() + s["filesFailed"].as_u64().unwrap(), lines.len() as u64);
+    assert_eq!(
+        s["filesOk"].as_u64().unwrap() + s["filesFailed"].as_u64().unwrap(),
+        lines.len() as u64
+    );
 }

@@ -35,14 +35,27 @@ struct Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let _ = run(&mut pg("pg_ctl", &["-D", self.data.to_str().unwrap(), "-m", "immediate", "-w", "stop"]));
+        let _ = run(&mut pg(
+            "pg_ctl",
+            &[
+                "-D",
+                self.data.to_str().unwrap(),
+                "-m",
+                "immediate",
+                "-w",
+                "stop",
+            ],
+        ));
     }
 }
 
 #[test]
 fn real_postgres_wal_is_stored_byte_identical() {
     if !Path::new(PG_BIN).join("initdb").exists() {
-        assert!(std::env::var_os("CI").is_none(), "PostgreSQL 15 must be installed in CI (.ci/run does it)");
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "PostgreSQL 15 must be installed in CI (.ci/run does it)"
+        );
         eprintln!("SKIPPED: no PostgreSQL in {PG_BIN}");
         return;
     }
@@ -51,20 +64,67 @@ fn real_postgres_wal_is_stored_byte_identical() {
     std::fs::create_dir(&pg_root).unwrap();
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } == 0 {
-        let out = run(Command::new("chown").args(["-R", "postgres:postgres"]).arg(&pg_root));
+        let out = run(Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(&pg_root));
         assert_status(&out, 0);
         let out = run(Command::new("chmod").args(["a+x"]).arg(env.dir.path()));
         assert_status(&out, 0);
     }
     let data = pg_root.join("data");
     let sock = pg_root.to_str().unwrap();
-    pg_ok("initdb", &["-D", data.to_str().unwrap(), "--no-sync", "-U", "postgres", "--auth=trust"]);
+    pg_ok(
+        "initdb",
+        &[
+            "-D",
+            data.to_str().unwrap(),
+            "--no-sync",
+            "-U",
+            "postgres",
+            "--auth=trust",
+        ],
+    );
     let opts = format!("-k {sock} -p 54329 -c listen_addresses= -c fsync=off -c max_wal_size=64MB");
-    pg_ok("pg_ctl", &["-D", data.to_str().unwrap(), "-o", &opts, "-l", pg_root.join("log").to_str().unwrap(), "-w", "start"]);
+    pg_ok(
+        "pg_ctl",
+        &[
+            "-D",
+            data.to_str().unwrap(),
+            "-o",
+            &opts,
+            "-l",
+            pg_root.join("log").to_str().unwrap(),
+            "-w",
+            "start",
+        ],
+    );
     let server = Server { data: data.clone() };
-    pg_ok("pgbench", &["-h", sock, "-p", "54329", "-U", "postgres", "-i", "-s", "3", "postgres"]);
-    pg_ok("pgbench", &["-h", sock, "-p", "54329", "-U", "postgres", "-c", "2", "-t", "1500", "postgres"]);
-    pg_ok("psql", &["-h", sock, "-p", "54329", "-U", "postgres", "-c", "select pg_switch_wal()", "postgres"]);
+    pg_ok(
+        "pgbench",
+        &[
+            "-h", sock, "-p", "54329", "-U", "postgres", "-i", "-s", "3", "postgres",
+        ],
+    );
+    pg_ok(
+        "pgbench",
+        &[
+            "-h", sock, "-p", "54329", "-U", "postgres", "-c", "2", "-t", "1500", "postgres",
+        ],
+    );
+    pg_ok(
+        "psql",
+        &[
+            "-h",
+            sock,
+            "-p",
+            "54329",
+            "-U",
+            "postgres",
+            "-c",
+            "select pg_switch_wal()",
+            "postgres",
+        ],
+    );
     drop(server);
 
     // Copy the segments out (the server's files belong to postgres).
@@ -86,14 +146,30 @@ fn real_postgres_wal_is_stored_byte_identical() {
     let out = run(&mut env.play(&wal, &sink.address, &["-j", "2"]));
     assert_status(&out, 0);
     assert_eq!(json_lines(&stdout(&out)).len(), copied);
-    assert_eq!(assert_stored_identical(&wal, &stored.join("walplayer")), copied);
+    assert_eq!(
+        assert_stored_identical(&wal, &stored.join("walplayer")),
+        copied
+    );
 
     // A real segment works as a generator template, and the generated WAL
     // carries real page headers for its own positions.
-    let template = std::fs::read_dir(&wal).unwrap().next().unwrap().unwrap().path();
+    let template = std::fs::read_dir(&wal)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
     let gen = env.path("gen");
     let out = run(env
-        .walplayer(&["generate", "--length", "2", "--quiet", "--pg-version", "15", "--template"])
+        .walplayer(&[
+            "generate",
+            "--length",
+            "2",
+            "--quiet",
+            "--pg-version",
+            "15",
+            "--template",
+        ])
         .arg(&template)
         .arg(&gen));
     assert_status(&out, 0);

@@ -21,16 +21,31 @@ struct Running {
 async fn start(dir: &Path, discard: bool) -> Running {
     let minted = certs::mint(&dir.join("certs"), &CertSpec::default()).unwrap();
     let settings = SinkSettings {
-        tls: tls::server_config(&minted.server.cert, &minted.server.key, &minted.server.ca).unwrap(),
-        storage: sink::storage(if discard { None } else { Some(dir.join("data")) }, Fsync::Block),
+        tls: tls::server_config(&minted.server.cert, &minted.server.key, &minted.server.ca)
+            .unwrap(),
+        storage: sink::storage(
+            if discard {
+                None
+            } else {
+                Some(dir.join("data"))
+            },
+            Fsync::Block,
+        ),
         read_only: false,
     };
-    let sink = Sink::bind(SocketAddr::from(([127, 0, 0, 1], 0)), settings).await.unwrap();
+    let sink = Sink::bind(SocketAddr::from(([127, 0, 0, 1], 0)), settings)
+        .await
+        .unwrap();
     let addr = sink.local_addr().to_string();
     let stop = CancellationToken::new();
     let task = tokio::spawn(sink.serve(stop.clone()));
-    let client_tls = tls::client_config(&minted.client.ca, &minted.client.cert, &minted.client.key).unwrap();
-    let client = KlioEndpoint::new(&addr, client_tls).unwrap().probe().await.unwrap();
+    let client_tls =
+        tls::client_config(&minted.client.ca, &minted.client.cert, &minted.client.key).unwrap();
+    let client = KlioEndpoint::new(&addr, client_tls)
+        .unwrap()
+        .probe()
+        .await
+        .unwrap();
     Running { client, stop, task }
 }
 
@@ -70,14 +85,24 @@ async fn complete_partial_and_read_back() {
     let mut s = start(dir.path(), false).await;
     let data = dir.path().join("data/c1");
 
-    let written = put(&mut s.client, vec![block("c1", WAL, 6, b"abc"), block("c1", WAL, 6, b"def")]).await.unwrap();
+    let written = put(
+        &mut s.client,
+        vec![block("c1", WAL, 6, b"abc"), block("c1", WAL, 6, b"def")],
+    )
+    .await
+    .unwrap();
     assert_eq!(written, 6);
     assert_eq!(std::fs::read(data.join(WAL)).unwrap(), b"abcdef");
     assert!(!data.join(format!("{WAL}.partial")).exists());
 
     // Fewer bytes than segment_size: reported, and the file stays partial.
     let short = "000000010000000000000002";
-    assert_eq!(put(&mut s.client, vec![block("c1", short, 10, b"abc")]).await.unwrap(), 3);
+    assert_eq!(
+        put(&mut s.client, vec![block("c1", short, 10, b"abc")])
+            .await
+            .unwrap(),
+        3
+    );
     assert!(data.join(format!("{short}.partial")).exists());
     assert!(!data.join(short).exists());
 
@@ -86,7 +111,10 @@ async fn complete_partial_and_read_back() {
 
     let mut stream = s
         .client
-        .get(GetRequest { cluster_name: "c1".into(), wal_name: WAL.into() })
+        .get(GetRequest {
+            cluster_name: "c1".into(),
+            wal_name: WAL.into(),
+        })
         .await
         .unwrap()
         .into_inner();
@@ -98,7 +126,10 @@ async fn complete_partial_and_read_back() {
     assert_eq!(got, b"abcdef");
     let missing = s
         .client
-        .get(GetRequest { cluster_name: "c1".into(), wal_name: "000000010000000000000009".into() })
+        .get(GetRequest {
+            cluster_name: "c1".into(),
+            wal_name: "000000010000000000000009".into(),
+        })
         .await
         .unwrap_err();
     assert_eq!(missing.code(), tonic::Code::NotFound);
@@ -114,14 +145,35 @@ async fn invalid_streams_are_rejected_with_invalid_argument() {
     let dir = tempfile::tempdir().unwrap();
     let mut s = start(dir.path(), false).await;
     let cases = vec![
-        (vec![block("c", "README", 3, b"abc")], "not a PostgreSQL WAL file name"),
+        (
+            vec![block("c", "README", 3, b"abc")],
+            "not a PostgreSQL WAL file name",
+        ),
         (vec![block("a/b", WAL, 3, b"abc")], "invalid cluster_name"),
         (vec![block("..", WAL, 3, b"abc")], "invalid cluster_name"),
-        (vec![block("c", "0000000100000000000000/1", 3, b"abc")], "invalid wal_name"),
-        (vec![block("c", WAL, 0, b"abc")], "segment_size must be non-zero"),
-        (vec![block("c", WAL, 6, b"abc"), block("c", "000000010000000000000002", 6, b"def")], "incoherent wal_name"),
-        (vec![block("c", WAL, 6, b"abc"), block("d", WAL, 6, b"def")], "incoherent cluster_name"),
-        (vec![block("c", WAL, 6, b"abc"), block("c", WAL, 7, b"def")], "incoherent segment_size"),
+        (
+            vec![block("c", "0000000100000000000000/1", 3, b"abc")],
+            "invalid wal_name",
+        ),
+        (
+            vec![block("c", WAL, 0, b"abc")],
+            "segment_size must be non-zero",
+        ),
+        (
+            vec![
+                block("c", WAL, 6, b"abc"),
+                block("c", "000000010000000000000002", 6, b"def"),
+            ],
+            "incoherent wal_name",
+        ),
+        (
+            vec![block("c", WAL, 6, b"abc"), block("d", WAL, 6, b"def")],
+            "incoherent cluster_name",
+        ),
+        (
+            vec![block("c", WAL, 6, b"abc"), block("c", WAL, 7, b"def")],
+            "incoherent segment_size",
+        ),
     ];
     let n = cases.len() as u64;
     for (msgs, needle) in cases {
@@ -129,7 +181,10 @@ async fn invalid_streams_are_rejected_with_invalid_argument() {
         assert_eq!(e.code(), tonic::Code::InvalidArgument, "{needle}: {e:?}");
         assert!(e.message().contains(needle), "{needle}: {}", e.message());
     }
-    assert!(!dir.path().join("data/c").join(WAL).exists(), "nothing rejected is completed");
+    assert!(
+        !dir.path().join("data/c").join(WAL).exists(),
+        "nothing rejected is completed"
+    );
     let totals = s.stop().await;
     assert_eq!(totals.rejected.load(Ordering::Relaxed), n);
 }
@@ -138,10 +193,18 @@ async fn invalid_streams_are_rejected_with_invalid_argument() {
 async fn discard_counts_and_stores_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let mut s = start(dir.path(), true).await;
-    assert_eq!(put(&mut s.client, vec![block("c", WAL, 3, b"abc")]).await.unwrap(), 3);
+    assert_eq!(
+        put(&mut s.client, vec![block("c", WAL, 3, b"abc")])
+            .await
+            .unwrap(),
+        3
+    );
     let e = s
         .client
-        .get(GetRequest { cluster_name: "c".into(), wal_name: WAL.into() })
+        .get(GetRequest {
+            cluster_name: "c".into(),
+            wal_name: WAL.into(),
+        })
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::FailedPrecondition);

@@ -20,7 +20,8 @@ pub struct TestEnv {
 impl TestEnv {
     pub fn new() -> TestEnv {
         let dir = tempfile::tempdir().expect("temp dir");
-        let certs = certs::mint(&dir.path().join("certs"), &CertSpec::default()).expect("mint certs");
+        let certs =
+            certs::mint(&dir.path().join("certs"), &CertSpec::default()).expect("mint certs");
         TestEnv { dir, certs }
     }
 
@@ -32,7 +33,9 @@ impl TestEnv {
     /// the test directory (so no `~/.klio.yaml` leaks in).
     pub fn walplayer(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_walplayer"));
-        cmd.args(args).env("HOME", self.dir.path()).env_remove("RUST_LOG");
+        cmd.args(args)
+            .env("HOME", self.dir.path())
+            .env_remove("RUST_LOG");
         for var in [
             "CLIENT_CLUSTER_NAME",
             "CLIENT_WAL_ADDRESS",
@@ -65,13 +68,17 @@ impl TestEnv {
     /// Generates `count` segments of `mib` MiB into `name`.
     pub fn generate(&self, name: &str, count: u32, mib: u32, extra: &[&str]) -> PathBuf {
         let dir = self.path(name);
-        let out = run(self.walplayer(&["generate"]).arg(&dir).args([
-            "--length",
-            &count.to_string(),
-            "--wal-size",
-            &mib.to_string(),
-            "--quiet",
-        ]).args(extra));
+        let out = run(self
+            .walplayer(&["generate"])
+            .arg(&dir)
+            .args([
+                "--length",
+                &count.to_string(),
+                "--wal-size",
+                &mib.to_string(),
+                "--quiet",
+            ])
+            .args(extra));
         assert_status(&out, 0);
         dir
     }
@@ -81,7 +88,12 @@ impl TestEnv {
         let s = &self.certs.server;
         let mut cmd = self.walplayer(&["sink", "--listen", "127.0.0.1:0", "--fsync", "none"]);
         cmd.arg("--data").arg(data);
-        cmd.arg("--tls-cert").arg(&s.cert).arg("--tls-key").arg(&s.key).arg("--client-ca").arg(&s.ca);
+        cmd.arg("--tls-cert")
+            .arg(&s.cert)
+            .arg("--tls-key")
+            .arg(&s.key)
+            .arg("--client-ca")
+            .arg(&s.ca);
         cmd.args(extra);
         SinkProcess::start(cmd)
     }
@@ -117,7 +129,12 @@ impl SinkProcess {
         let address = line
             .trim()
             .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("unexpected sink line {line:?}: {}", std::fs::read_to_string(&log).unwrap_or_default()))
+            .unwrap_or_else(|| {
+                panic!(
+                    "unexpected sink line {line:?}: {}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                )
+            })
             .to_string();
         SinkProcess {
             child,
@@ -228,7 +245,10 @@ pub fn read_json(path: &Path) -> serde_json::Value {
 /// (`.gz` inputs compared decompressed); returns how many.
 pub fn assert_stored_identical(sent: &Path, stored: &Path) -> usize {
     let mut n = 0;
-    let mut names: Vec<_> = std::fs::read_dir(sent).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut names: Vec<_> = std::fs::read_dir(sent)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     names.sort();
     for path in names {
         if !path.is_file() {
@@ -238,7 +258,11 @@ pub fn assert_stored_identical(sent: &Path, stored: &Path) -> usize {
         let (wal, data) = match name.strip_suffix(".gz") {
             Some(wal) => {
                 let mut d = Vec::new();
-                std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(std::fs::File::open(&path).unwrap()), &mut d).unwrap();
+                std::io::Read::read_to_end(
+                    &mut flate2::read::GzDecoder::new(std::fs::File::open(&path).unwrap()),
+                    &mut d,
+                )
+                .unwrap();
                 (wal.to_string(), d)
             }
             None => (name.clone(), std::fs::read(&path).unwrap()),
@@ -246,7 +270,8 @@ pub fn assert_stored_identical(sent: &Path, stored: &Path) -> usize {
         if !walplayer::common::walname::is_wal_name(&wal) {
             continue;
         }
-        let stored_data = std::fs::read(stored.join(&wal)).unwrap_or_else(|e| panic!("{wal} not stored: {e}"));
+        let stored_data =
+            std::fs::read(stored.join(&wal)).unwrap_or_else(|e| panic!("{wal} not stored: {e}"));
         assert!(stored_data == data, "{wal} differs from what was sent");
         n += 1;
     }
