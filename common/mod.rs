@@ -30,5 +30,6 @@ pub mod sink;
 pub mod source;
 pub mod stats;
 pub mod tls;
+pub mod transport;
 pub mod upload;
 pub mod walname;
