@@ -1,1 +1,155 @@
-//! agent
+//! Agent: one member of a distributed run.
+//!
+//! # Layout
+//!
+//! - this module: the agent's life: dial the coordinator (retrying with
+//!   backoff while it is not up), run one session, and go back to waiting
+//!   for the next run (or exit with `--once`).
+//! - [`session`]: one run on the control stream: register, prepare the
+//!   shard, hold at the start barrier, play through the common pipeline and
+//!   stream every report back.
+//! - [`shard`]: which files this agent plays, as which clusters, and the
+//!   bounds it checks every assignment against.
+//! - [`health`]: gRPC health for Kubernetes probes.
+
+pub mod health;
+pub mod session;
+pub mod shard;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::common::cli::KlioArgs;
+use crate::common::config::KlioConfig;
+use crate::common::transport::{self, ClientTls, Keepalive};
+use crate::proto::control::control_client::ControlClient;
+use session::SessionEnd;
+
+/// How the agent notices a coordinator that vanished without closing.
+pub const CONTROL_KEEPALIVE: Keepalive = Keepalive {
+    interval: Duration::from_secs(5),
+    timeout: Duration::from_secs(10),
+};
+
+/// Longest wait between two attempts to reach the coordinator.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Everything an agent needs, validated.
+#[derive(Clone)]
+pub struct AgentOptions {
+    pub coordinator: String,
+    pub name: String,
+    pub data_dir: PathBuf,
+    pub once: bool,
+    /// Klio settings, resolved again for every run (certificates rotate).
+    pub klio: KlioArgs,
+    pub control_tls: Option<ClientTls>,
+    pub limits: shard::Limits,
+    pub health: Option<health::Health>,
+}
+
+/// Checks an agent name: it becomes part of cluster names and paths.
+pub fn check_name(name: &str) -> Result<(), String> {
+    crate::common::walname::check_cluster_name(name).map_err(|e| format!("agent name: {e}"))?;
+    if name.len() > 63 {
+        return Err(format!("agent name {name:?} is longer than 63 characters"));
+    }
+    Ok(())
+}
+
+/// The host name, which is the pod name in a StatefulSet.
+pub fn host_name() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+}
+
+/// Resolves the agent's Klio settings now, so a bad configuration is
+/// reported before registering (and readiness says so).
+pub fn resolve_klio(opts: &AgentOptions) -> Result<KlioConfig, String> {
+    let config = opts.klio.resolve().map_err(|e| e.to_string())?;
+    crate::common::tls::client_config(&config.server_ca, &config.client_cert, &config.client_key)
+        .map_err(|e| e.to_string())?;
+    Ok(config)
+}
+
+/// Runs the agent until `shutdown` (or after one run with `--once`).
+/// Returns the exit status.
+pub async fn run(opts: AgentOptions, shutdown: CancellationToken) -> i32 {
+    let mut backoff = Duration::from_millis(200);
+    let mut waiting_logged = false;
+    loop {
+        if shutdown.is_cancelled() {
+            return 0;
+        }
+        let ready = resolve_klio(&opts);
+        if let Some(h) = &opts.health {
+            h.set_ready(ready.is_ok()).await;
+        }
+        if let Err(e) = &ready {
+            tracing::error!("cannot run: {e}");
+            if opts.once {
+                return 2;
+            }
+            sleep_or_stop(MAX_BACKOFF, &shutdown).await;
+            continue;
+        }
+        let channel = match transport::connect(&opts.coordinator, opts.control_tls.clone(), Some(CONTROL_KEEPALIVE)).await {
+            Ok(c) => c,
+            Err(e) => {
+                if !waiting_logged {
+                    tracing::info!("waiting for the coordinator at {} ({e})", opts.coordinator);
+                    waiting_logged = true;
+                }
+                sleep_or_stop(backoff, &shutdown).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                continue;
+            }
+        };
+        waiting_logged = false;
+        let client = ControlClient::new(channel)
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(64 << 20);
+        let end = session::run(&opts, client, shutdown.clone()).await;
+        match &end {
+            SessionEnd::Finished => {
+                tracing::info!("run finished; waiting for the next one");
+                backoff = Duration::from_millis(200);
+                if opts.once {
+                    return 0;
+                }
+            }
+            SessionEnd::Refused(reason) => {
+                tracing::warn!("the coordinator refused this agent: {reason}");
+                if opts.once {
+                    return 3;
+                }
+                sleep_or_stop(MAX_BACKOFF, &shutdown).await;
+            }
+            SessionEnd::Failed(reason) => {
+                tracing::error!("run failed on this agent: {reason}");
+                if opts.once {
+                    return 1;
+                }
+            }
+            SessionEnd::CoordinatorLost(reason) => {
+                tracing::warn!("lost the coordinator: {reason}; uploads stopped");
+                if opts.once {
+                    return 3;
+                }
+                sleep_or_stop(backoff, &shutdown).await;
+            }
+            SessionEnd::Stopped => return 0,
+        }
+    }
+}
+
+async fn sleep_or_stop(d: Duration, shutdown: &CancellationToken) {
+    tokio::select! {
+        _ = tokio::time::sleep(d) => {}
+        _ = shutdown.cancelled() => {}
+    }
+}

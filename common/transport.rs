@@ -5,7 +5,6 @@
 //! the user as rustls's own reason, and the server side can log every
 //! refused client by address.
 
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -20,7 +19,7 @@ use tokio::sync::mpsc;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::server::Connected;
+use tonic::transport::server::{Connected, TcpConnectInfo};
 use tonic::transport::{Channel, Endpoint, Uri};
 
 use crate::common::config::split_address;
@@ -178,9 +177,12 @@ impl Stream {
 }
 
 impl Connected for Stream {
-    type ConnectInfo = Option<SocketAddr>;
-    fn connect_info(&self) -> Option<SocketAddr> {
-        self.tcp().peer_addr().ok()
+    type ConnectInfo = TcpConnectInfo;
+    fn connect_info(&self) -> TcpConnectInfo {
+        TcpConnectInfo {
+            local_addr: self.tcp().local_addr().ok(),
+            remote_addr: self.tcp().peer_addr().ok(),
+        }
     }
 }
 

@@ -1,1 +1,121 @@
-//! coordinator
+//! Coordinator: drives many agents as one run.
+//!
+//! # Layout
+//!
+//! - this module: options, binding the control port, and running one run
+//!   to its summary.
+//! - [`service`]: the gRPC control service; turns sessions into events.
+//! - [`run`]: the run loop that owns all state: registration, shards, the
+//!   start barrier, results, lost agents.
+//! - [`plan`]: how a workload splits into one assignment per agent.
+//! - [`track`]: which files each cluster must report, one bit per file.
+//! - [`summary`]: the merged summary, per agent and per cluster.
+
+pub mod cli;
+pub mod plan;
+pub mod run;
+pub mod service;
+pub mod summary;
+pub mod track;
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use rustls::ServerConfig;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::common::play::{open_output, open_summary};
+use crate::common::transport;
+use crate::proto::control::control_server::ControlServer;
+pub use run::RunOutcome;
+
+/// Default control port (next to Klio's 52000).
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:52100";
+
+/// Everything a coordinator run needs, validated.
+#[derive(Clone)]
+pub struct CoordinatorOptions {
+    pub agents: usize,
+    pub register_timeout: Duration,
+    pub ready_timeout: Duration,
+    /// An agent silent this long during the run is lost.
+    pub agent_timeout: Duration,
+    /// Time between releasing the barrier and the start instant.
+    pub barrier_delay: Duration,
+    pub workload: plan::Workload,
+    pub output: Option<PathBuf>,
+    pub summary: Option<PathBuf>,
+    pub quiet: bool,
+    /// Mutual TLS on the control channel.
+    pub tls: Option<Arc<ServerConfig>>,
+}
+
+/// A coordinator with its control port bound.
+pub struct Coordinator {
+    listener: TcpListener,
+    opts: CoordinatorOptions,
+}
+
+impl Coordinator {
+    /// Binds the control port (port 0 picks a free one).
+    pub async fn bind(listen: SocketAddr, opts: CoordinatorOptions) -> Result<Coordinator> {
+        let listener = TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("cannot listen on {listen}"))?;
+        if opts.tls.is_none() && !listen.ip().is_loopback() {
+            tracing::warn!(
+                "the control channel on {listen} has no TLS: anyone who can reach it can join the run; use --tls-cert, --tls-key and --client-ca"
+            );
+        }
+        Ok(Coordinator { listener, opts })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("a bound listener has an address")
+    }
+
+    /// Runs one run to its end; errors are up-front ones (exit status 2).
+    pub async fn run(self, shutdown: CancellationToken) -> Result<RunOutcome> {
+        let output = open_output(self.opts.output.as_deref())?;
+        let summary_file = open_summary(self.opts.summary.as_deref())?;
+        let (events_tx, events) = mpsc::channel(4096);
+        let stop_server = CancellationToken::new();
+        let incoming = transport::incoming(
+            self.listener,
+            self.opts.tls.clone(),
+            stop_server.clone(),
+            Arc::new(|| {}),
+        );
+        let server = tonic::transport::Server::builder()
+            .add_service(
+                ControlServer::new(service::ControlService::new(events_tx))
+                    .max_decoding_message_size(64 << 20)
+                    .max_encoding_message_size(64 << 20),
+            )
+            .serve_with_incoming_shutdown(incoming, stop_server.clone().cancelled_owned());
+        let server = tokio::spawn(server);
+        let outcome = run::Run::new(self.opts.clone(), output).drive(events, shutdown).await;
+        // Let the closing of every session reach the agents, then stop.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        stop_server.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+
+        eprint!("{}", outcome.summary.to_text());
+        if let Some(why) = &outcome.failure {
+            eprintln!("walplayer: run failed: {why}");
+        }
+        if let Some(mut file) = summary_file {
+            let text = serde_json::to_string_pretty(&outcome.summary)?;
+            file.write_all(text.as_bytes())
+                .and_then(|_| file.write_all(b"\n"))
+                .context("cannot write --summary file")?;
+        }
+        Ok(outcome)
+    }
+}

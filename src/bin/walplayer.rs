@@ -33,6 +33,8 @@ enum Command {
     Certs(CertsArgs),
     /// Demo with nothing configured: certificates, sink, WAL, play, summary
     Quickstart(quickstart::QuickstartArgs),
+    /// Drive a distributed run: wait for agents, split the work, start them together, merge results
+    Coordinator(walplayer::coordinator::cli::CoordinatorArgs),
 }
 
 #[derive(clap::Args)]
@@ -126,7 +128,7 @@ struct CertsArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    cli::init_logging(matches!(cli.command, Command::Sink(_)));
+    cli::init_logging(matches!(cli.command, Command::Sink(_) | Command::Coordinator(_)));
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime starts");
     let code = runtime.block_on(run(cli.command));
     ExitCode::from(code)
@@ -146,6 +148,10 @@ async fn run(command: Command) -> u8 {
         Command::Play(args) => run_play(args, shutdown).await,
         Command::Sink(args) => run_sink(args, shutdown).await,
         Command::Certs(args) => run_certs(args),
+        Command::Coordinator(args) => match walplayer::coordinator::cli::run(args, shutdown).await {
+            Ok(code) => code as u8,
+            Err(e) => usage_error(e),
+        },
         Command::Quickstart(args) => match quickstart::run(args, shutdown).await {
             Ok(code) => code as u8,
             Err(e) => usage_error(e),

@@ -1,0 +1,156 @@
+//! Flags of `walplayer coordinator`, and their validation into options.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+use clap::Args;
+use tokio_util::sync::CancellationToken;
+
+use crate::common::cli::{parse_duration, OutputArgs, UploadArgs};
+use crate::common::walname::segment_bytes_from_mib;
+use crate::coordinator::plan::{Length, Workload};
+use crate::coordinator::{Coordinator, CoordinatorOptions, DEFAULT_LISTEN};
+use crate::proto::control::{Source, Split};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SourceArg {
+    /// Every agent generates its shard with the core generator
+    Generate,
+    /// Every agent plays the files of its own data directory
+    Dir,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SplitArg {
+    /// Each file is played by exactly one agent
+    Shard,
+    /// Every agent plays every file, as its own clusters
+    Replicate,
+}
+
+/// Flags of `walplayer coordinator`.
+#[derive(Debug, Clone, Args)]
+pub struct CoordinatorArgs {
+    /// Control address agents dial (loopback unless told otherwise)
+    #[arg(long, default_value = DEFAULT_LISTEN)]
+    pub listen: SocketAddr,
+    /// Number of agents the run waits for
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub agents: u32,
+    /// How long to wait for every agent to register
+    #[arg(long, value_name = "DURATION", default_value = "2m", value_parser = parse_duration)]
+    pub register_timeout: Duration,
+    /// How long agents may take to prepare their shard (generate, connect)
+    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = parse_duration)]
+    pub ready_timeout: Duration,
+    /// An agent silent this long during the run is marked lost
+    #[arg(long, value_name = "DURATION", default_value = "15s", value_parser = parse_duration)]
+    pub agent_timeout: Duration,
+    /// Delay between releasing the start barrier and the common start instant
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
+    pub barrier_delay: Duration,
+    /// Where agents take their WAL from
+    #[arg(long, value_enum, default_value = "generate")]
+    pub source: SourceArg,
+    /// Files in total, split across agents (--source generate)
+    #[arg(long, conflicts_with = "length_per_agent")]
+    pub length: Option<u64>,
+    /// Files on every agent (--source generate)
+    #[arg(long)]
+    pub length_per_agent: Option<u64>,
+    /// Size of each generated WAL file in MB
+    #[arg(long, value_name = "MB", default_value_t = 16)]
+    pub wal_size: u64,
+    /// Generate NAME.gz files
+    #[arg(long)]
+    pub gzip: bool,
+    /// With --source dir: each file played once, or by every agent
+    #[arg(long, value_enum, default_value = "shard")]
+    pub split: SplitArg,
+    /// Postgres clusters each agent simulates, each with its own WAL sequence
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub clusters_per_agent: u32,
+    #[command(flatten)]
+    pub upload: UploadArgs,
+    /// Klio address every agent uses instead of its own configuration's
+    #[arg(long, value_name = "HOST:PORT")]
+    pub address: Option<String>,
+    #[command(flatten)]
+    pub output: OutputArgs,
+    /// Certificate for the control channel's mutual TLS
+    #[arg(long, value_name = "FILE", requires_all = ["tls_key", "client_ca"])]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key of --tls-cert
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// CA that agents' certificates must be signed by
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub client_ca: Option<PathBuf>,
+}
+
+impl CoordinatorArgs {
+    /// Validates the flags into options.
+    pub fn options(&self) -> Result<CoordinatorOptions> {
+        let source = match self.source {
+            SourceArg::Generate => Source::Generate,
+            SourceArg::Dir => Source::Dir,
+        };
+        let length = match (source, self.length, self.length_per_agent) {
+            (Source::Generate, Some(n), None) => Length::Total(n),
+            (Source::Generate, None, Some(n)) => Length::PerAgent(n),
+            (Source::Generate, None, None) => bail!("--source generate needs --length (files in total) or --length-per-agent"),
+            (Source::Dir, None, None) => Length::Total(0),
+            (Source::Dir, _, _) => bail!("--length and --length-per-agent apply to --source generate; a directory run plays the files it finds"),
+            _ => bail!("give either --length or --length-per-agent"),
+        };
+        if source == Source::Generate {
+            segment_bytes_from_mib(self.wal_size).map_err(|e| anyhow::anyhow!("--wal-size: {e}"))?;
+        }
+        if let Some(a) = &self.address {
+            crate::common::config::split_address(a).map_err(|e| anyhow::anyhow!("--address: {e}"))?;
+        }
+        let tls = match (&self.tls_cert, &self.tls_key, &self.client_ca) {
+            (Some(cert), Some(key), Some(ca)) => Some(crate::common::tls::server_config(cert, key, ca)?),
+            _ => None,
+        };
+        Ok(CoordinatorOptions {
+            agents: self.agents as usize,
+            register_timeout: self.register_timeout,
+            ready_timeout: self.ready_timeout,
+            agent_timeout: self.agent_timeout,
+            barrier_delay: self.barrier_delay,
+            workload: Workload {
+                source,
+                length,
+                wal_size_mib: self.wal_size,
+                gzip: self.gzip,
+                split: match self.split {
+                    SplitArg::Shard => Split::Shard,
+                    SplitArg::Replicate => Split::Replicate,
+                },
+                clusters_per_agent: self.clusters_per_agent,
+                jobs: self.upload.jobs,
+                block_size_kib: self.upload.block_size,
+                timeout_ms: self.upload.timeout.as_millis() as u64,
+                address: self.address.clone(),
+                verify: false,
+            },
+            output: self.output.output.clone(),
+            summary: self.output.summary.clone(),
+            quiet: self.output.quiet,
+            tls,
+        })
+    }
+}
+
+/// `walplayer coordinator`: returns the exit status.
+pub async fn run(args: CoordinatorArgs, shutdown: CancellationToken) -> Result<i32> {
+    let opts = args.options()?;
+    let coordinator = Coordinator::bind(args.listen, opts).await?;
+    // Stdout carries only JSON lines; scripts read the address from here.
+    tracing::info!("coordinator listening on {}", coordinator.local_addr());
+    let outcome = coordinator.run(shutdown).await?;
+    Ok(outcome.code)
+}
