@@ -12,6 +12,7 @@
 //!   bounds it checks every assignment against.
 //! - [`health`]: gRPC health for Kubernetes probes.
 
+pub mod cli;
 pub mod health;
 pub mod session;
 pub mod shard;

@@ -1,160 +1,221 @@
 //! `walplayer quickstart`: the whole tool in one command, with nothing
 //! configured. Mints certificates in a temporary directory, starts a sink
-//! on loopback, generates WAL, plays it with a few jobs, checks that the
-//! sink stored every byte, prints the summary and cleans up.
+//! on loopback, a coordinator and a few agent processes (mutual TLS on
+//! both channels), runs a small generated workload through them, checks
+//! what the sink stored, prints the merged summary and cleans up.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use tokio_util::sync::CancellationToken;
 
-use crate::common::certs::{self, CertSpec};
-use crate::common::config::KlioConfig;
-use crate::common::generate::{self, GenerateSpec, Payload};
-use crate::common::play::{self, PlayOptions};
+use crate::common::certs::{self, CertSpec, MintedCerts};
+use crate::common::generate::check_page_headers;
 use crate::common::sink::{self, Fsync, Sink, SinkSettings};
 use crate::common::tls;
-use crate::common::upload::UploadSettings;
-use crate::common::walname::segment_bytes_from_mib;
-
-/// Cluster name the demo uploads as.
-const CLUSTER: &str = "quickstart";
+use crate::common::walname::{segment_bytes_from_mib, SegmentName};
+use crate::coordinator::plan::{Length, Workload};
+use crate::coordinator::{Coordinator, CoordinatorOptions};
+use crate::proto::control::{Source, Split};
 
 /// Flags of `walplayer quickstart`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct QuickstartArgs {
-    /// WAL files to generate and play
-    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    /// WAL files in total, over every agent and cluster
+    #[arg(long, default_value_t = 24, value_parser = clap::value_parser!(u64).range(1..=4096))]
     pub files: u64,
     /// Size of each WAL file in MB
     #[arg(long, value_name = "MB", default_value_t = 16)]
     pub wal_size: u64,
-    /// Parallel uploads
-    #[arg(short, long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
+    /// Agent processes to start
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=32))]
+    pub agents: u32,
+    /// Postgres clusters each agent simulates
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=16))]
+    pub clusters_per_agent: u32,
+    /// Parallel uploads per agent
+    #[arg(short, long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub jobs: u32,
-    /// Keep the temporary directory (certificates, WAL, results) and print its path
+    /// Keep the temporary directory (certificates, results, stored WAL, logs) and print its path
     #[arg(long)]
     pub keep: bool,
 }
 
-/// Runs the demo; returns the exit status of the play step.
+/// Agent processes, killed if still running when dropped.
+struct Agents(Vec<Child>);
+
+impl Drop for Agents {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Runs the demo; returns the coordinator's exit status.
 pub async fn run(args: QuickstartArgs, shutdown: CancellationToken) -> Result<i32> {
-    let segment_bytes =
-        segment_bytes_from_mib(args.wal_size).map_err(|e| anyhow::anyhow!("--wal-size: {e}"))?;
+    let segment_bytes = segment_bytes_from_mib(args.wal_size).map_err(|e| anyhow::anyhow!("--wal-size: {e}"))?;
     let tmp = tempfile::Builder::new()
         .prefix("walplayer-quickstart-")
         .tempdir()
         .context("cannot create a temporary directory")?;
     let root = tmp.path();
     eprintln!("quickstart: working in {}", root.display());
-
     let minted = certs::mint(&root.join("certs"), &CertSpec::default())?;
-    eprintln!("quickstart: minted a CA, server and client certificates");
 
-    let sink_tls = tls::server_config(&minted.server.cert, &minted.server.key, &minted.server.ca)?;
     let sink_data = root.join("sink");
     let sink = Sink::bind(
         SocketAddr::from(([127, 0, 0, 1], 0)),
         SinkSettings {
-            tls: sink_tls,
+            tls: tls::server_config(&minted.server.cert, &minted.server.key, &minted.server.ca)?,
             storage: sink::storage(Some(sink_data.clone()), Fsync::Block),
             read_only: false,
         },
     )
     .await
     .context("cannot start the sink on loopback")?;
-    let address = sink.local_addr().to_string();
-    let sink_stop = shutdown.child_token();
+    let sink_address = sink.local_addr().to_string();
+    let sink_stop = CancellationToken::new();
     let sink_task = tokio::spawn(sink.serve(sink_stop.clone()));
-    eprintln!(
-        "quickstart: sink listening on {address}, storing into {}",
-        sink_data.display()
-    );
+    eprintln!("quickstart: Klio-compatible sink on {sink_address} (mutual TLS, fsync every block)");
 
-    let wal_dir = root.join("wal");
-    let spec = GenerateSpec {
-        dir: wal_dir.clone(),
-        count: args.files,
-        segment_bytes,
-        timeline: 1,
-        start_lsn: 0,
-        pg_version: generate::PgVersion::V16,
-        gzip: false,
-        system_id: generate::DEFAULT_SYSTEM_ID,
-    };
-    tokio::task::spawn_blocking(move || {
-        generate::generate(&spec, &Payload::synthetic(), &mut |_, _| {})
-    })
-    .await??;
-    eprintln!(
-        "quickstart: generated {} WAL files of {} MiB",
-        args.files, args.wal_size
-    );
-
-    let results = root.join("results.json");
-    let summary = root.join("summary.json");
-    let outcome = play::play(
-        PlayOptions {
-            dir: wal_dir.clone(),
-            jobs: args.jobs as usize,
-            upload: UploadSettings {
-                block_bytes: 2048 * 1024,
-                timeout: std::time::Duration::from_secs(120),
-            },
-            klio: KlioConfig {
-                cluster_name: CLUSTER.into(),
-                address,
-                server_ca: minted.client.ca.clone(),
-                client_cert: minted.client.cert.clone(),
-                client_key: minted.client.key.clone(),
-            },
-            output: Some(results.clone()),
-            summary: Some(summary.clone()),
-            quiet: false,
-        },
-        shutdown.clone(),
+    let coordinator = Coordinator::bind(
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        coordinator_options(&args, &minted, root, sink_address)?,
     )
-    .await;
+    .await?;
+    let control = coordinator.local_addr().to_string();
+    let agents = start_agents(&args, &minted, root, &control)?;
+    eprintln!(
+        "quickstart: coordinator on {control} (mutual TLS), {} agent processes, {} clusters each; {} files of {} MiB",
+        args.agents, args.clusters_per_agent, args.files, args.wal_size
+    );
+
+    let outcome = coordinator.run(shutdown).await;
+    let agents_done = wait_agents(agents, Duration::from_secs(30));
     sink_stop.cancel();
     let sink_totals = sink_task.await?.context("sink failed")?;
     let outcome = outcome?;
     eprintln!("quickstart: sink saw {}", sink_totals.to_text());
+    if let Err(e) = agents_done {
+        eprintln!("quickstart: {e}");
+    }
 
-    let identical = compare_dirs(&wal_dir, &sink_data.join(CLUSTER))?;
-    eprintln!(
-        "quickstart: {identical} of {} files stored byte-identical",
-        args.files
-    );
+    let stored = check_stored(&sink_data, segment_bytes)?;
+    eprintln!("quickstart: {stored} stored files checked: sizes and page headers valid for their positions");
     if args.keep {
         let kept = tmp.keep();
         eprintln!(
-            "quickstart: kept {} (results.json, summary.json, certs/klio-config.yaml)",
+            "quickstart: kept {} (results.json, summary.json, certs/, sink/, agent-*.log)",
             kept.display()
         );
     }
-    let code = outcome.exit_code();
-    if identical != args.files && code == 0 {
-        anyhow::bail!(
-            "the sink stored {identical} of {} files byte-identical",
-            args.files
-        );
+    if outcome.code == 0 && stored != args.files {
+        bail!("the sink holds {stored} complete files, {} were sent", args.files);
     }
-    Ok(code)
+    Ok(outcome.code)
 }
 
-/// Counts files of `sent` that `stored` holds byte-identical.
-fn compare_dirs(sent: &Path, stored: &Path) -> Result<u64> {
-    let mut identical = 0;
-    for entry in std::fs::read_dir(sent)? {
-        let path = entry?.path();
-        let Some(name) = path.file_name() else {
-            continue;
-        };
-        let a = std::fs::read(&path)?;
-        if std::fs::read(stored.join(name)).is_ok_and(|b| a == b) {
-            identical += 1;
+fn coordinator_options(args: &QuickstartArgs, minted: &MintedCerts, root: &Path, sink: String) -> Result<CoordinatorOptions> {
+    let c = &minted.coordinator;
+    Ok(CoordinatorOptions {
+        agents: args.agents as usize,
+        register_timeout: Duration::from_secs(30),
+        ready_timeout: Duration::from_secs(120),
+        agent_timeout: Duration::from_secs(15),
+        barrier_delay: Duration::from_millis(500),
+        workload: Workload {
+            source: Source::Generate,
+            length: Length::Total(args.files),
+            wal_size_mib: args.wal_size,
+            gzip: false,
+            split: Split::Shard,
+            clusters_per_agent: args.clusters_per_agent,
+            jobs: args.jobs,
+            block_size_kib: 2048,
+            timeout_ms: 120_000,
+            address: Some(sink),
+            verify: false,
+        },
+        output: Some(root.join("results.json")),
+        summary: Some(root.join("summary.json")),
+        quiet: false,
+        tls: Some(tls::server_config(&c.cert, &c.key, &c.ca)?),
+    })
+}
+
+fn start_agents(args: &QuickstartArgs, minted: &MintedCerts, root: &Path, control: &str) -> Result<Agents> {
+    let exe = std::env::current_exe().context("cannot find the walplayer executable to start agents")?;
+    let mut agents = Agents(Vec::new());
+    for i in 0..args.agents {
+        let data = root.join(format!("agent-{i}"));
+        std::fs::create_dir_all(&data)?;
+        let log = std::fs::File::create(root.join(format!("agent-{i}.log")))?;
+        let child = Command::new(&exe)
+            .arg("agent")
+            .args(["--coordinator", control, "--name", &format!("quickstart-{i}"), "--once"])
+            .arg("--data-dir")
+            .arg(&data)
+            .arg("--config")
+            .arg(&minted.klio_config)
+            .args(["--cluster-name", "quickstart"])
+            .arg("--control-ca")
+            .arg(&minted.agent.ca)
+            .arg("--control-cert")
+            .arg(&minted.agent.cert)
+            .arg("--control-key")
+            .arg(&minted.agent.key)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("cannot start agent process {}", exe.display()))?;
+        agents.0.push(child);
+    }
+    Ok(agents)
+}
+
+fn wait_agents(mut agents: Agents, limit: Duration) -> Result<()> {
+    let deadline = Instant::now() + limit;
+    for child in &mut agents.0 {
+        loop {
+            if let Some(status) = child.try_wait()? {
+                if !status.success() {
+                    bail!("an agent exited with {status}; see its agent-*.log (--keep)");
+                }
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("agents did not exit within {limit:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
-    Ok(identical)
+    Ok(())
+}
+
+/// Checks every complete file the sink stored: full size, and a valid
+/// page header on every page for the file's own position.
+fn check_stored(dir: &Path, segment_bytes: u64) -> Result<u64> {
+    let mut checked = 0;
+    for cluster in std::fs::read_dir(dir).with_context(|| format!("sink stored nothing in {}", dir.display()))? {
+        let cluster: PathBuf = cluster?.path();
+        for file in std::fs::read_dir(&cluster)? {
+            let path = file?.path();
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            let Some(segment) = SegmentName::parse(name) else { continue };
+            let data = std::fs::read(&path)?;
+            if data.len() as u64 != segment_bytes {
+                bail!("{} holds {} bytes, not {segment_bytes}", path.display(), data.len());
+            }
+            check_page_headers(&data, segment, segment_bytes)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            checked += 1;
+        }
+    }
+    Ok(checked)
 }

@@ -35,6 +35,8 @@ enum Command {
     Quickstart(quickstart::QuickstartArgs),
     /// Drive a distributed run: wait for agents, split the work, start them together, merge results
     Coordinator(walplayer::coordinator::cli::CoordinatorArgs),
+    /// Join coordinator runs (the same as the walplayer-agent binary)
+    Agent(walplayer::agent::cli::AgentArgs),
 }
 
 #[derive(clap::Args)]
@@ -128,7 +130,7 @@ struct CertsArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    cli::init_logging(matches!(cli.command, Command::Sink(_) | Command::Coordinator(_)));
+    cli::init_logging(matches!(cli.command, Command::Sink(_) | Command::Coordinator(_) | Command::Agent(_)));
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime starts");
     let code = runtime.block_on(run(cli.command));
     ExitCode::from(code)
@@ -152,6 +154,7 @@ async fn run(command: Command) -> u8 {
             Ok(code) => code as u8,
             Err(e) => usage_error(e),
         },
+        Command::Agent(args) => walplayer::agent::cli::run(args).await as u8,
         Command::Quickstart(args) => match quickstart::run(args, shutdown).await {
             Ok(code) => code as u8,
             Err(e) => usage_error(e),

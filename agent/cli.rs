@@ -1,0 +1,124 @@
+//! Flags of `walplayer-agent` (also `walplayer agent`), and startup.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Args;
+use tokio_util::sync::CancellationToken;
+
+use crate::agent::{self, health, shard::Limits, AgentOptions};
+use crate::common::cli::{self, KlioArgs};
+use crate::common::tls;
+use crate::common::transport::ClientTls;
+
+/// Flags of an agent.
+#[derive(Debug, Clone, Args)]
+pub struct AgentArgs {
+    /// Coordinator control address, host:port
+    #[arg(long, env = "WALPLAYER_COORDINATOR", value_name = "HOST:PORT")]
+    pub coordinator: String,
+    /// Agent name [default: the host name, the pod name in a StatefulSet]
+    #[arg(long, env = "WALPLAYER_AGENT_NAME")]
+    pub name: Option<String>,
+    /// Directory for generated WAL and, for --source dir runs, the WAL to play
+    #[arg(long, value_name = "DIR", default_value = "walplayer-data")]
+    pub data_dir: PathBuf,
+    /// Exit after one run instead of waiting for the next
+    #[arg(long)]
+    pub once: bool,
+    #[command(flatten)]
+    pub klio: KlioArgs,
+    /// Serve gRPC health (services "liveness" and "readiness") here, for Kubernetes probes
+    #[arg(long, value_name = "ADDR")]
+    pub health_listen: Option<SocketAddr>,
+    /// CA that signed the coordinator's certificate (mutual TLS on the control channel)
+    #[arg(long, value_name = "FILE", requires_all = ["control_cert", "control_key"])]
+    pub control_ca: Option<PathBuf>,
+    /// This agent's certificate for the control channel
+    #[arg(long, value_name = "FILE", requires = "control_ca")]
+    pub control_cert: Option<PathBuf>,
+    /// Private key of --control-cert
+    #[arg(long, value_name = "FILE", requires = "control_ca")]
+    pub control_key: Option<PathBuf>,
+    /// Most files this agent accepts in one run
+    #[arg(long, default_value_t = Limits::default().max_files)]
+    pub max_files: u64,
+    /// Most bytes this agent generates into its data directory (also at most 90% of its free space)
+    #[arg(long, default_value_t = Limits::default().max_generate_bytes)]
+    pub max_generate_bytes: u64,
+    /// Most parallel uploads this agent accepts
+    #[arg(long, default_value_t = Limits::default().max_jobs)]
+    pub max_jobs: u32,
+    /// Most clusters this agent simulates
+    #[arg(long, default_value_t = Limits::default().max_clusters)]
+    pub max_clusters: u32,
+}
+
+fn usage_error(e: impl std::fmt::Display) -> i32 {
+    eprintln!("walplayer-agent: error: {e:#}");
+    2
+}
+
+/// Runs an agent until a signal (or one run with `--once`); returns the exit status.
+pub async fn run(args: AgentArgs) -> i32 {
+    let Some(name) = args.name.clone().or_else(agent::host_name) else {
+        return usage_error("no --name given and the host name cannot be read");
+    };
+    if let Err(e) = agent::check_name(&name) {
+        return usage_error(e);
+    }
+    if let Err(e) = std::fs::create_dir_all(&args.data_dir) {
+        return usage_error(format!("cannot create --data-dir {}: {e}", args.data_dir.display()));
+    }
+    // Reports name files by absolute path, wherever the agent was started.
+    let data_dir = match args.data_dir.canonicalize() {
+        Ok(d) => d,
+        Err(e) => return usage_error(format!("--data-dir {}: {e}", args.data_dir.display())),
+    };
+    if let Err(e) = crate::common::config::split_address(&args.coordinator) {
+        return usage_error(format!("--coordinator: {e}"));
+    }
+    let control_tls = match (&args.control_ca, &args.control_cert, &args.control_key) {
+        (Some(ca), Some(cert), Some(key)) => {
+            match tls::client_config(ca, cert, key).map_err(|e| e.to_string()).and_then(|c| ClientTls::for_address(&args.coordinator, c)) {
+                Ok(t) => Some(t),
+                Err(e) => return usage_error(e),
+            }
+        }
+        _ => None,
+    };
+    let health = match args.health_listen {
+        Some(addr) => match health::serve(addr).await {
+            Ok(h) => Some(h),
+            Err(e) => return usage_error(format!("cannot serve health on {addr}: {e}")),
+        },
+        None => None,
+    };
+    let opts = AgentOptions {
+        coordinator: args.coordinator,
+        name,
+        data_dir,
+        once: args.once,
+        klio: args.klio,
+        control_tls,
+        limits: Limits {
+            max_files: args.max_files,
+            max_generate_bytes: args.max_generate_bytes,
+            max_jobs: args.max_jobs,
+            max_clusters: args.max_clusters,
+            ..Limits::default()
+        },
+        health,
+    };
+    // A configuration that cannot work is an error now, not at the first run.
+    if let Err(e) = agent::resolve_klio(&opts) {
+        if opts.once {
+            return usage_error(e);
+        }
+        tracing::error!("{e}; will retry before each run");
+    }
+    let shutdown = CancellationToken::new();
+    cli::cancel_on_signal(shutdown.clone());
+    tracing::info!("agent {} starting; coordinator {}", opts.name, opts.coordinator);
+    agent::run(opts, shutdown).await
+}
