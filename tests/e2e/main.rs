@@ -6,6 +6,7 @@
 mod util;
 
 mod bad_input;
+mod distributed;
 mod play;
 mod postgres;
 mod sink;

@@ -277,3 +277,60 @@ pub fn assert_stored_identical(sent: &Path, stored: &Path) -> usize {
     }
     n
 }
+
+/// A process whose stderr is copied to a file, with a wait for a line.
+pub struct Logged {
+    pub child: Child,
+    pub log: PathBuf,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Logged {
+    /// Starts `cmd`, copying stderr to `log`.
+    pub fn start(mut cmd: Command, log: PathBuf) -> Logged {
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        let file = log.clone();
+        std::thread::spawn(move || {
+            let mut out = std::fs::File::create(&file).unwrap();
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = std::io::Write::write_all(&mut out, format!("{line}\n").as_bytes());
+                let _ = tx.send(line);
+            }
+        });
+        Logged { child, log, lines }
+    }
+
+    /// Waits (bounded) for a stderr line containing `needle`; returns it.
+    pub fn wait_line(&self, needle: &str, limit: Duration) -> String {
+        let deadline = Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => {}
+                Err(_) => panic!("no line with {needle:?} within {limit:?}; log:\n{}", self.text()),
+            }
+        }
+    }
+
+    pub fn text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn wait(&mut self, limit: Duration) -> std::process::ExitStatus {
+        wait_bounded(&mut self.child, limit)
+    }
+}
+
+impl Drop for Logged {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,289 @@
+//! Coordinator and several agent processes with a sink, on loopback.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::util::*;
+
+const LIMIT: Duration = Duration::from_secs(90);
+
+struct Cluster {
+    env: TestEnv,
+    sink: SinkProcess,
+    data: PathBuf,
+}
+
+impl Cluster {
+    fn new() -> Cluster {
+        let env = TestEnv::new();
+        let data = env.path("sink-data");
+        let sink = env.sink(&data, &[]);
+        Cluster { env, sink, data }
+    }
+
+    /// `walplayer coordinator` on a free loopback port; returns it and its address.
+    fn coordinator(&self, args: &[&str]) -> (Logged, String) {
+        let mut cmd = self.env.walplayer(&["coordinator", "--listen", "127.0.0.1:0", "--quiet"]);
+        cmd.args(["--output"]).arg(self.env.path("merged.json"));
+        cmd.args(["--summary"]).arg(self.env.path("summary.json"));
+        cmd.args(args).stdout(Stdio::null());
+        let c = Logged::start(cmd, self.env.path("coordinator.log"));
+        let line = c.wait_line("coordinator listening on ", Duration::from_secs(30));
+        let addr = line.rsplit(' ').next().unwrap().to_string();
+        (c, addr)
+    }
+
+    fn agent(&self, name: &str, coordinator: &str, extra: &[&str]) -> Logged {
+        let data = self.env.path(&format!("agent-{name}"));
+        std::fs::create_dir_all(&data).unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_walplayer-agent"));
+        cmd.env("HOME", self.env.dir.path())
+            .args(["--coordinator", coordinator, "--name", name, "--data-dir"])
+            .arg(&data)
+            .arg("--config")
+            .arg(&self.env.certs.klio_config)
+            .args(["--address", &self.sink.address])
+            .args(extra)
+            .stdout(Stdio::null());
+        Logged::start(cmd, self.env.path(&format!("agent-{name}.log")))
+    }
+
+    fn merged(&self) -> Vec<serde_json::Value> {
+        json_lines(&std::fs::read_to_string(self.env.path("merged.json")).unwrap())
+    }
+
+    fn summary(&self) -> serde_json::Value {
+        read_json(&self.env.path("summary.json"))
+    }
+
+    fn stored(&self) -> BTreeSet<(String, String)> {
+        let mut out = BTreeSet::new();
+        let Ok(dirs) = std::fs::read_dir(&self.data) else { return out };
+        for cluster in dirs {
+            let cluster = cluster.unwrap().path();
+            for f in std::fs::read_dir(&cluster).unwrap() {
+                let name = f.unwrap().file_name().into_string().unwrap();
+                if !name.ends_with(".partial") {
+                    out.insert((cluster.file_name().unwrap().to_str().unwrap().to_string(), name));
+                }
+            }
+        }
+        out
+    }
+}
+
+fn ns(v: &serde_json::Value) -> i64 {
+    let t = humantime::parse_rfc3339(v.as_str().unwrap()).unwrap();
+    t.duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as i64
+}
+
+#[test]
+fn barrier_holds_and_every_file_appears_exactly_once() {
+    let c = Cluster::new();
+    let (mut coord, addr) = c.coordinator(&["--agents", "3", "--length", "17", "--wal-size", "1", "--clusters-per-agent", "2", "-j", "2"]);
+    let mut a = c.agent("node-0", &addr, &["--once"]);
+    let mut b = c.agent("node-1", &addr, &["--once"]);
+    // The third agent comes late; the first two must wait for it.
+    std::thread::sleep(Duration::from_millis(1500));
+    let late_start = Instant::now();
+    let mut d = c.agent("node-2", &addr, &["--once"]);
+    let _ = late_start;
+    assert_eq!(coord.wait(LIMIT).code(), Some(0), "{}", coord.text());
+    for agent in [&mut a, &mut b, &mut d] {
+        assert_eq!(agent.wait(LIMIT).code(), Some(0), "{}", agent.text());
+    }
+
+    let lines = c.merged();
+    assert_eq!(lines.len(), 17);
+    let keys: BTreeSet<(String, String)> = lines
+        .iter()
+        .map(|l| (l["cluster"].as_str().unwrap().to_string(), l["walName"].as_str().unwrap().to_string()))
+        .collect();
+    assert_eq!(keys.len(), 17, "no file reported twice");
+    assert_eq!(c.stored(), keys, "the sink holds exactly the reported files");
+    let clusters: BTreeSet<_> = keys.iter().map(|(c, _)| c.clone()).collect();
+    assert_eq!(clusters.len(), 6, "3 agents x 2 clusters, each its own directory: {clusters:?}");
+    for l in &lines {
+        assert_eq!(l["error"], "");
+        let agent = l["agent"].as_str().unwrap();
+        assert!(l["cluster"].as_str().unwrap().starts_with(&format!("walplayer-{agent}-")), "{l}");
+    }
+
+    // Nobody uploaded before the barrier, which opened after the last agent was ready.
+    let log = coord.text();
+    let ready_line = log.lines().filter(|l| l.contains("ready:")).last().unwrap().to_string();
+    let _ = ready_line;
+    let barrier = log
+        .lines()
+        .find(|l| l.contains("start barrier released for "))
+        .unwrap()
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .to_string();
+    let barrier_ns = ns(&serde_json::Value::String(barrier));
+    let first_start = lines.iter().map(|l| ns(&l["startTime"])).min().unwrap();
+    assert!(first_start >= barrier_ns, "a file started {} ns before the barrier", barrier_ns - first_start);
+    let agent2_first = lines.iter().filter(|l| l["agent"] == "node-2").map(|l| ns(&l["startTime"])).min().unwrap();
+    let agent0_first = lines.iter().filter(|l| l["agent"] == "node-0").map(|l| ns(&l["startTime"])).min().unwrap();
+    assert!((agent2_first - agent0_first).abs() < 1_000_000_000, "agents started together");
+
+    let s = c.summary();
+    assert_eq!(s["filesOk"], 17);
+    assert_eq!(s["agents"].as_array().unwrap().len(), 3);
+    assert_eq!(s["clusters"].as_array().unwrap().len(), 6);
+    assert!(s["startSkewNs"].as_u64().unwrap() < 1_000_000_000);
+    assert_eq!(s["filesUnreported"], 0);
+    for a in s["agents"].as_array().unwrap() {
+        assert_eq!(a["state"], "finished");
+        assert!(a["latency"]["p50Ns"].as_u64().unwrap() > 0);
+    }
+
+    // Merged percentiles equal those of one histogram built from every file.
+    let mut h = walplayer::common::stats::new_histogram();
+    for l in &lines {
+        h.record(l["elapsedTime"].as_str().unwrap().parse().unwrap()).unwrap();
+    }
+    let expect = walplayer::common::stats::Latency::of(&h);
+    assert_eq!(s["latency"], serde_json::to_value(expect).unwrap());
+}
+
+#[test]
+fn late_and_duplicate_agents_are_refused_on_both_sides() {
+    let c = Cluster::new();
+    let (mut coord, addr) = c.coordinator(&["--agents", "1", "--length", "40", "--wal-size", "1", "--block-size", "16"]);
+    let mut a = c.agent("solo", &addr, &["--once"]);
+    coord.wait_line("registered", LIMIT);
+    // Same name while the first is registered.
+    let mut dup = c.agent("solo", &addr, &["--once"]);
+    assert_eq!(dup.wait(LIMIT).code(), Some(3));
+    assert!(dup.text().contains("already registered"), "{}", dup.text());
+    coord.wait_line("start barrier released", LIMIT);
+    let mut late = c.agent("latecomer", &addr, &["--once"]);
+    assert_eq!(late.wait(LIMIT).code(), Some(3));
+    assert!(late.text().contains("may join the next run"), "{}", late.text());
+    assert_eq!(coord.wait(LIMIT).code(), Some(0), "{}", coord.text());
+    assert_eq!(a.wait(LIMIT).code(), Some(0));
+    let log = coord.text();
+    assert!(log.contains("refused agent solo") && log.contains("refused agent latecomer"), "{log}");
+}
+
+#[test]
+fn killed_agent_is_lost_its_files_named_and_the_rest_finish() {
+    let c = Cluster::new();
+    let (mut coord, addr) = c.coordinator(&[
+        "--agents", "2", "--length-per-agent", "60", "--wal-size", "1", "--block-size", "8", "--agent-timeout", "5s",
+    ]);
+    let mut victim = c.agent("victim", &addr, &["--once"]);
+    let mut other = c.agent("survivor", &addr, &["--once"]);
+    let merged = c.env.path("merged.json");
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        let text = std::fs::read_to_string(&merged).unwrap_or_default();
+        if text.lines().filter(|l| l.contains("\"agent\":\"victim\"")).count() >= 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "victim reported nothing");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    victim.child.kill().unwrap();
+    let _ = victim.wait(LIMIT);
+    assert_eq!(coord.wait(LIMIT).code(), Some(3), "{}", coord.text());
+    assert_eq!(other.wait(LIMIT).code(), Some(0));
+
+    let s = c.summary();
+    let agents: HashMap<String, serde_json::Value> = s["agents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| (a["name"].as_str().unwrap().to_string(), a.clone()))
+        .collect();
+    assert_eq!(agents["survivor"]["state"], "finished");
+    assert_eq!(agents["survivor"]["filesOk"], 60);
+    let v = &agents["victim"];
+    assert!(v["state"].as_str().unwrap().starts_with("lost"), "{v}");
+    let reported = v["filesOk"].as_u64().unwrap() + v["filesFailed"].as_u64().unwrap();
+    assert!(reported >= 2);
+    assert_eq!(v["filesUnreported"].as_u64().unwrap(), 60 - reported);
+    assert_eq!(s["filesUnreported"].as_u64().unwrap(), 60 - reported);
+    let names = v["unreported"][0]["firstWalNames"].as_array().unwrap();
+    assert!(!names.is_empty());
+    // Results already sent are kept.
+    let victim_lines = c.merged().iter().filter(|l| l["agent"] == "victim").count() as u64;
+    assert_eq!(victim_lines, reported);
+    assert!(coord.text().contains("agent victim lost"));
+}
+
+#[test]
+fn killed_coordinator_stops_agents_in_bounded_time() {
+    let c = Cluster::new();
+    let (mut coord, addr) = c.coordinator(&["--agents", "1", "--length", "400", "--wal-size", "1", "--block-size", "4"]);
+    let mut once = c.agent("once", &addr, &["--once"]);
+    coord.wait_line("start barrier released", LIMIT);
+    std::thread::sleep(Duration::from_millis(300));
+    coord.child.kill().unwrap();
+    let killed = Instant::now();
+    assert_eq!(once.wait(Duration::from_secs(30)).code(), Some(3), "{}", once.text());
+    assert!(killed.elapsed() < Duration::from_secs(30));
+    assert!(once.text().contains("lost the coordinator"), "{}", once.text());
+
+    // A long-lived agent goes back to waiting instead of exiting.
+    let (mut coord2, addr2) = c.coordinator(&["--agents", "1", "--length", "400", "--wal-size", "1", "--block-size", "4"]);
+    let mut stay = c.agent("stay", &addr2, &[]);
+    coord2.wait_line("start barrier released", LIMIT);
+    coord2.child.kill().unwrap();
+    stay.wait_line("lost the coordinator", Duration::from_secs(30));
+    assert!(stay.child.try_wait().unwrap().is_none(), "the agent keeps running");
+    let _ = Path::new("");
+}
+
+#[test]
+fn interrupted_coordinator_aborts_agents_and_writes_summary() {
+    let c = Cluster::new();
+    let (mut coord, addr) = c.coordinator(&["--agents", "1", "--length", "300", "--wal-size", "1", "--block-size", "4"]);
+    let mut agent = c.agent("a", &addr, &["--once"]);
+    coord.wait_line("start barrier released", LIMIT);
+    let merged = c.env.path("merged.json");
+    let deadline = Instant::now() + LIMIT;
+    while std::fs::read_to_string(&merged).unwrap_or_default().lines().count() < 2 {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    signal(&coord.child, libc::SIGINT);
+    assert_eq!(coord.wait(LIMIT).code(), Some(130), "{}", coord.text());
+    assert_eq!(agent.wait(LIMIT).code(), Some(3), "{}", agent.text());
+    let s = c.summary();
+    assert_eq!(s["interrupted"], true);
+    let lines = c.merged().len() as u64;
+    assert!(lines >= 2 && lines < 300);
+    assert_eq!(s["filesOk"].as_u64().unwrap() + s["filesFailed"].as_u64().unwrap(), lines);
+}
+
+#[test]
+fn directory_runs_shard_or_replicate() {
+    let c = Cluster::new();
+    let src = c.env.generate("src", 5, 1, &[]);
+    for split in ["shard", "replicate"] {
+        let (mut coord, addr) = c.coordinator(&["--agents", "2", "--source", "dir", "--split", split]);
+        let mut agents: Vec<Logged> = ["d0", "d1"]
+            .iter()
+            .map(|n| {
+                let data = c.env.path(&format!("agent-{n}"));
+                std::fs::create_dir_all(&data).unwrap();
+                for f in std::fs::read_dir(&src).unwrap() {
+                    let f = f.unwrap().path();
+                    std::fs::copy(&f, data.join(f.file_name().unwrap())).unwrap();
+                }
+                c.agent(n, &addr, &["--once"])
+            })
+            .collect();
+        assert_eq!(coord.wait(LIMIT).code(), Some(0), "{}", coord.text());
+        for a in &mut agents {
+            assert_eq!(a.wait(LIMIT).code(), Some(0));
+        }
+        let n = c.merged().len();
+        assert_eq!(n, if split == "shard" { 5 } else { 10 }, "{split}");
+    }
+}
