@@ -53,14 +53,13 @@ const JOBS: [usize; 2] = [1, 4];
 const PHASE_DEADLINE: Duration = Duration::from_secs(5 * 60);
 const LOOPBACK: &str = "127.0.0.1:0";
 const CLUSTER: &str = certs::DEFAULT_CLUSTER;
-/// Jobs of the memory runs.
-const MEMORY_JOBS: usize = 4;
-/// Directories of the memory runs: label, files, MiB per file.
-const MEMORY_CASES: [(&str, u64, u64); 4] = [
-    ("empty directory", 0, 16),
-    ("16 files of 16 MiB", 16, 16),
-    ("2000 files of 1 MiB", 2000, 1),
-    ("16 files of 64 MiB", 16, 64),
+/// Directories of the memory runs (files, MiB per file), each played with
+/// some (jobs, block KiB); the first run with files is the reference.
+const MEMORY_CASES: [(u64, u64, &[(usize, usize)]); 4] = [
+    (0, 16, &[(4, 2048)]),
+    (16, 16, &[(4, 2048), (1, 2048), (4, 512)]),
+    (2000, 1, &[(4, 2048)]),
+    (16, 64, &[(4, 2048)]),
 ];
 
 fn main() {
@@ -274,8 +273,11 @@ async fn raw_client(
             sent += n as u64;
         }
     }
-    // close_notify: the server reads to a clean end.
+    // close_notify, then read to the server's: closing with its TLS 1.3
+    // session tickets unread would reset the connection under its last bytes.
     tls.shutdown().await?;
+    let mut rest = Vec::new();
+    tls.read_to_end(&mut rest).await?;
     Ok(sent)
 }
 
@@ -335,15 +337,18 @@ async fn discard(acceptor: TlsAcceptor, tcp: TcpStream) -> std::io::Result<u64> 
     let mut received = 0u64;
     loop {
         match tls.read(&mut buf).await? {
-            0 => return Ok(received),
+            0 => break,
             n => received += n as u64,
         }
     }
+    tls.shutdown().await?;
+    Ok(received)
 }
 
 // ---------------------------------------------------------------- memory
 
-/// Peak RSS of `walplayer play` on directories of different shapes.
+/// Peak RSS of `walplayer play` on directories of different shapes, with
+/// different jobs and block sizes.
 fn memory(certs: &MintedCerts, scratch: &Path) -> Result<()> {
     let Some(bin) = walplayer_binary() else {
         println!(
@@ -353,36 +358,48 @@ fn memory(certs: &MintedCerts, scratch: &Path) -> Result<()> {
         return Ok(());
     };
     let sink = SinkProcess::start(&bin, certs, scratch)?;
-    let bound = MEMORY_JOBS * BLOCK_BYTES;
-    println!(
-        "memory: play -j{MEMORY_JOBS} --block-size {} (jobs x block = {} MiB), peak RSS:",
-        BLOCK_BYTES / 1024,
-        bound >> 20
-    );
-    let mut empty_kib = None;
-    let mut first_growth = None;
-    for (label, count, mib) in MEMORY_CASES {
+    println!("memory: peak RSS of walplayer play (growth = over the empty directory's run)");
+    let (mut empty_kib, mut reference) = (None, None);
+    for (count, mib, runs) in MEMORY_CASES {
         let dir = scratch.join(format!("memory-{count}x{mib}"));
         std::fs::create_dir_all(&dir)?;
         generate_wal(&dir, count, mib * MIB)?;
-        let peak = play_peak_kib(&bin, certs, &sink.address, &dir, count, scratch)
-            .with_context(|| format!("memory run on {label}"))?;
-        std::fs::remove_dir_all(&dir)?;
-        let base = *empty_kib.get_or_insert(peak);
-        if count == 0 {
-            println!("  {label}: {:.1} MiB", peak as f64 / 1024.0);
-            continue;
+        for &(jobs, block_kib) in runs {
+            let label = match count {
+                0 => "empty directory".to_string(),
+                _ => format!("{count} files of {mib} MiB"),
+            };
+            let run = format!("-j{jobs} --block-size {block_kib}, {label}");
+            let play = PlayRun { dir: &dir, files: count, jobs, block_kib };
+            let peak = play_peak_kib(&bin, certs, &sink.address, &play, scratch)
+                .with_context(|| format!("memory run {run}"))?;
+            let base = *empty_kib.get_or_insert(peak);
+            let growth = peak.saturating_sub(base);
+            let mib_of = |kib: u64| kib as f64 / 1024.0;
+            if count == 0 {
+                println!("  {run}: {:.1} MiB", mib_of(peak));
+                continue;
+            }
+            let first = *reference.get_or_insert(growth.max(1));
+            println!(
+                "  {run}: {:.1} MiB, growth {:.1} MiB = {:.1} x jobs x block, {:.2} x the first",
+                mib_of(peak),
+                mib_of(growth),
+                mib_of(growth) / (jobs * block_kib) as f64 * 1024.0,
+                growth as f64 / first as f64
+            );
         }
-        let growth = peak.saturating_sub(base);
-        let first = *first_growth.get_or_insert(growth.max(1));
-        println!(
-            "  {label}: {:.1} MiB, {:.1} MiB over the empty run, ratio to the first {:.2}",
-            peak as f64 / 1024.0,
-            growth as f64 / 1024.0,
-            growth as f64 / first as f64
-        );
+        std::fs::remove_dir_all(&dir)?;
     }
     Ok(())
+}
+
+/// One `walplayer play` of the memory runs.
+struct PlayRun<'a> {
+    dir: &'a Path,
+    files: u64,
+    jobs: usize,
+    block_kib: usize,
 }
 
 /// The `walplayer` binary cargo built with this bench, or the one next to
@@ -411,21 +428,21 @@ fn walplayer(bin: &Path, home: &Path) -> Command {
     cmd
 }
 
-/// Runs `walplayer play` on `dir` and returns its peak RSS in KiB, after
-/// checking that all `files` were stored.
+/// Runs `walplayer play` and returns its peak RSS in KiB, after checking
+/// that every file was stored.
 fn play_peak_kib(
     bin: &Path,
     certs: &MintedCerts,
     address: &str,
-    dir: &Path,
-    files: u64,
+    run: &PlayRun,
     scratch: &Path,
 ) -> Result<u64> {
+    let files = run.files;
     let c = &certs.client;
     let (summary, log) = (scratch.join("summary.json"), scratch.join("play.log"));
     let child = walplayer(bin, scratch)
         .arg("play")
-        .arg(dir)
+        .arg(run.dir)
         .args(["--cluster-name", CLUSTER, "--address", address])
         .arg("--server-cert")
         .arg(&c.ca)
@@ -433,8 +450,8 @@ fn play_peak_kib(
         .arg(&c.cert)
         .arg("--client-key")
         .arg(&c.key)
-        .args(["-j", &MEMORY_JOBS.to_string()])
-        .args(["--block-size", &(BLOCK_BYTES / 1024).to_string()])
+        .args(["-j", &run.jobs.to_string()])
+        .args(["--block-size", &run.block_kib.to_string()])
         .args(["--output", "/dev/null", "--quiet"])
         .arg("--summary")
         .arg(&summary)
@@ -456,35 +473,38 @@ fn play_peak_kib(
     Ok(peak_kib)
 }
 
-/// Waits for `child` with wait4(2), which also gives its peak RSS
-/// (`ru_maxrss`, KiB on Linux); kills it past `limit`.
+/// Waits for `child`, polling its peak RSS (`VmHWM`, KiB); kills it past
+/// `limit`. Not `ru_maxrss`: Linux carries the forking process's peak
+/// across exec into it, so every child would report this bench's size.
 fn wait_with_peak(mut child: Child, limit: Duration) -> Result<(i32, u64)> {
-    let pid = child.id() as libc::pid_t;
+    let status_file = format!("/proc/{}/status", child.id());
     let start = Instant::now();
+    let mut peak_kib = 0;
     loop {
-        let mut status = 0;
-        // SAFETY: zeroed rusage is a valid value; wait4 only writes into
-        // the two out-parameters we own.
-        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-        let reaped = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
-        if reaped == pid {
-            let code = if libc::WIFEXITED(status) {
-                libc::WEXITSTATUS(status)
-            } else {
-                -1
-            };
-            return Ok((code, usage.ru_maxrss as u64));
+        // Gone once the process has exited: the last value read stands.
+        if let Some(kib) = std::fs::read_to_string(&status_file)
+            .ok()
+            .as_deref()
+            .and_then(vm_hwm_kib)
+        {
+            peak_kib = peak_kib.max(kib);
         }
-        if reaped < 0 {
-            bail!("wait4 failed: {}", std::io::Error::last_os_error());
+        if let Some(status) = child.try_wait()? {
+            return Ok((status.code().unwrap_or(-1), peak_kib));
         }
         if start.elapsed() > limit {
             let _ = child.kill();
             let _ = child.wait();
             bail!("walplayer play did not finish within {limit:?}; killed it");
         }
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(5));
     }
+}
+
+/// `VmHWM` of a `/proc/PID/status` text, in KiB.
+fn vm_hwm_kib(status: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// A `walplayer sink --discard` process; killed when dropped.
