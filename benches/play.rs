@@ -53,9 +53,11 @@ const JOBS: [usize; 2] = [1, 4];
 const PHASE_DEADLINE: Duration = Duration::from_secs(5 * 60);
 const LOOPBACK: &str = "127.0.0.1:0";
 const CLUSTER: &str = certs::DEFAULT_CLUSTER;
-/// Directories of the memory runs (files, MiB per file), each played with
-/// some (jobs, block KiB); the first run with files is the reference.
-const MEMORY_CASES: [(u64, u64, &[(usize, usize)]); 4] = [
+/// One directory of the memory runs: files, MiB per file, and the
+/// (jobs, block KiB) it is played with.
+type MemoryCase = (u64, u64, &'static [(usize, usize)]);
+/// The memory runs; the first run with files is the reference.
+const MEMORY_CASES: [MemoryCase; 4] = [
     (0, 16, &[(4, 2048)]),
     (16, 16, &[(4, 2048), (1, 2048), (4, 512)]),
     (2000, 1, &[(4, 2048)]),
@@ -370,7 +372,12 @@ fn memory(certs: &MintedCerts, scratch: &Path) -> Result<()> {
                 _ => format!("{count} files of {mib} MiB"),
             };
             let run = format!("-j{jobs} --block-size {block_kib}, {label}");
-            let play = PlayRun { dir: &dir, files: count, jobs, block_kib };
+            let play = PlayRun {
+                dir: &dir,
+                files: count,
+                jobs,
+                block_kib,
+            };
             let peak = play_peak_kib(&bin, certs, &sink.address, &play, scratch)
                 .with_context(|| format!("memory run {run}"))?;
             let base = *empty_kib.get_or_insert(peak);
@@ -462,7 +469,11 @@ fn play_peak_kib(
         .context("cannot start walplayer play")?;
     let (status, peak_kib) = wait_with_peak(child, PHASE_DEADLINE)?;
     let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
-    ensure!(status == 0, "walplayer play exited with {status}: {}", log_text());
+    ensure!(
+        status == 0,
+        "walplayer play exited with {status}: {}",
+        log_text()
+    );
     let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&summary)?)?;
     ensure!(
         doc["filesOk"] == files && doc["filesFailed"] == 0,
