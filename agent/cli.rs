@@ -68,7 +68,10 @@ pub async fn run(args: AgentArgs) -> i32 {
         return usage_error(e);
     }
     if let Err(e) = std::fs::create_dir_all(&args.data_dir) {
-        return usage_error(format!("cannot create --data-dir {}: {e}", args.data_dir.display()));
+        return usage_error(format!(
+            "cannot create --data-dir {}: {e}",
+            args.data_dir.display()
+        ));
     }
     // Reports name files by absolute path, wherever the agent was started.
     let data_dir = match args.data_dir.canonicalize() {
@@ -80,7 +83,10 @@ pub async fn run(args: AgentArgs) -> i32 {
     }
     let control_tls = match (&args.control_ca, &args.control_cert, &args.control_key) {
         (Some(ca), Some(cert), Some(key)) => {
-            match tls::client_config(ca, cert, key).map_err(|e| e.to_string()).and_then(|c| ClientTls::for_address(&args.coordinator, c)) {
+            match tls::client_config(ca, cert, key)
+                .map_err(|e| e.to_string())
+                .and_then(|c| ClientTls::for_address(&args.coordinator, c))
+            {
                 Ok(t) => Some(t),
                 Err(e) => return usage_error(e),
             }
@@ -119,6 +125,10 @@ pub async fn run(args: AgentArgs) -> i32 {
     }
     let shutdown = CancellationToken::new();
     cli::cancel_on_signal(shutdown.clone());
-    tracing::info!("agent {} starting; coordinator {}", opts.name, opts.coordinator);
+    tracing::info!(
+        "agent {} starting; coordinator {}",
+        opts.name,
+        opts.coordinator
+    );
     agent::run(opts, shutdown).await
 }

@@ -22,7 +22,11 @@ pub struct Health {
 
 impl Health {
     pub async fn set_ready(&self, ready: bool) {
-        let status = if ready { ServingStatus::Serving } else { ServingStatus::NotServing };
+        let status = if ready {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
         self.reporter.set_service_status(READINESS, status).await;
     }
 }
@@ -30,8 +34,12 @@ impl Health {
 /// Serves health checks on `addr` (plain gRPC, as kubelet's probe speaks).
 pub async fn serve(addr: SocketAddr) -> std::io::Result<Health> {
     let (reporter, service) = tonic_health::server::health_reporter();
-    reporter.set_service_status(LIVENESS, ServingStatus::Serving).await;
-    reporter.set_service_status(READINESS, ServingStatus::NotServing).await;
+    reporter
+        .set_service_status(LIVENESS, ServingStatus::Serving)
+        .await;
+    reporter
+        .set_service_status(READINESS, ServingStatus::NotServing)
+        .await;
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     tokio::spawn(async move {

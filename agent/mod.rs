@@ -98,7 +98,13 @@ pub async fn run(opts: AgentOptions, shutdown: CancellationToken) -> i32 {
             sleep_or_stop(MAX_BACKOFF, &shutdown).await;
             continue;
         }
-        let channel = match transport::connect(&opts.coordinator, opts.control_tls.clone(), Some(CONTROL_KEEPALIVE)).await {
+        let channel = match transport::connect(
+            &opts.coordinator,
+            opts.control_tls.clone(),
+            Some(CONTROL_KEEPALIVE),
+        )
+        .await
+        {
             Ok(c) => c,
             Err(e) => {
                 if !waiting_logged {

@@ -27,7 +27,8 @@ use crate::proto::control::agent_message::Body as Up;
 use crate::proto::control::control_client::ControlClient;
 use crate::proto::control::coordinator_message::Body as Down;
 use crate::proto::control::{
-    AgentMessage, Assignment, Beat, ClusterHistogram, CoordinatorMessage, Failed, FileResult, Finished, Ready, Register,
+    AgentMessage, Assignment, Beat, ClusterHistogram, CoordinatorMessage, Failed, FileResult,
+    Finished, Ready, Register,
 };
 
 /// How often the agent beats during a run.
@@ -67,15 +68,25 @@ impl Link {
     async fn recv(&mut self) -> Result<Down, SessionEnd> {
         match self.down.message().await {
             Ok(Some(CoordinatorMessage { body: Some(body) })) => Ok(body),
-            Ok(Some(_)) => Err(SessionEnd::CoordinatorLost("empty message from the coordinator".into())),
-            Ok(None) => Err(SessionEnd::CoordinatorLost("the coordinator closed the session".into())),
-            Err(status) => Err(SessionEnd::CoordinatorLost(crate::common::transport::status_text(&status))),
+            Ok(Some(_)) => Err(SessionEnd::CoordinatorLost(
+                "empty message from the coordinator".into(),
+            )),
+            Ok(None) => Err(SessionEnd::CoordinatorLost(
+                "the coordinator closed the session".into(),
+            )),
+            Err(status) => Err(SessionEnd::CoordinatorLost(
+                crate::common::transport::status_text(&status),
+            )),
         }
     }
 }
 
 /// Runs one session; never panics, always says how it ended.
-pub async fn run(opts: &AgentOptions, mut client: ControlClient<Channel>, shutdown: CancellationToken) -> SessionEnd {
+pub async fn run(
+    opts: &AgentOptions,
+    mut client: ControlClient<Channel>,
+    shutdown: CancellationToken,
+) -> SessionEnd {
     let (up, rx) = mpsc::channel(1024);
     let register = AgentMessage {
         body: Some(Up::Register(Register {
@@ -90,14 +101,18 @@ pub async fn run(opts: &AgentOptions, mut client: ControlClient<Channel>, shutdo
     }
     let down = match client.session(ReceiverStream::new(rx)).await {
         Ok(r) => r.into_inner(),
-        Err(status) => return SessionEnd::CoordinatorLost(crate::common::transport::status_text(&status)),
+        Err(status) => {
+            return SessionEnd::CoordinatorLost(crate::common::transport::status_text(&status))
+        }
     };
     let mut link = Link { up, down };
     let assignment = match link.recv().await {
         Ok(Down::Assignment(a)) => a,
         Ok(Down::Refusal(r)) => return SessionEnd::Refused(r.reason),
         Ok(Down::Abort(a)) => return SessionEnd::CoordinatorLost(format!("aborted: {}", a.reason)),
-        Ok(Down::Start(_)) => return SessionEnd::CoordinatorLost("start before any assignment".into()),
+        Ok(Down::Start(_)) => {
+            return SessionEnd::CoordinatorLost("start before any assignment".into())
+        }
         Err(end) => return end,
     };
     tracing::info!(
@@ -117,12 +132,20 @@ pub async fn run(opts: &AgentOptions, mut client: ControlClient<Channel>, shutdo
 }
 
 async fn fail(link: &Link, reason: String) -> SessionEnd {
-    let _ = link.send(Up::Failed(Failed { reason: reason.clone() })).await;
+    let _ = link
+        .send(Up::Failed(Failed {
+            reason: reason.clone(),
+        }))
+        .await;
     SessionEnd::Failed(reason)
 }
 
 /// Waits for `work` while watching the control stream and the signal.
-async fn watching<T>(link: &mut Link, shutdown: &CancellationToken, work: impl std::future::Future<Output = T>) -> Result<T, SessionEnd> {
+async fn watching<T>(
+    link: &mut Link,
+    shutdown: &CancellationToken,
+    work: impl std::future::Future<Output = T>,
+) -> Result<T, SessionEnd> {
     tokio::pin!(work);
     loop {
         tokio::select! {
@@ -137,10 +160,19 @@ async fn watching<T>(link: &mut Link, shutdown: &CancellationToken, work: impl s
     }
 }
 
-async fn play_assignment(opts: &AgentOptions, link: &mut Link, a: &Assignment, shutdown: &CancellationToken) -> SessionEnd {
+async fn play_assignment(
+    opts: &AgentOptions,
+    link: &mut Link,
+    a: &Assignment,
+    shutdown: &CancellationToken,
+) -> SessionEnd {
     let limits = opts.limits.clone();
     if let Err(reason) = shard::check(a, &limits, shard::free_bytes(&opts.data_dir)) {
-        return fail(link, format!("agent {} refuses the assignment: {reason}", opts.name)).await;
+        return fail(
+            link,
+            format!("agent {} refuses the assignment: {reason}", opts.name),
+        )
+        .await;
     }
     let mut klio = match opts.klio.resolve() {
         Ok(k) => k,
@@ -154,12 +186,25 @@ async fn play_assignment(opts: &AgentOptions, link: &mut Link, a: &Assignment, s
     // Prepare the shard (may generate gigabytes) while watching the stream.
     let prepared = {
         let (a, dir, clusters) = (a.clone(), opts.data_dir.clone(), clusters.clone());
-        watching(link, shutdown, tokio::task::spawn_blocking(move || shard::prepare(&a, &dir, &clusters))).await
+        watching(
+            link,
+            shutdown,
+            tokio::task::spawn_blocking(move || shard::prepare(&a, &dir, &clusters)),
+        )
+        .await
     };
     let shard = match prepared {
         Ok(Ok(Ok(shard))) => shard,
-        Ok(Ok(Err(reason))) => return fail(link, format!("agent {} cannot prepare its shard: {reason}", opts.name)).await,
-        Ok(Err(e)) => return fail(link, format!("agent {}: preparing failed: {e}", opts.name)).await,
+        Ok(Ok(Err(reason))) => {
+            return fail(
+                link,
+                format!("agent {} cannot prepare its shard: {reason}", opts.name),
+            )
+            .await
+        }
+        Ok(Err(e)) => {
+            return fail(link, format!("agent {}: preparing failed: {e}", opts.name)).await
+        }
         Err(end) => return end,
     };
 
@@ -183,7 +228,11 @@ async fn play_assignment(opts: &AgentOptions, link: &mut Link, a: &Assignment, s
     if let Err(end) = link.send(Up::Ready(ready)).await {
         return end;
     }
-    tracing::info!("ready: {} files, connected to Klio at {}", shard.work.len(), klio.address);
+    tracing::info!(
+        "ready: {} files, connected to Klio at {}",
+        shard.work.len(),
+        klio.address
+    );
 
     // The barrier: wait for Start, then for its instant.
     let start_at = match watching_start(link, shutdown).await {
@@ -203,7 +252,10 @@ async fn play_assignment(opts: &AgentOptions, link: &mut Link, a: &Assignment, s
     stream_run(link, shard, clients, settings, shutdown).await
 }
 
-async fn watching_start(link: &mut Link, shutdown: &CancellationToken) -> Result<SystemTime, SessionEnd> {
+async fn watching_start(
+    link: &mut Link,
+    shutdown: &CancellationToken,
+) -> Result<SystemTime, SessionEnd> {
     tokio::select! {
         msg = link.recv() => match msg? {
             Down::Start(s) => Ok(crate::common::report::from_unix_nanos(s.start_unix_nanos)),
@@ -239,7 +291,10 @@ async fn stream_run(
     let started = SystemTime::now();
     let cancel = shutdown.child_token();
     let mut pipeline = Pipeline::start(shard.work, clients, settings, cancel.clone());
-    let mut all = Stats { files_skipped: shard.skipped, ..Stats::default() };
+    let mut all = Stats {
+        files_skipped: shard.skipped,
+        ..Stats::default()
+    };
     let mut per_cluster: BTreeMap<String, Stats> = BTreeMap::new();
     // Set once the coordinator aborted (reports still go out) or the
     // stream broke (nothing can go out).
@@ -302,11 +357,19 @@ async fn stream_run(
         return SessionEnd::Stopped;
     }
     // Wait (bounded) for the coordinator to close, so Finished is delivered.
-    let _ = tokio::time::timeout(Duration::from_secs(10), async { while link.recv().await.is_ok() {} }).await;
+    let _ = tokio::time::timeout(Duration::from_secs(10), async {
+        while link.recv().await.is_ok() {}
+    })
+    .await;
     SessionEnd::Finished
 }
 
-async fn finish(link: &Link, all: &Stats, per_cluster: &BTreeMap<String, Stats>, started: SystemTime) -> Result<(), SessionEnd> {
+async fn finish(
+    link: &Link,
+    all: &Stats,
+    per_cluster: &BTreeMap<String, Stats>,
+    started: SystemTime,
+) -> Result<(), SessionEnd> {
     let finished = Finished {
         histogram: encode_histogram(&all.latency).into(),
         clusters: per_cluster

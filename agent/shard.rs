@@ -47,7 +47,9 @@ pub fn cluster_names(base: &str, agent: &str, clusters: u32) -> Vec<String> {
     if clusters == 1 {
         return vec![format!("{base}-{agent}")];
     }
-    (0..clusters).map(|i| format!("{base}-{agent}-{i}")).collect()
+    (0..clusters)
+        .map(|i| format!("{base}-{agent}-{i}"))
+        .collect()
 }
 
 /// Checks an assignment against `limits` and the free space of the data
@@ -55,24 +57,44 @@ pub fn cluster_names(base: &str, agent: &str, clusters: u32) -> Vec<String> {
 pub fn check(a: &Assignment, limits: &Limits, free_bytes: u64) -> Result<(), String> {
     let run_id_ok = !a.run_id.is_empty()
         && a.run_id.len() <= 64
-        && a.run_id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+        && a.run_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-');
     if !run_id_ok {
-        return Err(format!("run id {:?} is not a safe directory name", a.run_id));
+        return Err(format!(
+            "run id {:?} is not a safe directory name",
+            a.run_id
+        ));
     }
     if a.agent_count == 0 || a.agent_index >= a.agent_count {
-        return Err(format!("agent index {} of {} agents is impossible", a.agent_index, a.agent_count));
+        return Err(format!(
+            "agent index {} of {} agents is impossible",
+            a.agent_index, a.agent_count
+        ));
     }
     if a.jobs == 0 || a.jobs > limits.max_jobs {
-        return Err(format!("{} jobs is outside 1..={} (agent --max-jobs)", a.jobs, limits.max_jobs));
+        return Err(format!(
+            "{} jobs is outside 1..={} (agent --max-jobs)",
+            a.jobs, limits.max_jobs
+        ));
     }
     if a.block_size_kib == 0 || a.block_size_kib > 8192 {
-        return Err(format!("block size {} KiB is outside 1..=8192", a.block_size_kib));
+        return Err(format!(
+            "block size {} KiB is outside 1..=8192",
+            a.block_size_kib
+        ));
     }
     if a.clusters == 0 || a.clusters > limits.max_clusters {
-        return Err(format!("{} clusters is outside 1..={} (agent --max-clusters)", a.clusters, limits.max_clusters));
+        return Err(format!(
+            "{} clusters is outside 1..={} (agent --max-clusters)",
+            a.clusters, limits.max_clusters
+        ));
     }
     if a.timeout_ms == 0 || a.timeout_ms > limits.max_timeout_ms {
-        return Err(format!("per-file timeout {} ms is outside 1..={}", a.timeout_ms, limits.max_timeout_ms));
+        return Err(format!(
+            "per-file timeout {} ms is outside 1..={}",
+            a.timeout_ms, limits.max_timeout_ms
+        ));
     }
     if !a.address.is_empty() {
         crate::common::config::split_address(&a.address)?;
@@ -89,7 +111,10 @@ pub fn check(a: &Assignment, limits: &Limits, free_bytes: u64) -> Result<(), Str
             }
             let files: u64 = a.segments_per_cluster.iter().sum();
             if files > limits.max_files {
-                return Err(format!("{files} files is more than this agent's --max-files {}", limits.max_files));
+                return Err(format!(
+                    "{files} files is more than this agent's --max-files {}",
+                    limits.max_files
+                ));
             }
             // Clusters share one generated set: the longest one is on disk.
             let longest = a.segments_per_cluster.iter().copied().max().unwrap_or(0);
@@ -103,7 +128,10 @@ pub fn check(a: &Assignment, limits: &Limits, free_bytes: u64) -> Result<(), Str
             }
         }
         Ok(Source::Dir) => {
-            if !matches!(Split::try_from(a.split), Ok(Split::Shard | Split::Replicate)) {
+            if !matches!(
+                Split::try_from(a.split),
+                Ok(Split::Shard | Split::Replicate)
+            ) {
                 return Err("a directory run needs split shard or replicate".into());
             }
         }
@@ -135,7 +163,11 @@ pub fn prepare(a: &Assignment, data_dir: &Path, clusters: &[String]) -> Result<S
     }
 }
 
-fn prepare_generated(a: &Assignment, data_dir: &Path, clusters: &[String]) -> Result<Shard, String> {
+fn prepare_generated(
+    a: &Assignment,
+    data_dir: &Path,
+    clusters: &[String],
+) -> Result<Shard, String> {
     let segment_bytes = segment_bytes_from_mib(a.wal_size_mib)?;
     let longest = a.segments_per_cluster.iter().copied().max().unwrap_or(0);
     let dir = run_dir(data_dir, &a.run_id);
@@ -150,14 +182,24 @@ fn prepare_generated(a: &Assignment, data_dir: &Path, clusters: &[String]) -> Re
         system_id: generate::DEFAULT_SYSTEM_ID,
     };
     let mut files = Vec::new();
-    generate::generate(&spec, &Payload::synthetic(), &mut |path, _| files.push(path.to_path_buf()))
-        .map_err(|e| e.to_string())?;
+    generate::generate(&spec, &Payload::synthetic(), &mut |path, _| {
+        files.push(path.to_path_buf())
+    })
+    .map_err(|e| e.to_string())?;
     let segments: Vec<Segment> = files
         .into_iter()
         .map(|path| {
-            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default();
             let wal_name = name.strip_suffix(".gz").unwrap_or(name).to_string();
-            Segment { path, wal_name, size: segment_bytes, gzip: a.gzip }
+            Segment {
+                path,
+                wal_name,
+                size: segment_bytes,
+                gzip: a.gzip,
+            }
         })
         .collect();
     let first = SegmentName::containing(1, 0, segment_bytes).to_string();
@@ -166,7 +208,10 @@ fn prepare_generated(a: &Assignment, data_dir: &Path, clusters: &[String]) -> Re
     for (cluster, &count) in clusters.iter().zip(&a.segments_per_cluster) {
         let work: Vec<Work> = segments[..count as usize]
             .iter()
-            .map(|s| Work { segment: s.clone(), cluster: cluster.clone() })
+            .map(|s| Work {
+                segment: s.clone(),
+                cluster: cluster.clone(),
+            })
             .collect();
         shard.bytes += count * segment_bytes;
         shard.plans.push(ClusterPlan {
@@ -208,7 +253,10 @@ fn prepare_dir(a: &Assignment, data_dir: &Path, clusters: &[String]) -> Result<S
         });
         per_cluster.push(
             mine.iter()
-                .map(|s| Work { segment: s.clone(), cluster: cluster.clone() })
+                .map(|s| Work {
+                    segment: s.clone(),
+                    cluster: cluster.clone(),
+                })
                 .collect(),
         );
     }
@@ -260,13 +308,20 @@ mod tests {
     fn out_of_bounds_assignments_are_refused_with_a_reason() {
         let limits = Limits::default();
         assert!(check(&assignment(), &limits, 1 << 40).is_ok());
-        let cases: Vec<(Box<dyn Fn(&mut Assignment)>, &str)> = vec![
-            (Box::new(|a| a.run_id = "../x".into()), "safe directory name"),
+        type Mutation = Box<dyn Fn(&mut Assignment)>;
+        let cases: Vec<(Mutation, &str)> = vec![
+            (
+                Box::new(|a| a.run_id = "../x".into()),
+                "safe directory name",
+            ),
             (Box::new(|a| a.jobs = 0), "jobs"),
             (Box::new(|a| a.jobs = 100_000), "--max-jobs"),
             (Box::new(|a| a.block_size_kib = 9000), "block size"),
             (Box::new(|a| a.wal_size_mib = 3), "1, 2, 4"),
-            (Box::new(|a| a.segments_per_cluster = vec![2_000_000, 0]), "--max-files"),
+            (
+                Box::new(|a| a.segments_per_cluster = vec![2_000_000, 0]),
+                "--max-files",
+            ),
             (Box::new(|a| a.address = "nope".into()), "host:port"),
             (Box::new(|a| a.agent_index = 5), "impossible"),
         ];
@@ -288,27 +343,53 @@ mod tests {
         let shard = prepare(&assignment(), dir.path(), &clusters).unwrap();
         assert_eq!(shard.work.len(), 5);
         let of = |c: &str| -> Vec<String> {
-            shard.work.iter().filter(|w| w.cluster == c).map(|w| w.segment.wal_name.clone()).collect()
+            shard
+                .work
+                .iter()
+                .filter(|w| w.cluster == c)
+                .map(|w| w.segment.wal_name.clone())
+                .collect()
         };
-        assert_eq!(of("pg-a0-0"), ["000000010000000000000000", "000000010000000000000001", "000000010000000000000002"]);
-        assert_eq!(of("pg-a0-1"), ["000000010000000000000000", "000000010000000000000001"]);
+        assert_eq!(
+            of("pg-a0-0"),
+            [
+                "000000010000000000000000",
+                "000000010000000000000001",
+                "000000010000000000000002"
+            ]
+        );
+        assert_eq!(
+            of("pg-a0-1"),
+            ["000000010000000000000000", "000000010000000000000001"]
+        );
         // Interleaved so both clusters progress at once.
         assert_ne!(shard.work[0].cluster, shard.work[1].cluster);
         assert_eq!(shard.plans[1].count, 2);
-        assert!(run_dir(dir.path(), "r1").join("000000010000000000000002").exists());
+        assert!(run_dir(dir.path(), "r1")
+            .join("000000010000000000000002")
+            .exists());
     }
 
     #[test]
     fn directory_shards_split_files_between_agents() {
         let dir = tempfile::tempdir().unwrap();
         for i in 0..5 {
-            std::fs::write(dir.path().join(format!("0000000100000000000000{i:02X}")), b"x").unwrap();
+            std::fs::write(
+                dir.path().join(format!("0000000100000000000000{i:02X}")),
+                b"x",
+            )
+            .unwrap();
         }
         let mut a = assignment();
         a.source = Source::Dir as i32;
         a.clusters = 1;
         let names = |a: &Assignment| -> Vec<String> {
-            prepare(a, dir.path(), &["c".to_string()]).unwrap().work.iter().map(|w| w.segment.wal_name.clone()).collect()
+            prepare(a, dir.path(), &["c".to_string()])
+                .unwrap()
+                .work
+                .iter()
+                .map(|w| w.segment.wal_name.clone())
+                .collect()
         };
         let first = names(&a);
         a.agent_index = 1;

@@ -37,10 +37,11 @@ use tokio_util::sync::CancellationToken;
 
 use walplayer::common::certs::{self, CertSpec, MintedCerts};
 use walplayer::common::generate::{generate, GenerateSpec, Payload, PgVersion};
-use walplayer::common::klio::{KlioEndpoint, SOCKET_BUFFER};
+use walplayer::common::klio::KlioEndpoint;
 use walplayer::common::pipeline::Pipeline;
 use walplayer::common::sink::{self, Fsync, Sink, SinkSettings};
 use walplayer::common::source::{self, Segment};
+use walplayer::common::transport::SOCKET_BUFFER;
 use walplayer::common::upload::{UploadSettings, Work};
 use walplayer::common::walname::MIB;
 use walplayer::common::{play, tls};

@@ -104,4 +104,3 @@ fn answered_by_service(status: &tonic::Status) -> bool {
             | Aborted
     ) && std::error::Error::source(status).is_none()
 }
-

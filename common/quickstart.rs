@@ -58,7 +58,8 @@ impl Drop for Agents {
 
 /// Runs the demo; returns the coordinator's exit status.
 pub async fn run(args: QuickstartArgs, shutdown: CancellationToken) -> Result<i32> {
-    let segment_bytes = segment_bytes_from_mib(args.wal_size).map_err(|e| anyhow::anyhow!("--wal-size: {e}"))?;
+    let segment_bytes =
+        segment_bytes_from_mib(args.wal_size).map_err(|e| anyhow::anyhow!("--wal-size: {e}"))?;
     let tmp = tempfile::Builder::new()
         .prefix("walplayer-quickstart-")
         .tempdir()
@@ -115,12 +116,20 @@ pub async fn run(args: QuickstartArgs, shutdown: CancellationToken) -> Result<i3
         );
     }
     if outcome.code == 0 && stored != args.files {
-        bail!("the sink holds {stored} complete files, {} were sent", args.files);
+        bail!(
+            "the sink holds {stored} complete files, {} were sent",
+            args.files
+        );
     }
     Ok(outcome.code)
 }
 
-fn coordinator_options(args: &QuickstartArgs, minted: &MintedCerts, root: &Path, sink: String) -> Result<CoordinatorOptions> {
+fn coordinator_options(
+    args: &QuickstartArgs,
+    minted: &MintedCerts,
+    root: &Path,
+    sink: String,
+) -> Result<CoordinatorOptions> {
     let c = &minted.coordinator;
     Ok(CoordinatorOptions {
         agents: args.agents as usize,
@@ -148,8 +157,14 @@ fn coordinator_options(args: &QuickstartArgs, minted: &MintedCerts, root: &Path,
     })
 }
 
-fn start_agents(args: &QuickstartArgs, minted: &MintedCerts, root: &Path, control: &str) -> Result<Agents> {
-    let exe = std::env::current_exe().context("cannot find the walplayer executable to start agents")?;
+fn start_agents(
+    args: &QuickstartArgs,
+    minted: &MintedCerts,
+    root: &Path,
+    control: &str,
+) -> Result<Agents> {
+    let exe =
+        std::env::current_exe().context("cannot find the walplayer executable to start agents")?;
     let mut agents = Agents(Vec::new());
     for i in 0..args.agents {
         let data = root.join(format!("agent-{i}"));
@@ -157,7 +172,13 @@ fn start_agents(args: &QuickstartArgs, minted: &MintedCerts, root: &Path, contro
         let log = std::fs::File::create(root.join(format!("agent-{i}.log")))?;
         let child = Command::new(&exe)
             .arg("agent")
-            .args(["--coordinator", control, "--name", &format!("quickstart-{i}"), "--once"])
+            .args([
+                "--coordinator",
+                control,
+                "--name",
+                &format!("quickstart-{i}"),
+                "--once",
+            ])
             .arg("--data-dir")
             .arg(&data)
             .arg("--config")
@@ -202,15 +223,26 @@ fn wait_agents(mut agents: Agents, limit: Duration) -> Result<()> {
 /// page header on every page for the file's own position.
 fn check_stored(dir: &Path, segment_bytes: u64) -> Result<u64> {
     let mut checked = 0;
-    for cluster in std::fs::read_dir(dir).with_context(|| format!("sink stored nothing in {}", dir.display()))? {
+    for cluster in std::fs::read_dir(dir)
+        .with_context(|| format!("sink stored nothing in {}", dir.display()))?
+    {
         let cluster: PathBuf = cluster?.path();
         for file in std::fs::read_dir(&cluster)? {
             let path = file?.path();
-            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-            let Some(segment) = SegmentName::parse(name) else { continue };
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default();
+            let Some(segment) = SegmentName::parse(name) else {
+                continue;
+            };
             let data = std::fs::read(&path)?;
             if data.len() as u64 != segment_bytes {
-                bail!("{} holds {} bytes, not {segment_bytes}", path.display(), data.len());
+                bail!(
+                    "{} holds {} bytes, not {segment_bytes}",
+                    path.display(),
+                    data.len()
+                );
             }
             check_page_headers(&data, segment, segment_bytes)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;

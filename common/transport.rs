@@ -48,7 +48,10 @@ impl ClientTls {
         let (host, _) = split_address(address)?;
         let server_name = ServerName::try_from(host.clone())
             .map_err(|_| format!("{host:?} is not a valid TLS server name"))?;
-        Ok(ClientTls { config, server_name })
+        Ok(ClientTls {
+            config,
+            server_name,
+        })
     }
 }
 
@@ -62,7 +65,11 @@ pub struct Keepalive {
 
 /// Opens one HTTP/2 connection to `address` (TCP, then TLS if given); the
 /// error is the cause alone, for the caller to say what it was connecting to.
-pub async fn connect(address: &str, tls: Option<ClientTls>, keepalive: Option<Keepalive>) -> Result<Channel, String> {
+pub async fn connect(
+    address: &str,
+    tls: Option<ClientTls>,
+    keepalive: Option<Keepalive>,
+) -> Result<Channel, String> {
     let uri: Uri = format!("http://{address}")
         .parse()
         .map_err(|e| format!("{address}: not a usable address: {e}"))?;
@@ -85,7 +92,9 @@ pub async fn connect(address: &str, tls: Option<ClientTls>, keepalive: Option<Ke
             tune_socket(&tcp);
             let stream = match tls {
                 Some(tls) => {
-                    let s = TlsConnector::from(tls.config).connect(tls.server_name, tcp).await?;
+                    let s = TlsConnector::from(tls.config)
+                        .connect(tls.server_name, tcp)
+                        .await?;
                     Stream::ClientTls(Box::new(s))
                 }
                 None => Stream::Plain(tcp),
@@ -150,7 +159,9 @@ pub fn incoming(
                     }
                     Err(_) => {
                         on_refused();
-                        tracing::warn!("TLS handshake with {peer} timed out after {HANDSHAKE_TIMEOUT:?}");
+                        tracing::warn!(
+                            "TLS handshake with {peer} timed out after {HANDSHAKE_TIMEOUT:?}"
+                        );
                     }
                 }
             });
@@ -197,13 +208,21 @@ macro_rules! each_stream {
 }
 
 impl AsyncRead for Stream {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
         each_stream!(self, s => Pin::new(s).poll_read(cx, buf))
     }
 }
 
 impl AsyncWrite for Stream {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         each_stream!(self, s => Pin::new(s).poll_write(cx, buf))
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {

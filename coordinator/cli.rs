@@ -106,13 +106,17 @@ impl CoordinatorArgs {
             _ => bail!("give either --length or --length-per-agent"),
         };
         if source == Source::Generate {
-            segment_bytes_from_mib(self.wal_size).map_err(|e| anyhow::anyhow!("--wal-size: {e}"))?;
+            segment_bytes_from_mib(self.wal_size)
+                .map_err(|e| anyhow::anyhow!("--wal-size: {e}"))?;
         }
         if let Some(a) = &self.address {
-            crate::common::config::split_address(a).map_err(|e| anyhow::anyhow!("--address: {e}"))?;
+            crate::common::config::split_address(a)
+                .map_err(|e| anyhow::anyhow!("--address: {e}"))?;
         }
         let tls = match (&self.tls_cert, &self.tls_key, &self.client_ca) {
-            (Some(cert), Some(key), Some(ca)) => Some(crate::common::tls::server_config(cert, key, ca)?),
+            (Some(cert), Some(key), Some(ca)) => {
+                Some(crate::common::tls::server_config(cert, key, ca)?)
+            }
             _ => None,
         };
         Ok(CoordinatorOptions {

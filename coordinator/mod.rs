@@ -77,7 +77,9 @@ impl Coordinator {
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener.local_addr().expect("a bound listener has an address")
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
     }
 
     /// Runs one run to its end; errors are up-front ones (exit status 2).
@@ -100,7 +102,9 @@ impl Coordinator {
             )
             .serve_with_incoming_shutdown(incoming, stop_server.clone().cancelled_owned());
         let server = tokio::spawn(server);
-        let outcome = run::Run::new(self.opts.clone(), output).drive(events, shutdown).await;
+        let outcome = run::Run::new(self.opts.clone(), output)
+            .drive(events, shutdown)
+            .await;
         // Let the closing of every session reach the agents, then stop.
         tokio::time::sleep(Duration::from_millis(100)).await;
         stop_server.cancel();

@@ -20,7 +20,9 @@ use crate::coordinator::track::{Mark, Tracker};
 use crate::coordinator::CoordinatorOptions;
 use crate::proto::control::agent_message::Body as Up;
 use crate::proto::control::coordinator_message::Body as Down;
-use crate::proto::control::{Abort, CoordinatorMessage, FileResult, Finished, Ready, Refusal, Register, Start};
+use crate::proto::control::{
+    Abort, CoordinatorMessage, FileResult, Finished, Ready, Refusal, Register, Start,
+};
 
 /// How long agents get to send what finished after an abort.
 const ABORT_GRACE: Duration = Duration::from_secs(15);
@@ -130,8 +132,16 @@ impl Run {
     }
 
     /// Drives the run to its end.
-    pub(crate) async fn drive(mut self, mut events: mpsc::Receiver<Event>, shutdown: CancellationToken) -> RunOutcome {
-        tracing::info!("run {}: waiting for {} agents", self.run_id, self.opts.agents);
+    pub(crate) async fn drive(
+        mut self,
+        mut events: mpsc::Receiver<Event>,
+        shutdown: CancellationToken,
+    ) -> RunOutcome {
+        tracing::info!(
+            "run {}: waiting for {} agents",
+            self.run_id,
+            self.opts.agents
+        );
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         while !self.done() {
             tokio::select! {
@@ -162,7 +172,9 @@ impl Run {
 
     fn broadcast_abort(&mut self, reason: &str) {
         for a in self.agents.iter().filter(|a| a.active()) {
-            a.send(Down::Abort(Abort { reason: reason.to_string() }));
+            a.send(Down::Abort(Abort {
+                reason: reason.to_string(),
+            }));
         }
     }
 
@@ -182,7 +194,12 @@ impl Run {
 
     fn handle(&mut self, event: Event) {
         match event {
-            Event::Joined { conn, register, peer, down } => self.join(conn, register, peer, down),
+            Event::Joined {
+                conn,
+                register,
+                peer,
+                down,
+            } => self.join(conn, register, peer, down),
             Event::Message { conn, body } => {
                 let Some(i) = self.index(conn) else { return };
                 self.agents[i].last_seen = Instant::now();
@@ -198,7 +215,10 @@ impl Run {
                     Phase::Preparing if self.agents[i].active() => {
                         let name = self.agents[i].name.clone();
                         self.agents[i].lose(reason.clone());
-                        self.fail(3, format!("agent {name} left before the start barrier: {reason}"));
+                        self.fail(
+                            3,
+                            format!("agent {name} left before the start barrier: {reason}"),
+                        );
                     }
                     _ => self.agents[i].lose(reason),
                 }
@@ -223,7 +243,8 @@ impl Run {
                 register.name
             ));
         }
-        if self.phase != Phase::Registering || self.failure.is_some() || self.interrupted.is_some() {
+        if self.phase != Phase::Registering || self.failure.is_some() || self.interrupted.is_some()
+        {
             return Some(format!(
                 "run {} already has its {} agents and is past registration: agent {} may join the next run",
                 self.run_id, self.opts.agents, register.name
@@ -235,7 +256,9 @@ impl Run {
     fn join(&mut self, conn: u64, register: Register, peer: String, down: Downlink) {
         if let Some(reason) = self.refusal(&register) {
             tracing::warn!("refused agent {} from {peer}: {reason}", register.name);
-            let _ = down.try_send(Ok(CoordinatorMessage { body: Some(Down::Refusal(Refusal { reason })) }));
+            let _ = down.try_send(Ok(CoordinatorMessage {
+                body: Some(Down::Refusal(Refusal { reason })),
+            }));
             return;
         }
         self.agents.push(Agent {
@@ -268,7 +291,10 @@ impl Run {
         }
         self.phase = Phase::Preparing;
         self.deadline = Instant::now() + self.opts.ready_timeout;
-        tracing::info!("all {} agents registered; shards assigned, waiting for them to be ready", self.agents.len());
+        tracing::info!(
+            "all {} agents registered; shards assigned, waiting for them to be ready",
+            self.agents.len()
+        );
     }
 
     fn message(&mut self, i: usize, body: Up) {
@@ -277,7 +303,10 @@ impl Run {
             Up::Failed(f) => {
                 let name = self.agents[i].name.clone();
                 self.agents[i].lose(format!("failed: {}", f.reason));
-                self.fail(2, format!("agent {name} cannot run its assignment: {}", f.reason));
+                self.fail(
+                    2,
+                    format!("agent {name} cannot run its assignment: {}", f.reason),
+                );
             }
             Up::File(file) => self.file(i, file),
             Up::Beat(beat) => {
@@ -302,7 +331,11 @@ impl Run {
         for plan in &ready.clusters {
             self.clusters.insert(
                 plan.cluster.clone(),
-                ClusterEntry { agent: name.clone(), tally: Tally::default(), latency: None },
+                ClusterEntry {
+                    agent: name.clone(),
+                    tally: Tally::default(),
+                    latency: None,
+                },
             );
         }
         self.progress.add_total(ready.files, ready.bytes);
@@ -315,15 +348,20 @@ impl Run {
 
     fn release_barrier(&mut self) {
         let at = SystemTime::now() + self.opts.barrier_delay;
-        let start = Start { start_unix_nanos: unix_nanos(at) };
+        let start = Start {
+            start_unix_nanos: unix_nanos(at),
+        };
         for a in &mut self.agents {
-            a.send(Down::Start(start.clone()));
+            a.send(Down::Start(start));
             a.state = State::Running;
             a.last_seen = Instant::now();
         }
         self.phase = Phase::Running;
         self.started = Some(Instant::now() + self.opts.barrier_delay);
-        tracing::info!("every agent is ready: start barrier released for {}", crate::common::report::rfc3339(at));
+        tracing::info!(
+            "every agent is ready: start barrier released for {}",
+            crate::common::report::rfc3339(at)
+        );
     }
 
     fn file(&mut self, i: usize, f: FileResult) {
@@ -331,10 +369,18 @@ impl Run {
         match self.tracker.mark(&name, &f.cluster, &f.wal_name) {
             Mark::First => {}
             Mark::Duplicate => {
-                tracing::warn!("agent {name} reported {}/{} twice; counted once", f.cluster, f.wal_name);
+                tracing::warn!(
+                    "agent {name} reported {}/{} twice; counted once",
+                    f.cluster,
+                    f.wal_name
+                );
                 return;
             }
-            Mark::Unplanned => tracing::warn!("agent {name} reported {}/{}, which was not in its plan", f.cluster, f.wal_name),
+            Mark::Unplanned => tracing::warn!(
+                "agent {name} reported {}/{}, which was not in its plan",
+                f.cluster,
+                f.wal_name
+            ),
         }
         let report = FileReport {
             wal_full_path: f.wal_full_path,
@@ -354,9 +400,12 @@ impl Run {
             }
         }
         self.received.record(&report);
-        self.agents[i].tally.record(&report, f.start_unix_nanos, f.end_unix_nanos);
+        self.agents[i]
+            .tally
+            .record(&report, f.start_unix_nanos, f.end_unix_nanos);
         if let Some(c) = self.clusters.get_mut(&report.cluster) {
-            c.tally.record(&report, f.start_unix_nanos, f.end_unix_nanos);
+            c.tally
+                .record(&report, f.start_unix_nanos, f.end_unix_nanos);
         }
         self.progress.file_done(report.bytes, !report.ok());
     }
@@ -371,7 +420,10 @@ impl Run {
             Err(e) => tracing::warn!("agent {name} sent an unreadable histogram: {e}"),
         }
         for c in &f.clusters {
-            if let (Some(entry), Ok(h)) = (self.clusters.get_mut(&c.cluster), decode_histogram(&c.histogram)) {
+            if let (Some(entry), Ok(h)) = (
+                self.clusters.get_mut(&c.cluster),
+                decode_histogram(&c.histogram),
+            ) {
                 entry.latency = Some(Latency::of(&h));
             }
         }
@@ -401,7 +453,12 @@ impl Run {
                 self.fail(3, reason);
             }
             Phase::Preparing if now > self.deadline && self.failure.is_none() => {
-                let slow: Vec<_> = self.agents.iter().filter(|a| a.state != State::Ready).map(|a| a.name.clone()).collect();
+                let slow: Vec<_> = self
+                    .agents
+                    .iter()
+                    .filter(|a| a.state != State::Ready)
+                    .map(|a| a.name.clone())
+                    .collect();
                 let reason = format!(
                     "agents not ready within {} (--ready-timeout): {}",
                     humantime::format_duration(self.opts.ready_timeout),
@@ -413,7 +470,10 @@ impl Run {
                 let limit = self.opts.agent_timeout;
                 for a in self.agents.iter_mut().filter(|a| a.active()) {
                     if now.duration_since(a.last_seen) > limit {
-                        a.lose(format!("no beat for {} (--agent-timeout)", humantime::format_duration(limit)));
+                        a.lose(format!(
+                            "no beat for {} (--agent-timeout)",
+                            humantime::format_duration(limit)
+                        ));
                     }
                 }
             }
@@ -429,11 +489,19 @@ impl Run {
             names.len(),
             self.opts.agents,
             humantime::format_duration(self.opts.register_timeout),
-            if names.is_empty() { "none".to_string() } else { names.join(", ") }
+            if names.is_empty() {
+                "none".to_string()
+            } else {
+                names.join(", ")
+            }
         );
         let prefixes: Vec<Option<&str>> = names
             .iter()
-            .map(|n| n.rsplit_once('-').filter(|(_, i)| i.parse::<u32>().is_ok()).map(|(p, _)| p))
+            .map(|n| {
+                n.rsplit_once('-')
+                    .filter(|(_, i)| i.parse::<u32>().is_ok())
+                    .map(|(p, _)| p)
+            })
             .collect();
         if let Some(Some(prefix)) = prefixes.first() {
             if prefixes.iter().all(|p| p == &Some(*prefix)) {
@@ -441,7 +509,10 @@ impl Run {
                     .map(|i| format!("{prefix}-{i}"))
                     .filter(|n| !names.contains(&n.as_str()))
                     .collect();
-                text.push_str(&format!("; missing (by StatefulSet ordinal): {}", missing.join(", ")));
+                text.push_str(&format!(
+                    "; missing (by StatefulSet ordinal): {}",
+                    missing.join(", ")
+                ));
             }
         }
         text
@@ -449,8 +520,14 @@ impl Run {
 
     fn finish(mut self) -> RunOutcome {
         self.progress.finish();
-        let wall = self.started.map(|s| Instant::now().saturating_duration_since(s)).unwrap_or_default();
-        let lost = self.agents.iter().any(|a| matches!(a.state, State::Lost(_)));
+        let wall = self
+            .started
+            .map(|s| Instant::now().saturating_duration_since(s))
+            .unwrap_or_default();
+        let lost = self
+            .agents
+            .iter()
+            .any(|a| matches!(a.state, State::Lost(_)));
         let mut stats = self.received.clone();
         // Percentiles come from the agents' own histograms when every agent
         // sent one; they equal the received ones, which cover lost agents.
@@ -478,7 +555,11 @@ impl Run {
                     State::Finished => "finished".to_string(),
                     other => format!("{other:?}").to_lowercase(),
                 };
-                let unreported = if self.phase == Phase::Running { self.tracker.unreported(&a.name) } else { Vec::new() };
+                let unreported = if self.phase == Phase::Running {
+                    self.tracker.unreported(&a.name)
+                } else {
+                    Vec::new()
+                };
                 AgentSummary::new(&a.name, state, &a.tally, a.latency, unreported)
             })
             .collect();
@@ -509,6 +590,10 @@ impl Run {
         for a in &mut self.agents {
             a.down = None;
         }
-        RunOutcome { summary, code, failure: self.failure.map(|(_, why)| why) }
+        RunOutcome {
+            summary,
+            code,
+            failure: self.failure.map(|(_, why)| why),
+        }
     }
 }

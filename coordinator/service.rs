@@ -57,19 +57,33 @@ impl ControlService {
 impl Control for ControlService {
     type SessionStream = ReceiverStream<Result<CoordinatorMessage, Status>>;
 
-    async fn session(&self, request: Request<Streaming<AgentMessage>>) -> Result<Response<Self::SessionStream>, Status> {
+    async fn session(
+        &self,
+        request: Request<Streaming<AgentMessage>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
         let peer = request
             .remote_addr()
             .map(|a| a.to_string())
             .unwrap_or_else(|| "unknown address".into());
         let mut up = request.into_inner();
         let register = match up.message().await? {
-            Some(AgentMessage { body: Some(Up::Register(r)) }) => r,
-            _ => return Err(Status::invalid_argument("a session must start with Register")),
+            Some(AgentMessage {
+                body: Some(Up::Register(r)),
+            }) => r,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "a session must start with Register",
+                ))
+            }
         };
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let (down, rx) = mpsc::channel(64);
-        let joined = Event::Joined { conn, register, peer, down };
+        let joined = Event::Joined {
+            conn,
+            register,
+            peer,
+            down,
+        };
         if self.events.send(joined).await.is_err() {
             return Err(Status::unavailable("the coordinator is shutting down"));
         }

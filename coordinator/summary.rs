@@ -33,7 +33,11 @@ impl Tally {
         } else {
             self.files_failed += 1;
             let kept = self.errors.len() < MAX_ERRORS_KEPT || self.errors.contains_key(&r.error);
-            let key = if kept { r.error.clone() } else { "(other errors)".to_string() };
+            let key = if kept {
+                r.error.clone()
+            } else {
+                "(other errors)".to_string()
+            };
             *self.errors.entry(key).or_default() += 1;
         }
         if self.first_start_ns == 0 || start_ns < self.first_start_ns {
@@ -55,7 +59,10 @@ impl Tally {
         let mut v: Vec<_> = self
             .errors
             .iter()
-            .map(|(m, c)| ErrorCount { message: m.clone(), count: *c })
+            .map(|(m, c)| ErrorCount {
+                message: m.clone(),
+                count: *c,
+            })
             .collect();
         v.sort_by(|a, b| b.count.cmp(&a.count).then(a.message.cmp(&b.message)));
         v
@@ -91,12 +98,22 @@ pub struct UnreportedFiles {
 
 impl From<Unreported> for UnreportedFiles {
     fn from(u: Unreported) -> Self {
-        UnreportedFiles { cluster: u.cluster, count: u.count, first_wal_names: u.first_names }
+        UnreportedFiles {
+            cluster: u.cluster,
+            count: u.count,
+            first_wal_names: u.first_names,
+        }
     }
 }
 
 impl AgentSummary {
-    pub fn new(name: &str, state: String, t: &Tally, latency: Option<Latency>, unreported: Vec<Unreported>) -> Self {
+    pub fn new(
+        name: &str,
+        state: String,
+        t: &Tally,
+        latency: Option<Latency>,
+        unreported: Vec<Unreported>,
+    ) -> Self {
         AgentSummary {
             name: name.to_string(),
             state,
@@ -160,7 +177,11 @@ impl RunSummary {
     /// The human-readable form, for stderr.
     pub fn to_text(&self) -> String {
         let mut t = self.totals.to_text();
-        let lost: Vec<_> = self.agents.iter().filter(|a| a.state != "finished").collect();
+        let lost: Vec<_> = self
+            .agents
+            .iter()
+            .filter(|a| a.state != "finished")
+            .collect();
         t.push_str(&format!(
             "{} agents ({} lost), {} clusters, start skew {:.3} ms\n",
             self.agents.len(),
@@ -176,7 +197,11 @@ impl RunSummary {
                 a.files_ok,
                 a.files_failed,
                 a.mib_per_second,
-                if a.files_unreported > 0 { format!(", {} never reported", a.files_unreported) } else { String::new() }
+                if a.files_unreported > 0 {
+                    format!(", {} never reported", a.files_unreported)
+                } else {
+                    String::new()
+                }
             ));
             for u in &a.unreported {
                 t.push_str(&format!(
@@ -184,7 +209,11 @@ impl RunSummary {
                     u.count,
                     u.cluster,
                     u.first_wal_names.join(", "),
-                    if u.count > u.first_wal_names.len() as u64 { ", ..." } else { "" }
+                    if u.count > u.first_wal_names.len() as u64 {
+                        ", ..."
+                    } else {
+                        ""
+                    }
                 ));
             }
         }

@@ -11,9 +11,16 @@ use crate::proto::control::ClusterPlan;
 #[derive(Debug)]
 enum Expected {
     /// Consecutive segments from `first`.
-    Range { first: SegmentName, count: u64, segment_bytes: u64 },
+    Range {
+        first: SegmentName,
+        count: u64,
+        segment_bytes: u64,
+    },
     /// Named files.
-    Names { names: Vec<String>, index: HashMap<String, usize> },
+    Names {
+        names: Vec<String>,
+        index: HashMap<String, usize>,
+    },
 }
 
 impl Expected {
@@ -24,10 +31,22 @@ impl Expected {
             if plan.segment_bytes == 0 {
                 return Err(format!("plan of {} has no segment size", plan.cluster));
             }
-            return Ok(Expected::Range { first, count: plan.count, segment_bytes: plan.segment_bytes });
+            return Ok(Expected::Range {
+                first,
+                count: plan.count,
+                segment_bytes: plan.segment_bytes,
+            });
         }
-        let index = plan.wal_names.iter().enumerate().map(|(i, n)| (n.clone(), i)).collect();
-        Ok(Expected::Names { names: plan.wal_names.clone(), index })
+        let index = plan
+            .wal_names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.clone(), i))
+            .collect();
+        Ok(Expected::Names {
+            names: plan.wal_names.clone(),
+            index,
+        })
     }
 
     fn len(&self) -> u64 {
@@ -39,12 +58,18 @@ impl Expected {
 
     fn index_of(&self, wal: &str) -> Option<usize> {
         match self {
-            Expected::Range { first, count, segment_bytes } => {
+            Expected::Range {
+                first,
+                count,
+                segment_bytes,
+            } => {
                 let name = SegmentName::parse(wal)?;
                 if name.timeline != first.timeline {
                     return None;
                 }
-                let offset = name.start_lsn(*segment_bytes).checked_sub(first.start_lsn(*segment_bytes))?;
+                let offset = name
+                    .start_lsn(*segment_bytes)
+                    .checked_sub(first.start_lsn(*segment_bytes))?;
                 let i = offset / segment_bytes;
                 (i < *count).then_some(i as usize)
             }
@@ -54,7 +79,11 @@ impl Expected {
 
     fn name_at(&self, i: usize) -> String {
         match self {
-            Expected::Range { first, segment_bytes, .. } => {
+            Expected::Range {
+                first,
+                segment_bytes,
+                ..
+            } => {
                 let lsn = first.start_lsn(*segment_bytes) + i as u64 * segment_bytes;
                 SegmentName::containing(first.timeline, lsn, *segment_bytes).to_string()
             }
@@ -104,13 +133,21 @@ impl Tracker {
     pub fn plan(&mut self, agent: &str, plans: &[ClusterPlan]) -> Result<(), String> {
         for plan in plans {
             if let Some(other) = self.clusters.get(&plan.cluster) {
-                return Err(format!("cluster {} is claimed by both {} and {agent}", plan.cluster, other.agent));
+                return Err(format!(
+                    "cluster {} is claimed by both {} and {agent}",
+                    plan.cluster, other.agent
+                ));
             }
             let expected = Expected::of(plan)?;
             let words = expected.len().div_ceil(64) as usize;
             self.clusters.insert(
                 plan.cluster.clone(),
-                ClusterTrack { agent: agent.to_string(), expected, seen: vec![0; words], reported: 0 },
+                ClusterTrack {
+                    agent: agent.to_string(),
+                    expected,
+                    seen: vec![0; words],
+                    reported: 0,
+                },
             );
         }
         Ok(())
@@ -176,17 +213,37 @@ mod tests {
     fn marks_duplicates_and_names_the_unreported() {
         let mut t = Tracker::default();
         t.plan("a", &[range("c1", 300)]).unwrap();
-        t.plan("b", &[ClusterPlan { cluster: "c2".into(), wal_names: vec!["x1".into(), "x2".into()], ..Default::default() }]).unwrap();
-        assert!(t.plan("b", &[range("c1", 1)]).unwrap_err().contains("claimed by both"));
+        t.plan(
+            "b",
+            &[ClusterPlan {
+                cluster: "c2".into(),
+                wal_names: vec!["x1".into(), "x2".into()],
+                ..Default::default()
+            }],
+        )
+        .unwrap();
+        assert!(t
+            .plan("b", &[range("c1", 1)])
+            .unwrap_err()
+            .contains("claimed by both"));
         for i in 0..300u64 {
             if i != 257 {
                 let name = SegmentName::containing(1, i * (16 << 20), 16 << 20).to_string();
                 assert_eq!(t.mark("a", "c1", &name), Mark::First);
             }
         }
-        assert_eq!(t.mark("a", "c1", "000000010000000000000000"), Mark::Duplicate);
-        assert_eq!(t.mark("b", "c1", "000000010000000000000000"), Mark::Unplanned);
-        assert_eq!(t.mark("a", "c1", "000000010000000300000000"), Mark::Unplanned);
+        assert_eq!(
+            t.mark("a", "c1", "000000010000000000000000"),
+            Mark::Duplicate
+        );
+        assert_eq!(
+            t.mark("b", "c1", "000000010000000000000000"),
+            Mark::Unplanned
+        );
+        assert_eq!(
+            t.mark("a", "c1", "000000010000000300000000"),
+            Mark::Unplanned
+        );
         assert_eq!(t.mark("b", "c2", "x2"), Mark::First);
         let u = t.unreported("a");
         assert_eq!(u.len(), 1);

@@ -62,7 +62,12 @@ impl Sink {
                 totals.handshakes_rejected.fetch_add(1, Ordering::Relaxed);
             })
         };
-        let incoming = transport::incoming(self.listener, Some(self.settings.tls), shutdown.clone(), refused);
+        let incoming = transport::incoming(
+            self.listener,
+            Some(self.settings.tls),
+            shutdown.clone(),
+            refused,
+        );
         let result = Server::builder()
             .initial_stream_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)

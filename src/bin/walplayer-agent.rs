@@ -9,7 +9,11 @@ use walplayer::agent::cli::{run, AgentArgs};
 use walplayer::common::cli::init_logging;
 
 #[derive(Parser)]
-#[command(name = "walplayer-agent", version, about = "Join walplayer coordinator runs: generate or read a shard of WAL and play it to Klio")]
+#[command(
+    name = "walplayer-agent",
+    version,
+    about = "Join walplayer coordinator runs: generate or read a shard of WAL and play it to Klio"
+)]
 struct Args {
     #[command(flatten)]
     agent: AgentArgs,

@@ -130,7 +130,10 @@ struct CertsArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    cli::init_logging(matches!(cli.command, Command::Sink(_) | Command::Coordinator(_) | Command::Agent(_)));
+    cli::init_logging(matches!(
+        cli.command,
+        Command::Sink(_) | Command::Coordinator(_) | Command::Agent(_)
+    ));
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime starts");
     let code = runtime.block_on(run(cli.command));
     ExitCode::from(code)
@@ -150,10 +153,12 @@ async fn run(command: Command) -> u8 {
         Command::Play(args) => run_play(args, shutdown).await,
         Command::Sink(args) => run_sink(args, shutdown).await,
         Command::Certs(args) => run_certs(args),
-        Command::Coordinator(args) => match walplayer::coordinator::cli::run(args, shutdown).await {
-            Ok(code) => code as u8,
-            Err(e) => usage_error(e),
-        },
+        Command::Coordinator(args) => {
+            match walplayer::coordinator::cli::run(args, shutdown).await {
+                Ok(code) => code as u8,
+                Err(e) => usage_error(e),
+            }
+        }
         Command::Agent(args) => walplayer::agent::cli::run(args).await as u8,
         Command::Quickstart(args) => match quickstart::run(args, shutdown).await {
             Ok(code) => code as u8,

@@ -1,7 +1,7 @@
 //! Coordinator and several agent processes with a sink, on loopback.
 
 use std::collections::{BTreeSet, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -25,7 +25,9 @@ impl Cluster {
 
     /// `walplayer coordinator` on a free loopback port; returns it and its address.
     fn coordinator(&self, args: &[&str]) -> (Logged, String) {
-        let mut cmd = self.env.walplayer(&["coordinator", "--listen", "127.0.0.1:0", "--quiet"]);
+        let mut cmd = self
+            .env
+            .walplayer(&["coordinator", "--listen", "127.0.0.1:0", "--quiet"]);
         cmd.args(["--output"]).arg(self.env.path("merged.json"));
         cmd.args(["--summary"]).arg(self.env.path("summary.json"));
         cmd.args(args).stdout(Stdio::null());
@@ -60,13 +62,18 @@ impl Cluster {
 
     fn stored(&self) -> BTreeSet<(String, String)> {
         let mut out = BTreeSet::new();
-        let Ok(dirs) = std::fs::read_dir(&self.data) else { return out };
+        let Ok(dirs) = std::fs::read_dir(&self.data) else {
+            return out;
+        };
         for cluster in dirs {
             let cluster = cluster.unwrap().path();
             for f in std::fs::read_dir(&cluster).unwrap() {
                 let name = f.unwrap().file_name().into_string().unwrap();
                 if !name.ends_with(".partial") {
-                    out.insert((cluster.file_name().unwrap().to_str().unwrap().to_string(), name));
+                    out.insert((
+                        cluster.file_name().unwrap().to_str().unwrap().to_string(),
+                        name,
+                    ));
                 }
             }
         }
@@ -82,14 +89,23 @@ fn ns(v: &serde_json::Value) -> i64 {
 #[test]
 fn barrier_holds_and_every_file_appears_exactly_once() {
     let c = Cluster::new();
-    let (mut coord, addr) = c.coordinator(&["--agents", "3", "--length", "17", "--wal-size", "1", "--clusters-per-agent", "2", "-j", "2"]);
+    let (mut coord, addr) = c.coordinator(&[
+        "--agents",
+        "3",
+        "--length",
+        "17",
+        "--wal-size",
+        "1",
+        "--clusters-per-agent",
+        "2",
+        "-j",
+        "2",
+    ]);
     let mut a = c.agent("node-0", &addr, &["--once"]);
     let mut b = c.agent("node-1", &addr, &["--once"]);
     // The third agent comes late; the first two must wait for it.
     std::thread::sleep(Duration::from_millis(1500));
-    let late_start = Instant::now();
     let mut d = c.agent("node-2", &addr, &["--once"]);
-    let _ = late_start;
     assert_eq!(coord.wait(LIMIT).code(), Some(0), "{}", coord.text());
     for agent in [&mut a, &mut b, &mut d] {
         assert_eq!(agent.wait(LIMIT).code(), Some(0), "{}", agent.text());
@@ -99,22 +115,50 @@ fn barrier_holds_and_every_file_appears_exactly_once() {
     assert_eq!(lines.len(), 17);
     let keys: BTreeSet<(String, String)> = lines
         .iter()
-        .map(|l| (l["cluster"].as_str().unwrap().to_string(), l["walName"].as_str().unwrap().to_string()))
+        .map(|l| {
+            (
+                l["cluster"].as_str().unwrap().to_string(),
+                l["walName"].as_str().unwrap().to_string(),
+            )
+        })
         .collect();
     assert_eq!(keys.len(), 17, "no file reported twice");
-    assert_eq!(c.stored(), keys, "the sink holds exactly the reported files");
+    assert_eq!(
+        c.stored(),
+        keys,
+        "the sink holds exactly the reported files"
+    );
     let clusters: BTreeSet<_> = keys.iter().map(|(c, _)| c.clone()).collect();
-    assert_eq!(clusters.len(), 6, "3 agents x 2 clusters, each its own directory: {clusters:?}");
+    assert_eq!(
+        clusters.len(),
+        6,
+        "3 agents x 2 clusters, each its own directory: {clusters:?}"
+    );
     for l in &lines {
         assert_eq!(l["error"], "");
         let agent = l["agent"].as_str().unwrap();
-        assert!(l["cluster"].as_str().unwrap().starts_with(&format!("walplayer-{agent}-")), "{l}");
+        assert!(
+            l["cluster"]
+                .as_str()
+                .unwrap()
+                .starts_with(&format!("walplayer-{agent}-")),
+            "{l}"
+        );
     }
 
     // Nobody uploaded before the barrier, which opened after the last agent was ready.
     let log = coord.text();
-    let ready_line = log.lines().filter(|l| l.contains("ready:")).last().unwrap().to_string();
-    let _ = ready_line;
+    // Log lines start with their RFC 3339 time.
+    let logged_at = |needle: &str| {
+        let line = log
+            .lines()
+            .find(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("no {needle:?} in {log}"));
+        ns(&serde_json::Value::String(
+            line.split_whitespace().next().unwrap().to_string(),
+        ))
+    };
+    let late_ready = logged_at("agent node-2 ready");
     let barrier = log
         .lines()
         .find(|l| l.contains("start barrier released for "))
@@ -124,11 +168,32 @@ fn barrier_holds_and_every_file_appears_exactly_once() {
         .unwrap()
         .to_string();
     let barrier_ns = ns(&serde_json::Value::String(barrier));
+    assert!(
+        barrier_ns > late_ready,
+        "the barrier opened after the late agent was ready"
+    );
     let first_start = lines.iter().map(|l| ns(&l["startTime"])).min().unwrap();
-    assert!(first_start >= barrier_ns, "a file started {} ns before the barrier", barrier_ns - first_start);
-    let agent2_first = lines.iter().filter(|l| l["agent"] == "node-2").map(|l| ns(&l["startTime"])).min().unwrap();
-    let agent0_first = lines.iter().filter(|l| l["agent"] == "node-0").map(|l| ns(&l["startTime"])).min().unwrap();
-    assert!((agent2_first - agent0_first).abs() < 1_000_000_000, "agents started together");
+    assert!(
+        first_start >= barrier_ns,
+        "a file started {} ns before the barrier",
+        barrier_ns - first_start
+    );
+    let agent2_first = lines
+        .iter()
+        .filter(|l| l["agent"] == "node-2")
+        .map(|l| ns(&l["startTime"]))
+        .min()
+        .unwrap();
+    let agent0_first = lines
+        .iter()
+        .filter(|l| l["agent"] == "node-0")
+        .map(|l| ns(&l["startTime"]))
+        .min()
+        .unwrap();
+    assert!(
+        (agent2_first - agent0_first).abs() < 1_000_000_000,
+        "agents started together"
+    );
 
     let s = c.summary();
     assert_eq!(s["filesOk"], 17);
@@ -144,7 +209,8 @@ fn barrier_holds_and_every_file_appears_exactly_once() {
     // Merged percentiles equal those of one histogram built from every file.
     let mut h = walplayer::common::stats::new_histogram();
     for l in &lines {
-        h.record(l["elapsedTime"].as_str().unwrap().parse().unwrap()).unwrap();
+        h.record(l["elapsedTime"].as_str().unwrap().parse().unwrap())
+            .unwrap();
     }
     let expect = walplayer::common::stats::Latency::of(&h);
     assert_eq!(s["latency"], serde_json::to_value(expect).unwrap());
@@ -153,7 +219,16 @@ fn barrier_holds_and_every_file_appears_exactly_once() {
 #[test]
 fn late_and_duplicate_agents_are_refused_on_both_sides() {
     let c = Cluster::new();
-    let (mut coord, addr) = c.coordinator(&["--agents", "1", "--length", "40", "--wal-size", "1", "--block-size", "16"]);
+    let (mut coord, addr) = c.coordinator(&[
+        "--agents",
+        "1",
+        "--length",
+        "40",
+        "--wal-size",
+        "1",
+        "--block-size",
+        "16",
+    ]);
     let mut a = c.agent("solo", &addr, &["--once"]);
     coord.wait_line("registered", LIMIT);
     // Same name while the first is registered.
@@ -163,18 +238,34 @@ fn late_and_duplicate_agents_are_refused_on_both_sides() {
     coord.wait_line("start barrier released", LIMIT);
     let mut late = c.agent("latecomer", &addr, &["--once"]);
     assert_eq!(late.wait(LIMIT).code(), Some(3));
-    assert!(late.text().contains("may join the next run"), "{}", late.text());
+    assert!(
+        late.text().contains("may join the next run"),
+        "{}",
+        late.text()
+    );
     assert_eq!(coord.wait(LIMIT).code(), Some(0), "{}", coord.text());
     assert_eq!(a.wait(LIMIT).code(), Some(0));
     let log = coord.text();
-    assert!(log.contains("refused agent solo") && log.contains("refused agent latecomer"), "{log}");
+    assert!(
+        log.contains("refused agent solo") && log.contains("refused agent latecomer"),
+        "{log}"
+    );
 }
 
 #[test]
 fn killed_agent_is_lost_its_files_named_and_the_rest_finish() {
     let c = Cluster::new();
     let (mut coord, addr) = c.coordinator(&[
-        "--agents", "2", "--length-per-agent", "60", "--wal-size", "1", "--block-size", "8", "--agent-timeout", "5s",
+        "--agents",
+        "2",
+        "--length-per-agent",
+        "60",
+        "--wal-size",
+        "1",
+        "--block-size",
+        "8",
+        "--agent-timeout",
+        "5s",
     ]);
     let mut victim = c.agent("victim", &addr, &["--once"]);
     let mut other = c.agent("survivor", &addr, &["--once"]);
@@ -182,7 +273,12 @@ fn killed_agent_is_lost_its_files_named_and_the_rest_finish() {
     let deadline = Instant::now() + LIMIT;
     loop {
         let text = std::fs::read_to_string(&merged).unwrap_or_default();
-        if text.lines().filter(|l| l.contains("\"agent\":\"victim\"")).count() >= 2 {
+        if text
+            .lines()
+            .filter(|l| l.contains("\"agent\":\"victim\""))
+            .count()
+            >= 2
+        {
             break;
         }
         assert!(Instant::now() < deadline, "victim reported nothing");
@@ -219,35 +315,78 @@ fn killed_agent_is_lost_its_files_named_and_the_rest_finish() {
 #[test]
 fn killed_coordinator_stops_agents_in_bounded_time() {
     let c = Cluster::new();
-    let (mut coord, addr) = c.coordinator(&["--agents", "1", "--length", "400", "--wal-size", "1", "--block-size", "4"]);
+    let (mut coord, addr) = c.coordinator(&[
+        "--agents",
+        "1",
+        "--length",
+        "400",
+        "--wal-size",
+        "1",
+        "--block-size",
+        "4",
+    ]);
     let mut once = c.agent("once", &addr, &["--once"]);
     coord.wait_line("start barrier released", LIMIT);
     std::thread::sleep(Duration::from_millis(300));
     coord.child.kill().unwrap();
     let killed = Instant::now();
-    assert_eq!(once.wait(Duration::from_secs(30)).code(), Some(3), "{}", once.text());
+    assert_eq!(
+        once.wait(Duration::from_secs(30)).code(),
+        Some(3),
+        "{}",
+        once.text()
+    );
     assert!(killed.elapsed() < Duration::from_secs(30));
-    assert!(once.text().contains("lost the coordinator"), "{}", once.text());
+    assert!(
+        once.text().contains("lost the coordinator"),
+        "{}",
+        once.text()
+    );
 
     // A long-lived agent goes back to waiting instead of exiting.
-    let (mut coord2, addr2) = c.coordinator(&["--agents", "1", "--length", "400", "--wal-size", "1", "--block-size", "4"]);
+    let (mut coord2, addr2) = c.coordinator(&[
+        "--agents",
+        "1",
+        "--length",
+        "400",
+        "--wal-size",
+        "1",
+        "--block-size",
+        "4",
+    ]);
     let mut stay = c.agent("stay", &addr2, &[]);
     coord2.wait_line("start barrier released", LIMIT);
     coord2.child.kill().unwrap();
     stay.wait_line("lost the coordinator", Duration::from_secs(30));
-    assert!(stay.child.try_wait().unwrap().is_none(), "the agent keeps running");
-    let _ = Path::new("");
+    assert!(
+        stay.child.try_wait().unwrap().is_none(),
+        "the agent keeps running"
+    );
 }
 
 #[test]
 fn interrupted_coordinator_aborts_agents_and_writes_summary() {
     let c = Cluster::new();
-    let (mut coord, addr) = c.coordinator(&["--agents", "1", "--length", "300", "--wal-size", "1", "--block-size", "4"]);
+    let (mut coord, addr) = c.coordinator(&[
+        "--agents",
+        "1",
+        "--length",
+        "300",
+        "--wal-size",
+        "1",
+        "--block-size",
+        "4",
+    ]);
     let mut agent = c.agent("a", &addr, &["--once"]);
     coord.wait_line("start barrier released", LIMIT);
     let merged = c.env.path("merged.json");
     let deadline = Instant::now() + LIMIT;
-    while std::fs::read_to_string(&merged).unwrap_or_default().lines().count() < 2 {
+    while std::fs::read_to_string(&merged)
+        .unwrap_or_default()
+        .lines()
+        .count()
+        < 2
+    {
         assert!(Instant::now() < deadline);
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -257,8 +396,11 @@ fn interrupted_coordinator_aborts_agents_and_writes_summary() {
     let s = c.summary();
     assert_eq!(s["interrupted"], true);
     let lines = c.merged().len() as u64;
-    assert!(lines >= 2 && lines < 300);
-    assert_eq!(s["filesOk"].as_u64().unwrap() + s["filesFailed"].as_u64().unwrap(), lines);
+    assert!((2..300).contains(&lines));
+    assert_eq!(
+        s["filesOk"].as_u64().unwrap() + s["filesFailed"].as_u64().unwrap(),
+        lines
+    );
 }
 
 #[test]
@@ -266,7 +408,8 @@ fn directory_runs_shard_or_replicate() {
     let c = Cluster::new();
     let src = c.env.generate("src", 5, 1, &[]);
     for split in ["shard", "replicate"] {
-        let (mut coord, addr) = c.coordinator(&["--agents", "2", "--source", "dir", "--split", split]);
+        let (mut coord, addr) =
+            c.coordinator(&["--agents", "2", "--source", "dir", "--split", split]);
         let mut agents: Vec<Logged> = ["d0", "d1"]
             .iter()
             .map(|n| {

@@ -50,10 +50,7 @@ fn generate_play_store_byte_identical() {
         "skipped file is named: {}",
         stderr(&out)
     );
-    assert_eq!(
-        assert_stored_identical(&wal, &data.join("walplayer")),
-        6 + 0
-    );
+    assert_eq!(assert_stored_identical(&wal, &data.join("walplayer")), 6);
 
     let s = read_json(&summary);
     assert_eq!(s["filesOk"], 6);
@@ -329,7 +326,7 @@ fn sink_killed_mid_run_ends_the_run_with_a_summary() {
     let lines = json_lines(&std::fs::read_to_string(&output).unwrap());
     assert_eq!(lines.len(), 60, "every file is reported");
     let ok = lines.iter().filter(|l| l["error"] == "").count();
-    assert!(ok >= 3 && ok < 60, "{ok} ok");
+    assert!((3..60).contains(&ok), "{ok} ok");
     let s = read_json(&summary);
     assert_eq!(s["filesOk"], ok as u64);
     assert_eq!(s["filesFailed"], 60 - ok as u64);

@@ -314,7 +314,10 @@ impl Logged {
             match self.lines.recv_timeout(left) {
                 Ok(line) if line.contains(needle) => return line,
                 Ok(_) => {}
-                Err(_) => panic!("no line with {needle:?} within {limit:?}; log:\n{}", self.text()),
+                Err(_) => panic!(
+                    "no line with {needle:?} within {limit:?}; log:\n{}",
+                    self.text()
+                ),
             }
         }
     }
