@@ -248,6 +248,8 @@ async fn play_assignment(
     let settings = UploadSettings {
         block_bytes: a.block_size_kib as usize * 1024,
         timeout: Duration::from_millis(a.timeout_ms),
+        retries: a.retries,
+        verify: a.verify,
     };
     stream_run(link, shard, clients, settings, shutdown).await
 }
@@ -276,6 +278,8 @@ fn file_result(r: &FileReport) -> FileResult {
         elapsed_ns: r.elapsed_ns(),
         bytes: r.bytes,
         error: r.error.clone(),
+        retries: r.retries.clone(),
+        verified: r.verified,
     }
 }
 

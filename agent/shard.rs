@@ -301,6 +301,7 @@ mod tests {
             timeout_ms: 1000,
             address: String::new(),
             verify: false,
+            retries: 0,
         }
     }
 

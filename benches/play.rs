@@ -195,6 +195,8 @@ async fn play_round(endpoint: &KlioEndpoint, files: &[Segment], jobs: usize) -> 
     let settings = UploadSettings {
         block_bytes: BLOCK_BYTES,
         timeout: PHASE_DEADLINE,
+        retries: 0,
+        verify: false,
     };
     let mut pipeline = Pipeline::start(work, clients, settings, CancellationToken::new());
     let (mut reports, mut stored) = (0, 0);

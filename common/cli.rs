@@ -81,6 +81,12 @@ pub struct UploadArgs {
     /// Longest one file may take before it fails (e.g. 30s, 5m)
     #[arg(long, value_name = "DURATION", default_value = DEFAULT_TIMEOUT, value_parser = parse_duration)]
     pub timeout: Duration,
+    /// Further attempts after a failure that may pass (connection lost, server unavailable, timeout)
+    #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u32).range(0..=100))]
+    pub retries: u32,
+    /// Read every stored file back with Get and compare it with what was sent
+    #[arg(long)]
+    pub verify: bool,
 }
 
 impl UploadArgs {
@@ -88,6 +94,8 @@ impl UploadArgs {
         UploadSettings {
             block_bytes: self.block_size as usize * 1024,
             timeout: self.timeout,
+            retries: self.retries,
+            verify: self.verify,
         }
     }
 }

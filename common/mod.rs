@@ -32,4 +32,5 @@ pub mod stats;
 pub mod tls;
 pub mod transport;
 pub mod upload;
+pub mod verify;
 pub mod walname;

@@ -25,6 +25,10 @@ pub struct FileReport {
     pub bytes: u64,
     /// Empty on success.
     pub error: String,
+    /// Errors of earlier attempts that were retried, oldest first.
+    pub retries: Vec<String>,
+    /// Read back and found identical (`--verify`).
+    pub verified: bool,
 }
 
 impl FileReport {
@@ -52,6 +56,11 @@ struct JsonLine<'a> {
     wal_name: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     agent: Option<&'a str>,
+    attempts: usize,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    retries: &'a [String],
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    verified: bool,
 }
 
 /// RFC 3339 in UTC with nanoseconds, e.g. `2025-01-15T10:30:00.123456789Z`.
@@ -84,6 +93,9 @@ impl FileReport {
             cluster: &self.cluster,
             wal_name: &self.wal_name,
             agent: self.agent.as_deref(),
+            attempts: self.retries.len() + 1,
+            retries: &self.retries,
+            verified: self.verified,
         };
         serde_json::to_string(&line).expect("a report always serializes")
     }
@@ -126,6 +138,8 @@ mod tests {
             elapsed: Duration::from_nanos(7_651_680),
             bytes: 16,
             error: String::new(),
+            retries: vec![],
+            verified: false,
         };
         let v: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
         assert_eq!(v["walFullPath"], "/w/000000010000000000000001");
@@ -134,6 +148,8 @@ mod tests {
         assert_eq!(v["elapsedTime"], "7651680");
         assert_eq!(v["error"], "");
         assert!(v.get("agent").is_none());
+        assert_eq!(v["attempts"], 1);
+        assert!(v.get("retries").is_none() && v.get("verified").is_none());
         assert_eq!(from_unix_nanos(unix_nanos(start)), start);
     }
 }

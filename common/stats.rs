@@ -24,6 +24,8 @@ pub struct Stats {
     pub files_ok: u64,
     pub files_failed: u64,
     pub files_skipped: u64,
+    /// Files read back and found identical (`--verify`).
+    pub files_verified: u64,
     /// Bytes of the files stored completely.
     pub bytes: u64,
     /// Elapsed time of every finished file (stored or failed), in ns.
@@ -37,6 +39,7 @@ impl Default for Stats {
             files_ok: 0,
             files_failed: 0,
             files_skipped: 0,
+            files_verified: 0,
             bytes: 0,
             latency: new_histogram(),
             errors: BTreeMap::new(),
@@ -55,6 +58,7 @@ impl Stats {
     pub fn record(&mut self, report: &FileReport) {
         if report.ok() {
             self.files_ok += 1;
+            self.files_verified += report.verified as u64;
             self.bytes += report.bytes;
         } else {
             self.files_failed += 1;
@@ -74,6 +78,7 @@ impl AddAssign<&Stats> for Stats {
         self.files_ok += other.files_ok;
         self.files_failed += other.files_failed;
         self.files_skipped += other.files_skipped;
+        self.files_verified += other.files_verified;
         self.bytes += other.bytes;
         self.latency
             .add(&other.latency)
@@ -148,6 +153,7 @@ pub struct Totals {
     pub files_ok: u64,
     pub files_failed: u64,
     pub files_skipped: u64,
+    pub files_verified: u64,
     pub bytes: u64,
     pub wall_seconds: f64,
     pub mib_per_second: f64,
@@ -174,6 +180,7 @@ impl Totals {
             files_ok: stats.files_ok,
             files_failed: stats.files_failed,
             files_skipped: stats.files_skipped,
+            files_verified: stats.files_verified,
             bytes: stats.bytes,
             wall_seconds: secs,
             mib_per_second: per_sec(stats.bytes as f64 / (1u64 << 20) as f64),
@@ -254,6 +261,8 @@ mod tests {
             elapsed: Duration::from_millis(ms),
             bytes: if error.is_empty() { 100 } else { 0 },
             error: error.into(),
+            retries: vec![],
+            verified: false,
         }
     }
 

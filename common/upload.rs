@@ -1,5 +1,5 @@
 //! Uploader: one Put stream per file, blocks read off the disk as they are
-//! sent.
+//! sent; retries with backoff; optional read-back verification.
 //!
 //! A blocking reader thread fills blocks of the chosen size and hands them
 //! to the gRPC stream through a channel of one, so a job never holds more
@@ -17,6 +17,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use crate::common::klio::{status_text, Client};
 use crate::common::report::FileReport;
 use crate::common::source::Segment;
+use crate::common::verify;
 use crate::proto::klio::PutRequest;
 
 /// How every file of a run is uploaded.
@@ -24,8 +25,13 @@ use crate::proto::klio::PutRequest;
 pub struct UploadSettings {
     /// Payload bytes per PutRequest.
     pub block_bytes: usize,
-    /// Longest one file may take, end to end.
+    /// Longest one attempt may take, verification included.
     pub timeout: Duration,
+    /// Further attempts after a failure that may be passing (connection
+    /// lost, server unavailable, timeout).
+    pub retries: u32,
+    /// Read every stored file back and compare it with what was sent.
+    pub verify: bool,
 }
 
 /// One file to upload, as one cluster.
@@ -35,23 +41,106 @@ pub struct Work {
     pub cluster: String,
 }
 
-/// Uploads one file and reports what happened; never fails otherwise.
+/// A failed attempt: what happened, and whether trying again may help.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub message: String,
+    pub retryable: bool,
+}
+
+impl Failure {
+    /// A failure that another attempt cannot fix (bad input, refusal).
+    pub fn fatal(message: impl Into<String>) -> Failure {
+        Failure {
+            message: message.into(),
+            retryable: false,
+        }
+    }
+
+    /// A failure that may pass (network, server restarting, timeout).
+    pub fn passing(message: impl Into<String>) -> Failure {
+        Failure {
+            message: message.into(),
+            retryable: true,
+        }
+    }
+
+    /// A gRPC status from the server, classified by its code.
+    pub fn from_status(context: &str, status: &tonic::Status) -> Failure {
+        use tonic::Code::*;
+        let retryable = matches!(
+            status.code(),
+            Unavailable
+                | Unknown
+                | Cancelled
+                | DeadlineExceeded
+                | ResourceExhausted
+                | Aborted
+                | Internal
+        );
+        Failure {
+            message: format!("{context}: {}", status_text(status)),
+            retryable,
+        }
+    }
+}
+
+/// What one successful attempt sent.
+#[derive(Debug, Clone)]
+pub struct Sent {
+    pub bytes: u64,
+    /// SHA-256 of the bytes sent, when verifying.
+    pub digest: Option<ring::digest::Digest>,
+}
+
+/// Wait before attempt `n + 1` (n >= 1): 250 ms doubling, at most 5 s.
+pub fn backoff(n: u32) -> Duration {
+    Duration::from_millis(250u64.saturating_mul(1 << n.saturating_sub(1).min(10)))
+        .min(Duration::from_secs(5))
+}
+
+/// Uploads one file, retrying passing failures, and reports what happened.
+/// Never fails otherwise: every outcome is a report.
 pub async fn upload(client: &mut Client, work: &Work, settings: &UploadSettings) -> FileReport {
     let start = SystemTime::now();
     let clock = Instant::now();
-    let result = match tokio::time::timeout(settings.timeout, send(client, work, settings)).await {
-        Ok(result) => result,
-        Err(_) => Err(format!(
-            "timed out after {} (raise --timeout if the server is just slow)",
-            humantime::format_duration(settings.timeout)
-        )),
+    let mut retries = Vec::new();
+    let result = loop {
+        let attempt = tokio::time::timeout(settings.timeout, attempt(client, work, settings)).await;
+        let failure = match attempt {
+            Ok(Ok(sent)) => break Ok(sent.bytes),
+            Ok(Err(failure)) => failure,
+            Err(_) => Failure::passing(format!(
+                "timed out after {} (raise --timeout if the server is just slow)",
+                humantime::format_duration(settings.timeout)
+            )),
+        };
+        if !failure.retryable || retries.len() as u32 >= settings.retries {
+            break Err(failure.message);
+        }
+        retries.push(failure.message);
+        tokio::time::sleep(backoff(retries.len() as u32)).await;
     };
-    let elapsed = clock.elapsed();
-    finish(work, start, elapsed, result)
+    let mut report = finish(work, start, clock.elapsed(), result);
+    report.verified = settings.verify && report.ok();
+    report.retries = retries;
+    report
+}
+
+async fn attempt(
+    client: &mut Client,
+    work: &Work,
+    settings: &UploadSettings,
+) -> Result<Sent, Failure> {
+    let sent = send(client, work, settings).await?;
+    if settings.verify {
+        verify::read_back(client, work, &sent).await?;
+    }
+    Ok(sent)
 }
 
 /// The report of a file whose upload ended with `result` (bytes stored or
-/// an error).
+/// an error), on its first attempt.
 pub fn finish(
     work: &Work,
     start: SystemTime,
@@ -72,91 +161,98 @@ pub fn finish(
         elapsed,
         bytes,
         error,
+        retries: Vec::new(),
+        verified: false,
     }
 }
 
 /// Why the reader stopped early; it keeps the sender alive so the stream is
 /// cancelled, not ended cleanly, when the upload is dropped.
 struct ReadFailure {
-    message: String,
+    failure: Failure,
     _keep_open: mpsc::Sender<PutRequest>,
 }
 
-async fn send(client: &mut Client, work: &Work, settings: &UploadSettings) -> Result<u64, String> {
+async fn send(
+    client: &mut Client,
+    work: &Work,
+    settings: &UploadSettings,
+) -> Result<Sent, Failure> {
     let segment = &work.segment;
     if segment.size == 0 {
-        return Err("file is empty: Klio needs a non-zero segment_size, nothing was sent".into());
+        return Err(Failure::fatal(
+            "file is empty: Klio needs a non-zero segment_size, nothing was sent",
+        ));
     }
     let (tx, rx) = mpsc::channel(1);
     let reader = {
-        let (segment, cluster, block) =
-            (segment.clone(), work.cluster.clone(), settings.block_bytes);
-        tokio::task::spawn_blocking(move || read_blocks(&segment, &cluster, block, tx))
+        let (segment, cluster, block, digest) = (
+            segment.clone(),
+            work.cluster.clone(),
+            settings.block_bytes,
+            settings.verify,
+        );
+        tokio::task::spawn_blocking(move || read_blocks(&segment, &cluster, block, digest, tx))
     };
     let call = client.put(ReceiverStream::new(rx));
     tokio::pin!(call);
     tokio::pin!(reader);
+    let rejected = |s: tonic::Status| Failure::from_status("server rejected the upload", &s);
     let sent = tokio::select! {
         read = &mut reader => match read {
             Ok(Ok(sent)) => sent,
             // Dropping `call` here resets the stream before the sender goes.
-            Ok(Err(failure)) => return Err(failure.message),
-            Err(e) => return Err(format!("reader thread failed: {e}")),
+            Ok(Err(failure)) => return Err(failure.failure),
+            Err(e) => return Err(Failure::fatal(format!("reader thread failed: {e}"))),
         },
         answer = &mut call => {
             // The server answered before we finished sending; whatever the
             // reader did, the answer decides.
-            let answer = answer.map_err(|s| format!("server rejected the upload: {}", status_text(&s)))?;
+            let answer = answer.map_err(rejected)?;
             return match reader.await {
                 Ok(Ok(sent)) => check_written(answer.into_inner().written_size, sent),
-                Ok(Err(failure)) => Err(failure.message),
-                Err(e) => Err(format!("reader thread failed: {e}")),
+                Ok(Err(failure)) => Err(failure.failure),
+                Err(e) => Err(Failure::fatal(format!("reader thread failed: {e}"))),
             };
         }
     };
-    let answer = call
-        .await
-        .map_err(|s| format!("server rejected the upload: {}", status_text(&s)))?;
+    let answer = call.await.map_err(rejected)?;
     check_written(answer.into_inner().written_size, sent)
 }
 
-fn check_written(written: u64, sent: u64) -> Result<u64, String> {
-    if written != sent {
-        return Err(format!(
-            "incomplete WAL file: server stored {written} of the {sent} bytes sent"
-        ));
+fn check_written(written: u64, sent: Sent) -> Result<Sent, Failure> {
+    if written != sent.bytes {
+        return Err(Failure::fatal(format!(
+            "incomplete WAL file: server stored {written} of the {} bytes sent",
+            sent.bytes
+        )));
     }
-    Ok(written)
+    Ok(sent)
 }
 
-/// Reads `segment` in blocks and sends them; returns the bytes sent.
+/// Reads `segment` in blocks and sends them; returns what was sent.
 fn read_blocks(
     segment: &Segment,
     cluster: &str,
     block: usize,
+    digest: bool,
     tx: mpsc::Sender<PutRequest>,
-) -> Result<u64, ReadFailure> {
+) -> Result<Sent, ReadFailure> {
     let fail = |message: String, tx: mpsc::Sender<PutRequest>| ReadFailure {
-        message,
+        failure: Failure::fatal(message),
         _keep_open: tx,
     };
     let mut input = match open(&segment.path, segment.gzip) {
         Ok(input) => input,
         Err(e) => return Err(fail(format!("cannot open file: {e}"), tx)),
     };
+    let mut hasher = digest.then(|| ring::digest::Context::new(&ring::digest::SHA256));
     let mut sent = 0u64;
     loop {
-        let mut buf = vec![0u8; block];
-        let n = match read_full(&mut input, &mut buf) {
+        let mut buf = Vec::with_capacity(block);
+        let n = match (&mut input).take(block as u64).read_to_end(&mut buf) {
             Ok(n) => n,
-            Err(e) if segment.gzip && e.to_string().contains("checksum") => {
-                return Err(fail(
-                    "gzip trailer (CRC or size) does not match the decompressed data: the file is damaged".into(),
-                    tx,
-                ))
-            }
-            Err(e) if segment.gzip => return Err(fail(format!("gzip data is corrupt: {e}"), tx)),
-            Err(e) => return Err(fail(format!("cannot read file: {e}"), tx)),
+            Err(e) => return Err(fail(read_error(segment, &e), tx)),
         };
         if n == 0 {
             break;
@@ -165,7 +261,9 @@ fn read_blocks(
         if sent > segment.size {
             return Err(fail(length_mismatch(segment, None), tx));
         }
-        buf.truncate(n);
+        if let Some(h) = hasher.as_mut() {
+            h.update(&buf);
+        }
         let request = PutRequest {
             cluster_name: cluster.to_string(),
             wal_name: segment.wal_name.clone(),
@@ -175,7 +273,10 @@ fn read_blocks(
         };
         if tx.blocking_send(request).is_err() {
             // The call ended (the server answered early); it has the say.
-            return Ok(sent);
+            return Ok(Sent {
+                bytes: sent,
+                digest: None,
+            });
         }
         if n < block {
             break;
@@ -184,7 +285,22 @@ fn read_blocks(
     if sent != segment.size {
         return Err(fail(length_mismatch(segment, Some(sent)), tx));
     }
-    Ok(sent)
+    Ok(Sent {
+        bytes: sent,
+        digest: hasher.map(|h| h.finish()),
+    })
+}
+
+/// A read error, in words that say what is wrong with the file.
+pub fn read_error(segment: &Segment, e: &std::io::Error) -> String {
+    if segment.gzip && e.to_string().contains("checksum") {
+        "gzip trailer (CRC or size) does not match the decompressed data: the file is damaged"
+            .into()
+    } else if segment.gzip {
+        format!("gzip data is corrupt: {e}")
+    } else {
+        format!("cannot read file: {e}")
+    }
 }
 
 fn length_mismatch(segment: &Segment, read: Option<u64>) -> String {
@@ -205,7 +321,8 @@ fn length_mismatch(segment: &Segment, read: Option<u64>) -> String {
     }
 }
 
-fn open(path: &Path, gzip: bool) -> std::io::Result<Box<dyn Read + Send>> {
+/// Opens a file for reading its WAL bytes (decompressed if `.gz`).
+pub fn open(path: &Path, gzip: bool) -> std::io::Result<Box<dyn Read + Send>> {
     let file = File::open(path)?;
     Ok(if gzip {
         Box::new(flate2::read::GzDecoder::new(BufReader::with_capacity(
@@ -217,16 +334,29 @@ fn open(path: &Path, gzip: bool) -> std::io::Result<Box<dyn Read + Send>> {
     })
 }
 
-/// Reads until `buf` is full or the input ends.
-fn read_full(input: &mut dyn Read, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match input.read(&mut buf[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_is_bounded() {
+        assert_eq!(backoff(1), Duration::from_millis(250));
+        assert_eq!(backoff(2), Duration::from_millis(500));
+        assert_eq!(backoff(5), Duration::from_secs(4));
+        assert_eq!(backoff(6), Duration::from_secs(5));
+        assert_eq!(backoff(u32::MAX), Duration::from_secs(5));
     }
-    Ok(filled)
+
+    #[test]
+    fn statuses_are_classified() {
+        let f = Failure::from_status("x", &tonic::Status::unavailable("down"));
+        assert!(f.retryable);
+        assert!(
+            f.message.starts_with("x: Unavailable: down"),
+            "{}",
+            f.message
+        );
+        assert!(!Failure::from_status("x", &tonic::Status::invalid_argument("bad")).retryable);
+        assert!(!Failure::from_status("x", &tonic::Status::failed_precondition("ro")).retryable);
+    }
 }

@@ -29,6 +29,7 @@ pub struct Workload {
     /// Klio address every agent uses instead of its own, if set.
     pub address: Option<String>,
     pub verify: bool,
+    pub retries: u32,
 }
 
 /// Splits `total` into `parts` shares differing by at most one.
@@ -69,6 +70,7 @@ pub fn assignments(run_id: &str, agents: usize, w: &Workload) -> Vec<Assignment>
             timeout_ms: w.timeout_ms,
             address: w.address.clone().unwrap_or_default(),
             verify: w.verify,
+            retries: w.retries,
         })
         .collect()
 }
@@ -90,6 +92,7 @@ mod tests {
             timeout_ms: 1000,
             address: None,
             verify: false,
+            retries: 0,
         }
     }
 

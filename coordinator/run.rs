@@ -392,6 +392,8 @@ impl Run {
             elapsed: Duration::from_nanos(f.elapsed_ns),
             bytes: f.bytes,
             error: f.error,
+            retries: f.retries,
+            verified: f.verified,
         };
         if self.write_error.is_none() {
             if let Err(e) = self.output.write(&report) {

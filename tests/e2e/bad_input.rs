@@ -299,8 +299,32 @@ fn key_formats_pkcs1_sec1_pkcs8_all_work() {
 }
 
 #[test]
-fn agent_says_it_is_not_implemented() {
-    let out = run(&mut Command::new(env!("CARGO_BIN_EXE_walplayer-agent")));
-    assert_ne!(out.status.code(), Some(0));
-    assert!(stderr(&out).contains("not implemented"));
+fn agent_bad_settings_are_usage_errors() {
+    let env = TestEnv::new();
+    let agent = || {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_walplayer-agent"));
+        cmd.env("HOME", env.dir.path())
+            .env_remove("WALPLAYER_COORDINATOR");
+        cmd.arg("--data-dir").arg(env.path("agent-data"));
+        cmd
+    };
+    expect_usage_error(run(&mut agent()), &["--coordinator"]);
+    expect_usage_error(
+        run(agent().args(["--coordinator", "nowhere"])),
+        &["--coordinator", "host:port"],
+    );
+    expect_usage_error(
+        run(agent().args(["--coordinator", "127.0.0.1:1", "--name", "a/b"])),
+        &["agent name", "a/b"],
+    );
+    expect_usage_error(
+        run(agent().args(["--coordinator", "127.0.0.1:1", "--name", "a", "--once"])),
+        &["client.cluster_name", "client.wal.address"],
+    );
+    expect_usage_error(
+        run(agent()
+            .args(["--coordinator", "127.0.0.1:1", "--control-ca"])
+            .arg(env.path("missing.crt"))),
+        &["--control-cert"],
+    );
 }
