@@ -7,6 +7,7 @@ mod util;
 
 mod bad_input;
 mod distributed;
+mod multihost;
 mod play;
 mod postgres;
 mod sink;
