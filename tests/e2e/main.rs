@@ -1,4 +1,5 @@
-//! End-to-end tests: the built binaries, a sink and PostgreSQL on loopback.
+//! End-to-end tests: the built binaries, sinks, coordinators, agents and
+//! PostgreSQL, on loopback or in network namespaces the tests create.
 //!
 //! One test binary, a module per area; [`util`] gives each test its own
 //! temporary directory, certificates and processes, all bounded in time.
