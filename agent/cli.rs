@@ -49,6 +49,9 @@ pub struct AgentArgs {
     /// Most parallel uploads this agent accepts
     #[arg(long, default_value_t = Limits::default().max_jobs)]
     pub max_jobs: u32,
+    /// Klio addresses a coordinator may send this agent to instead of its own (repeat, or comma-separated)
+    #[arg(long, value_name = "HOST:PORT", value_delimiter = ',')]
+    pub allow_address: Vec<String>,
     /// Most clusters this agent simulates
     #[arg(long, default_value_t = Limits::default().max_clusters)]
     pub max_clusters: u32,
@@ -112,6 +115,7 @@ pub async fn run(args: AgentArgs) -> i32 {
             max_generate_bytes: args.max_generate_bytes,
             max_jobs: args.max_jobs,
             max_clusters: args.max_clusters,
+            allowed_addresses: args.allow_address.clone(),
             ..Limits::default()
         },
         health,

@@ -166,18 +166,15 @@ async fn play_assignment(
     a: &Assignment,
     shutdown: &CancellationToken,
 ) -> SessionEnd {
-    let limits = opts.limits.clone();
-    if let Err(reason) = shard::check(a, &limits, shard::free_bytes(&opts.data_dir)) {
-        return fail(
-            link,
-            format!("agent {} refuses the assignment: {reason}", opts.name),
-        )
-        .await;
-    }
     let mut klio = match opts.klio.resolve() {
         Ok(k) => k,
         Err(e) => return fail(link, format!("agent {}: {e}", opts.name)).await,
     };
+    let free = shard::free_bytes(&opts.data_dir);
+    if let Err(reason) = shard::check(a, &opts.limits, free, &klio.address) {
+        let reason = format!("agent {} refuses the assignment: {reason}", opts.name);
+        return fail(link, reason).await;
+    }
     if !a.address.is_empty() {
         klio.address = a.address.clone();
     }

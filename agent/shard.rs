@@ -22,6 +22,8 @@ pub struct Limits {
     pub max_clusters: u32,
     /// Longest per-file timeout, in milliseconds.
     pub max_timeout_ms: u64,
+    /// Klio addresses the coordinator may choose besides the agent's own.
+    pub allowed_addresses: Vec<String>,
 }
 
 impl Default for Limits {
@@ -32,6 +34,7 @@ impl Default for Limits {
             max_jobs: 256,
             max_clusters: 1000,
             max_timeout_ms: 24 * 3600 * 1000,
+            allowed_addresses: Vec::new(),
         }
     }
 }
@@ -54,7 +57,12 @@ pub fn cluster_names(base: &str, agent: &str, clusters: u32) -> Vec<String> {
 
 /// Checks an assignment against `limits` and the free space of the data
 /// directory; the error says what is out of bounds.
-pub fn check(a: &Assignment, limits: &Limits, free_bytes: u64) -> Result<(), String> {
+pub fn check(
+    a: &Assignment,
+    limits: &Limits,
+    free_bytes: u64,
+    own_address: &str,
+) -> Result<(), String> {
     let run_id_ok = !a.run_id.is_empty()
         && a.run_id.len() <= 64
         && a.run_id
@@ -96,8 +104,14 @@ pub fn check(a: &Assignment, limits: &Limits, free_bytes: u64) -> Result<(), Str
             a.timeout_ms, limits.max_timeout_ms
         ));
     }
-    if !a.address.is_empty() {
-        crate::common::config::split_address(&a.address)?;
+    if !a.address.is_empty()
+        && a.address != own_address
+        && !limits.allowed_addresses.contains(&a.address)
+    {
+        return Err(format!(
+            "the coordinator sends it to Klio at {}, but its configuration says {own_address}; start the agent with --allow-address {} to permit that",
+            a.address, a.address
+        ));
     }
     match Source::try_from(a.source) {
         Ok(Source::Generate) => {
@@ -308,7 +322,7 @@ mod tests {
     #[test]
     fn out_of_bounds_assignments_are_refused_with_a_reason() {
         let limits = Limits::default();
-        assert!(check(&assignment(), &limits, 1 << 40).is_ok());
+        assert!(check(&assignment(), &limits, 1 << 40, "own:1").is_ok());
         type Mutation = Box<dyn Fn(&mut Assignment)>;
         let cases: Vec<(Mutation, &str)> = vec![
             (
@@ -323,17 +337,29 @@ mod tests {
                 Box::new(|a| a.segments_per_cluster = vec![2_000_000, 0]),
                 "--max-files",
             ),
-            (Box::new(|a| a.address = "nope".into()), "host:port"),
+            (
+                Box::new(|a| a.address = "elsewhere:1".into()),
+                "--allow-address elsewhere:1",
+            ),
             (Box::new(|a| a.agent_index = 5), "impossible"),
         ];
         for (mutate, needle) in cases {
             let mut a = assignment();
             mutate(&mut a);
-            let e = check(&a, &limits, 1 << 40).unwrap_err();
+            let e = check(&a, &limits, 1 << 40, "own:1").unwrap_err();
             assert!(e.contains(needle), "{needle}: {e}");
         }
-        let e = check(&assignment(), &limits, 1 << 20).unwrap_err();
+        let e = check(&assignment(), &limits, 1 << 20, "own:1").unwrap_err();
         assert!(e.contains("free space"), "{e}");
+        let mut a = assignment();
+        a.address = "own:1".into();
+        assert!(check(&a, &limits, 1 << 40, "own:1").is_ok());
+        a.address = "other:2".into();
+        let allowed = Limits {
+            allowed_addresses: vec!["other:2".into()],
+            ..Limits::default()
+        };
+        assert!(check(&a, &allowed, 1 << 40, "own:1").is_ok());
     }
 
     #[test]

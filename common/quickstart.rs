@@ -86,11 +86,11 @@ pub async fn run(args: QuickstartArgs, shutdown: CancellationToken) -> Result<i3
 
     let coordinator = Coordinator::bind(
         SocketAddr::from(([127, 0, 0, 1], 0)),
-        coordinator_options(&args, &minted, root, sink_address)?,
+        coordinator_options(&args, &minted, root)?,
     )
     .await?;
     let control = coordinator.local_addr().to_string();
-    let agents = start_agents(&args, &minted, root, &control)?;
+    let agents = start_agents(&args, &minted, root, &control, &sink_address)?;
     eprintln!(
         "quickstart: coordinator on {control} (mutual TLS), {} agent processes, {} clusters each; {} files of {} MiB",
         args.agents, args.clusters_per_agent, args.files, args.wal_size
@@ -128,7 +128,6 @@ fn coordinator_options(
     args: &QuickstartArgs,
     minted: &MintedCerts,
     root: &Path,
-    sink: String,
 ) -> Result<CoordinatorOptions> {
     let c = &minted.coordinator;
     Ok(CoordinatorOptions {
@@ -147,7 +146,7 @@ fn coordinator_options(
             jobs: args.jobs,
             block_size_kib: 2048,
             timeout_ms: 120_000,
-            address: Some(sink),
+            address: None,
             verify: true,
             retries: 2,
         },
@@ -163,6 +162,7 @@ fn start_agents(
     minted: &MintedCerts,
     root: &Path,
     control: &str,
+    sink: &str,
 ) -> Result<Agents> {
     let exe =
         std::env::current_exe().context("cannot find the walplayer executable to start agents")?;
@@ -184,7 +184,7 @@ fn start_agents(
             .arg(&data)
             .arg("--config")
             .arg(&minted.klio_config)
-            .args(["--cluster-name", "quickstart"])
+            .args(["--cluster-name", "quickstart", "--address", sink])
             .arg("--control-ca")
             .arg(&minted.agent.ca)
             .arg("--control-cert")

@@ -218,6 +218,13 @@ impl Totals {
                 ns(l.max_ns)
             );
         }
+        if self.files_verified > 0 {
+            let _ = writeln!(
+                t,
+                "{} files read back and verified identical",
+                self.files_verified
+            );
+        }
         for e in &self.errors {
             let _ = writeln!(t, "  {} file(s) failed: {}", e.count, e.message);
         }

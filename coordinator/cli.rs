@@ -74,7 +74,7 @@ pub struct CoordinatorArgs {
     pub clusters_per_agent: u32,
     #[command(flatten)]
     pub upload: UploadArgs,
-    /// Klio address every agent uses instead of its own configuration's
+    /// Klio address every agent uses instead of its own (each agent must allow it with --allow-address)
     #[arg(long, value_name = "HOST:PORT")]
     pub address: Option<String>,
     #[command(flatten)]

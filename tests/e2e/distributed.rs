@@ -430,3 +430,34 @@ fn directory_runs_shard_or_replicate() {
         assert_eq!(n, if split == "shard" { 5 } else { 10 }, "{split}");
     }
 }
+
+#[test]
+fn agents_refuse_an_address_or_size_outside_their_bounds() {
+    let c = Cluster::new();
+    let (mut coord, addr) = c.coordinator(&[
+        "--agents",
+        "1",
+        "--length",
+        "4",
+        "--wal-size",
+        "1",
+        "--address",
+        "127.0.0.1:9",
+    ]);
+    let mut a = c.agent("careful", &addr, &["--once"]);
+    assert_eq!(coord.wait(LIMIT).code(), Some(2), "{}", coord.text());
+    assert!(
+        coord.text().contains("--allow-address 127.0.0.1:9"),
+        "{}",
+        coord.text()
+    );
+    assert_eq!(a.wait(LIMIT).code(), Some(1));
+    assert!(a.text().contains("refuses the assignment"), "{}", a.text());
+
+    let (mut coord, addr) = c.coordinator(&["--agents", "1", "--length", "50", "--wal-size", "1"]);
+    let mut a = c.agent("small", &addr, &["--once", "--max-files", "10"]);
+    assert_eq!(coord.wait(LIMIT).code(), Some(2), "{}", coord.text());
+    assert!(coord.text().contains("--max-files 10"), "{}", coord.text());
+    assert_eq!(a.wait(LIMIT).code(), Some(1));
+    assert!(c.stored().is_empty(), "nothing was uploaded");
+}

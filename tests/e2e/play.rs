@@ -377,3 +377,105 @@ fn interrupt_stops_starting_files_and_writes_summary() {
         lines.len() as u64
     );
 }
+
+#[test]
+fn sink_restarted_mid_run_is_retried_and_every_file_reported_once() {
+    let env = TestEnv::new();
+    let wal = env.generate("wal", 40, 1, &[]);
+    let data = env.path("data");
+    let mut sink = env.sink(&data, &[]);
+    let address = sink.address.clone();
+    let output = env.path("out.json");
+    let summary = env.path("summary.json");
+    let mut child = env
+        .play(
+            &wal,
+            &address,
+            &[
+                "--block-size",
+                "16",
+                "--retries",
+                "8",
+                "--quiet",
+                "--output",
+            ],
+        )
+        .arg(&output)
+        .arg("--summary")
+        .arg(&summary)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::fs::read_to_string(&output)
+        .map(|t| t.lines().count())
+        .unwrap_or(0)
+        < 3
+    {
+        assert!(Instant::now() < deadline, "no file finished within 60 s");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    sink.child.kill().unwrap();
+    let _ = sink.child.wait();
+    std::thread::sleep(Duration::from_millis(800));
+    // The same address and storage come back.
+    let _sink2 = env.sink(&data, &["--listen", &address]);
+    let status = wait_bounded(&mut child, Duration::from_secs(120));
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "the run recovers: {}",
+        std::fs::read_to_string(&output).unwrap()
+    );
+    let lines = json_lines(&std::fs::read_to_string(&output).unwrap());
+    assert_eq!(lines.len(), 40, "one record per file");
+    let names: std::collections::BTreeSet<_> = lines
+        .iter()
+        .map(|l| l["walName"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names.len(), 40, "no file reported twice");
+    let retried: Vec<_> = lines
+        .iter()
+        .filter(|l| l["attempts"].as_u64().unwrap() > 1)
+        .collect();
+    assert!(
+        !retried.is_empty(),
+        "the restart shows in some file's record"
+    );
+    for l in &retried {
+        assert_eq!(l["error"], "", "retried and then stored: {l}");
+        let retries = l["retries"].as_array().unwrap();
+        assert_eq!(retries.len() as u64 + 1, l["attempts"].as_u64().unwrap());
+        assert!(!retries[0].as_str().unwrap().is_empty());
+    }
+    assert_eq!(assert_stored_identical(&wal, &data.join("walplayer")), 40);
+    assert_eq!(read_json(&summary)["filesOk"], 40);
+}
+
+#[test]
+fn verify_reads_every_file_back() {
+    let env = TestEnv::new();
+    let wal = env.generate("wal", 4, 1, &["--gzip"]);
+    let sink = env.sink(&env.path("data"), &[]);
+    let summary = env.path("summary.json");
+    let out = run(env
+        .play(&wal, &sink.address, &["--verify", "-j", "2", "--summary"])
+        .arg(&summary));
+    assert_status(&out, 0);
+    for l in json_lines(&stdout(&out)) {
+        assert_eq!(l["verified"], true, "{l}");
+    }
+    assert_eq!(read_json(&summary)["filesVerified"], 4);
+    assert!(
+        stderr(&out).contains("4 files read back and verified identical"),
+        "{}",
+        stderr(&out)
+    );
+    // Without --verify nothing is read back.
+    let out = run(&mut env.play(&wal, &sink.address, &[]));
+    assert_status(&out, 0);
+    assert!(json_lines(&stdout(&out))
+        .iter()
+        .all(|l| l.get("verified").is_none()));
+}

@@ -213,3 +213,56 @@ async fn discard_counts_and_stores_nothing() {
     assert_eq!(totals.completed.load(Ordering::Relaxed), 1);
     assert_eq!(totals.bytes.load(Ordering::Relaxed), 3);
 }
+
+#[tokio::test]
+async fn verification_names_the_first_differing_byte() {
+    use walplayer::common::source::Segment;
+    use walplayer::common::upload::{upload, Sent, UploadSettings, Work};
+    use walplayer::common::verify::read_back;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = start(dir.path(), false).await;
+    let file = dir.path().join(WAL);
+    let content: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&file, &content).unwrap();
+    let work = Work {
+        segment: Segment {
+            path: file,
+            wal_name: WAL.into(),
+            size: content.len() as u64,
+            gzip: false,
+        },
+        cluster: "v".into(),
+    };
+    let settings = UploadSettings {
+        block_bytes: 64 << 10,
+        timeout: std::time::Duration::from_secs(30),
+        retries: 0,
+        verify: true,
+    };
+    let report = upload(&mut s.client, &work, &settings).await;
+    assert!(report.ok() && report.verified, "{report:?}");
+
+    // Damage the stored copy: verification must say where.
+    let stored = dir.path().join("data/v").join(WAL);
+    let mut bytes = std::fs::read(&stored).unwrap();
+    bytes[123_456] ^= 0xff;
+    std::fs::write(&stored, &bytes).unwrap();
+    let sent = Sent {
+        bytes: content.len() as u64,
+        digest: Some(ring::digest::digest(&ring::digest::SHA256, &content)),
+    };
+    let e = read_back(&mut s.client, &work, &sent).await.unwrap_err();
+    assert!(
+        e.message.contains("differs from the file from byte 123456"),
+        "{}",
+        e.message
+    );
+    assert!(!e.retryable);
+
+    // A stored copy that is too short.
+    std::fs::write(&stored, &content[..1000]).unwrap();
+    let e = read_back(&mut s.client, &work, &sent).await.unwrap_err();
+    assert!(e.message.contains("from byte 1000"), "{}", e.message);
+    s.stop().await;
+}

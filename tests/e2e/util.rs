@@ -86,7 +86,10 @@ impl TestEnv {
     /// Starts a sink storing into `data` (fsync off: tests measure nothing).
     pub fn sink(&self, data: &Path, extra: &[&str]) -> SinkProcess {
         let s = &self.certs.server;
-        let mut cmd = self.walplayer(&["sink", "--listen", "127.0.0.1:0", "--fsync", "none"]);
+        let mut cmd = self.walplayer(&["sink", "--fsync", "none"]);
+        if !extra.contains(&"--listen") {
+            cmd.args(["--listen", "127.0.0.1:0"]);
+        }
         cmd.arg("--data").arg(data);
         cmd.arg("--tls-cert")
             .arg(&s.cert)
