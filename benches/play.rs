@@ -66,6 +66,7 @@ const MEMORY_CASES: [MemoryCase; 4] = [
 ];
 
 fn main() {
+    walplayer::common::alloc::tune();
     // Errors come back here, so the temporary directories (a GiB or more in
     // /dev/shm) are removed before the process exits.
     if let Err(e) = run() {

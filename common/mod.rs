@@ -16,6 +16,7 @@
 //! - [`sink`]: a Klio-compatible WAL server for tests and demos.
 //! - [`certs`]: a development CA with server and client certificates.
 
+pub mod alloc;
 pub mod certs;
 pub mod cli;
 pub mod config;

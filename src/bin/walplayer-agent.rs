@@ -20,6 +20,7 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    walplayer::common::alloc::tune();
     let args = Args::parse();
     init_logging(true);
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime starts");

@@ -129,6 +129,7 @@ struct CertsArgs {
 }
 
 fn main() -> ExitCode {
+    walplayer::common::alloc::tune();
     let cli = Cli::parse();
     cli::init_logging(matches!(
         cli.command,
