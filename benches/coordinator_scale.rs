@@ -10,7 +10,8 @@
 //!
 //! Three runs in this process: a baseline (10 agents × 10,000 files), the
 //! full run (1,000 agents × 1,000 files) and the same million results from
-//! 100 agents, which tells per-agent memory from per-result memory. Each
+//! 100 agents and from the baseline's 10, which tell per-agent memory from
+//! per-result memory. Each
 //! prints the coordinator's peak RSS and CPU time (its own, from the kernel)
 //! and the ratios over the baseline. Asserts that every result was counted,
 //! never anything about time; every run has a deadline.
@@ -53,8 +54,9 @@ struct Case {
     files: u64,
 }
 
-/// The baseline first; ratios are over it.
-const CASES: [Case; 3] = [
+/// The baseline first; ratios are over it. The last has the baseline's
+/// agents and ten times its results: memory per result alone.
+const CASES: [Case; 4] = [
     Case {
         label: "baseline",
         agents: 10,
@@ -69,6 +71,11 @@ const CASES: [Case; 3] = [
         label: "fewer agents",
         agents: 100,
         files: 10_000,
+    },
+    Case {
+        label: "baseline agents",
+        agents: 10,
+        files: 100_000,
     },
 ];
 /// HTTP/2 connections the sessions share. At most the baseline's agents,
