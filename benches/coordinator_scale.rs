@@ -8,12 +8,11 @@
 //! with a real histogram), many sessions sharing a few HTTP/2 connections.
 //! No WAL is moved: only the coordinator's side of a run is exercised.
 //!
-//! Three runs in this process: a baseline (10 agents × 10,000 files), the
+//! Four runs in this process: a baseline (10 agents × 10,000 files), the
 //! full run (1,000 agents × 1,000 files) and the same million results from
 //! 100 agents and from the baseline's 10, which tell per-agent memory from
-//! per-result memory. Each
-//! prints the coordinator's peak RSS and CPU time (its own, from the kernel)
-//! and the ratios over the baseline. Asserts that every result was counted,
+//! per-result memory. Each prints the coordinator's peak RSS and CPU time
+//! (its own, from the kernel) and the ratios over the baseline. Asserts that every result was counted,
 //! never anything about time; every run has a deadline.
 //!
 //! `WALPLAYER_BENCH_SMOKE=1` divides every run's files by 100, to check the
@@ -576,14 +575,12 @@ impl CoordinatorProcess {
             reaped_by_watcher: false,
         };
         drop(child);
-        let address = rx
-            .recv_timeout(Duration::from_secs(30))
-            .with_context(|| {
-                format!(
-                    "the coordinator printed no address within 30 s: {}",
-                    process.log_tail()
-                )
-            })?;
+        let address = rx.recv_timeout(Duration::from_secs(30)).with_context(|| {
+            format!(
+                "the coordinator printed no address within 30 s: {}",
+                process.log_tail()
+            )
+        })?;
         process.address = address
             .parse()
             .with_context(|| format!("the coordinator printed the address {address:?}"))?;
@@ -651,11 +648,7 @@ fn watch(pid: i32, parent_hwm_kib: u64, stop: &AtomicBool) -> Result<Exit> {
                 cpu: timeval(usage.ru_utime) + timeval(usage.ru_stime),
             });
         }
-        ensure!(
-            reaped == 0,
-            "wait4: {}",
-            std::io::Error::last_os_error()
-        );
+        ensure!(reaped == 0, "wait4: {}", std::io::Error::last_os_error());
         let late = begun.elapsed() > RUN_DEADLINE + Duration::from_secs(60);
         if late || stop.load(Ordering::Relaxed) {
             // SAFETY: our own child, not yet reaped.
@@ -697,7 +690,10 @@ fn check_summary(path: &Path, case: &Case, failed: u64, code: i32) -> Result<()>
     );
     // Exit status 1: the run had failed files, as planned.
     let expected = if failed > 0 { 1 } else { 0 };
-    ensure!(code == expected, "the coordinator exited with {code}, expected {expected}");
+    ensure!(
+        code == expected,
+        "the coordinator exited with {code}, expected {expected}"
+    );
     Ok(())
 }
 
