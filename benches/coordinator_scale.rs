@@ -240,7 +240,7 @@ fn measure(
     let driven = drive.with_context(|| format!("coordinator said: {}", log()))?;
     let exit = exit.with_context(|| format!("coordinator said: {}", log()))?;
     let results = case.agents as u64 * case.files;
-    check_summary(&summary, case, driven.failed, exit.code).with_context(|| log())?;
+    check_summary(&summary, case, driven.failed, exit.code).with_context(log)?;
     Ok(Measured {
         label: case.label,
         agents: case.agents,
@@ -413,7 +413,7 @@ async fn agent(
     };
     send(Up::Finished(finished)).await?;
     // The coordinator closes the session once it has taken Finished.
-    while let Some(msg) = down.message().await.with_context(|| name.clone())? {
+    if let Some(msg) = down.message().await.with_context(|| name.clone())? {
         bail!("{name}: unexpected message after Finished: {msg:?}");
     }
     Ok(failed)
