@@ -131,12 +131,19 @@ pub async fn run(
     end
 }
 
-async fn fail(link: &Link, reason: String) -> SessionEnd {
-    let _ = link
+async fn fail(link: &mut Link, reason: String) -> SessionEnd {
+    if link
         .send(Up::Failed(Failed {
             reason: reason.clone(),
         }))
-        .await;
+        .await
+        .is_ok()
+    {
+        // Dropping the session now could cancel the stream before Failed is
+        // delivered: wait (bounded) for the coordinator to close it.
+        let drain = async { while link.recv().await.is_ok() {} };
+        let _ = tokio::time::timeout(Duration::from_secs(10), drain).await;
+    }
     SessionEnd::Failed(reason)
 }
 

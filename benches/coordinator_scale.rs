@@ -394,6 +394,8 @@ async fn agent(
                 elapsed_ns: file.elapsed_ns,
                 bytes: file.bytes(),
                 error: file.error().to_string(),
+                retries: Vec::new(),
+                verified: false,
             }))
             .await?;
             clock_ns += file.elapsed_ns as i64;

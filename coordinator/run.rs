@@ -96,6 +96,8 @@ pub(crate) struct Run {
     run_id: String,
     phase: Phase,
     agents: Vec<Agent>,
+    /// Position in `agents` of each session, kept in step with it.
+    by_conn: HashMap<u64, usize>,
     deadline: Instant,
     tracker: Tracker,
     received: Stats,
@@ -116,6 +118,7 @@ impl Run {
             run_id: format!("run-{:x}", nanos / 1_000_000),
             phase: Phase::Registering,
             agents: Vec::new(),
+            by_conn: HashMap::new(),
             deadline: Instant::now() + opts.register_timeout,
             tracker: Tracker::default(),
             received: Stats::default(),
@@ -167,7 +170,16 @@ impl Run {
     }
 
     fn index(&self, conn: u64) -> Option<usize> {
-        self.agents.iter().position(|a| a.conn == conn)
+        self.by_conn.get(&conn).copied()
+    }
+
+    fn reindex(&mut self) {
+        self.by_conn = self
+            .agents
+            .iter()
+            .enumerate()
+            .map(|(i, a)| (a.conn, i))
+            .collect();
     }
 
     fn broadcast_abort(&mut self, reason: &str) {
@@ -210,6 +222,7 @@ impl Run {
                 match self.phase {
                     Phase::Registering => {
                         let a = self.agents.remove(i);
+                        self.reindex();
                         tracing::info!("agent {} left before the run: {reason}", a.name);
                     }
                     Phase::Preparing if self.agents[i].active() => {
@@ -271,6 +284,7 @@ impl Run {
             latency: None,
             started_ns: None,
         });
+        self.by_conn.insert(conn, self.agents.len() - 1);
         tracing::info!(
             "agent {} registered from {peer} ({} of {})",
             register.name,
@@ -284,6 +298,7 @@ impl Run {
 
     fn assign(&mut self) {
         self.agents.sort_by(|a, b| a.name.cmp(&b.name));
+        self.reindex();
         let assignments = plan::assignments(&self.run_id, self.agents.len(), &self.opts.workload);
         for (agent, assignment) in self.agents.iter_mut().zip(assignments) {
             agent.send(Down::Assignment(assignment));
