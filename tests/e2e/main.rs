@@ -7,6 +7,8 @@ mod util;
 
 mod bad_input;
 mod distributed;
+mod faults;
 mod play;
 mod postgres;
+mod proxy;
 mod sink;
