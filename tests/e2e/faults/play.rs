@@ -82,13 +82,16 @@ fn sink_stalling_a_stream_times_the_file_out() {
     let env = TestEnv::new();
     let wal = env.generate("wal", 3, 1, &[]);
     let data = env.path("data");
-    let sink = faulty_sink(&env, &data, "stall", 2);
+    let mut sink = faulty_sink(&env, &data, "stall", 2);
     let run = play(&env, &wal, &sink.address, "stall", &["--timeout", "2s"]);
     assert_eq!(run.code(), Some(1), "{}", run.stderr);
     assert_eq!(run.lines.len(), 3);
     assert_kept(&run.lines, 2, &stored(&data));
     assert_says(run.errors()[2], &["timed out after 2s"]);
     assert_eq!(run.summary["filesOk"], 2);
+    // The stall ended with the client's cancel: the sink still stops cleanly.
+    assert!(sink.terminate().success(), "{}", sink.log_text());
+    assert_says(&sink.log_text(), &["stalling a Put stream"]);
 }
 
 #[test]
@@ -206,6 +209,12 @@ fn server_refusing_from_the_start_is_found_up_front() {
     let proxy = Proxy::start(&sink.address, Mode::Refuse);
     let run = play(&env, &wal, &proxy.address, "refusing", &[]);
     assert_up_front(&run, &proxy.address, &["reset", "closed", "eof"]);
+
+    // The same proxy passing traffic: the refusal was the only fault.
+    proxy.set_mode(Mode::Pass);
+    let run = play(&env, &wal, &proxy.address, "passing", &[]);
+    assert_eq!(run.code(), Some(0), "{}", run.stderr);
+    assert_eq!(run.lines.len(), 2);
 }
 
 #[test]
