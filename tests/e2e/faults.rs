@@ -5,16 +5,20 @@
 //! keep every result already obtained, and exit with the documented status.
 //!
 //! - [`play`]: per-file faults and up-front ones, against `walplayer play`.
+//! - [`coordinator`]: the same faults under a coordinator and its agents.
 //! - [`certs`]: server certificates the player must not trust.
+//! - [`secrets`]: private keys never reach a log, at any log level.
 //!
 //! Tests that check one fault's error pass `--retries 0` when the binary has
 //! retries, so that one fault gives exactly one error.
 
 mod certs;
+mod coordinator;
 mod play;
+mod secrets;
 
 use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -142,4 +146,19 @@ fn faulty_sink(env: &TestEnv, data: &Path, fault: &str, after: u64) -> SinkProce
 /// The directory the sink stores cluster `walplayer` in.
 fn stored(data: &Path) -> PathBuf {
     data.join("walplayer")
+}
+
+/// Spawns `cmd` with output to files and waits for it within [`LIMIT`];
+/// returns the status and everything it wrote.
+fn run_logged(mut cmd: Command, log: &Path) -> (ExitStatus, String) {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(log.with_extension("out")).unwrap())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .expect("spawn");
+    let status = wait_bounded(&mut child, LIMIT);
+    let text = std::fs::read_to_string(log).unwrap_or_default()
+        + &std::fs::read_to_string(log.with_extension("out")).unwrap_or_default();
+    (status, text)
 }
