@@ -2,7 +2,8 @@
 //!
 //! - [`service`]: the WAL service (Put and Get) with the protocol's rules.
 //! - this module: the listener, mutual TLS on every connection, the
-//!   HTTP/2 settings, shutdown and the totals printed at the end.
+//!   HTTP/2 settings, shutdown and the totals printed at the end; and, for
+//!   tests only, the fault plan handed to the service.
 
 pub mod service;
 
@@ -19,7 +20,7 @@ use tonic::transport::Server;
 use crate::common::klio::MAX_MESSAGE_BYTES;
 use crate::common::transport::{self, CONNECTION_WINDOW, STREAM_WINDOW};
 use crate::proto::klio::wal_server::WalServer;
-pub use service::{Fsync, SinkTotals, Storage, WalService};
+pub use service::{Fault, FaultPlan, Fsync, SinkTotals, Storage, WalService};
 
 /// Everything the sink needs to run.
 pub struct SinkSettings {
@@ -33,13 +34,24 @@ pub struct SinkSettings {
 pub struct Sink {
     listener: TcpListener,
     settings: SinkSettings,
+    faults: Option<FaultPlan>,
 }
 
 impl Sink {
     /// Binds `addr` (port 0 picks a free port).
     pub async fn bind(addr: SocketAddr, settings: SinkSettings) -> std::io::Result<Sink> {
         let listener = TcpListener::bind(addr).await?;
-        Ok(Sink { listener, settings })
+        Ok(Sink {
+            listener,
+            settings,
+            faults: None,
+        })
+    }
+
+    /// Makes the service inject `plan` into Put streams (tests only).
+    pub fn with_faults(mut self, plan: FaultPlan) -> Sink {
+        self.faults = Some(plan);
+        self
     }
 
     /// The address actually bound.
@@ -54,7 +66,11 @@ impl Sink {
         self,
         shutdown: CancellationToken,
     ) -> Result<Arc<SinkTotals>, tonic::transport::Error> {
-        let service = WalService::new(self.settings.storage, self.settings.read_only);
+        let mut service = WalService::new(self.settings.storage, self.settings.read_only);
+        if let Some(plan) = self.faults {
+            tracing::warn!("injecting faults for tests: {plan:?}");
+            service = service.with_faults(plan, shutdown.clone());
+        }
         let totals = service.totals();
         let refused: Arc<dyn Fn() + Send + Sync> = {
             let totals = totals.clone();

@@ -4,16 +4,22 @@
 //! `--fsync block`, fsyncing) after every block, and renames it to its final
 //! name when exactly `segment_size` bytes arrived. Every rejected stream is
 //! logged with its reason and counted.
+//!
+//! For tests, a [`FaultPlan`] makes the service misbehave on Put streams
+//! that carry data (never on the client's empty probe stream), so a client's
+//! handling of each server fault can be checked end to end.
 
 use std::fs::File;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status, Streaming};
+use tokio_util::sync::CancellationToken;
+use tonic::{Code, Request, Response, Status, Streaming};
 
 use crate::common::klio::MAX_BLOCK_BYTES;
 use crate::common::walname::{has_only_name_chars, is_wal_name};
@@ -69,11 +75,101 @@ impl SinkTotals {
     }
 }
 
+/// A misbehaviour the sink can inject into Put streams, for tests only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Read the whole stream, leave the file partial and answer a
+    /// `written_size` one byte short of what arrived.
+    ShortWrite,
+    /// Reject the stream with this status after its first block.
+    Status(Code),
+    /// Take the first block, then neither read nor answer until the client
+    /// gives up (or the sink stops).
+    Stall,
+}
+
+/// The status codes `--fault status:NAME` accepts, by their gRPC names in
+/// kebab case.
+const FAULT_CODES: &[(&str, Code)] = &[
+    ("cancelled", Code::Cancelled),
+    ("unknown", Code::Unknown),
+    ("invalid-argument", Code::InvalidArgument),
+    ("deadline-exceeded", Code::DeadlineExceeded),
+    ("not-found", Code::NotFound),
+    ("already-exists", Code::AlreadyExists),
+    ("permission-denied", Code::PermissionDenied),
+    ("resource-exhausted", Code::ResourceExhausted),
+    ("failed-precondition", Code::FailedPrecondition),
+    ("aborted", Code::Aborted),
+    ("out-of-range", Code::OutOfRange),
+    ("unimplemented", Code::Unimplemented),
+    ("internal", Code::Internal),
+    ("unavailable", Code::Unavailable),
+    ("data-loss", Code::DataLoss),
+    ("unauthenticated", Code::Unauthenticated),
+];
+
+impl FromStr for Fault {
+    type Err = String;
+
+    /// `short-write`, `stall` or `status:CODE` (e.g. `status:unavailable`).
+    fn from_str(text: &str) -> Result<Fault, String> {
+        match text {
+            "short-write" => return Ok(Fault::ShortWrite),
+            "stall" => return Ok(Fault::Stall),
+            _ => {}
+        }
+        let names = || {
+            FAULT_CODES
+                .iter()
+                .map(|(n, _)| *n)
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let Some(code) = text.strip_prefix("status:") else {
+            return Err(format!(
+                "unknown fault {text:?}: use short-write, stall or status:CODE (CODE one of {})",
+                names()
+            ));
+        };
+        FAULT_CODES
+            .iter()
+            .find(|(name, _)| *name == code)
+            .map(|(_, c)| Fault::Status(*c))
+            .ok_or_else(|| format!("unknown status {code:?}: use one of {}", names()))
+    }
+}
+
+/// Which Put streams get a [`Fault`]: every stream carrying data after the
+/// first `after`, counted in the order their first block arrives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FaultPlan {
+    pub fault: Fault,
+    pub after: u64,
+}
+
 /// The WAL service.
 pub struct WalService {
     storage: Storage,
     read_only: bool,
     totals: Arc<SinkTotals>,
+    faults: Option<Faults>,
+}
+
+/// A fault plan in force, with the count of data streams seen so far.
+struct Faults {
+    plan: FaultPlan,
+    streams: AtomicU64,
+    /// Ends stalls when the sink stops, so shutdown never waits on them.
+    shutdown: CancellationToken,
+}
+
+impl Faults {
+    /// The fault for the stream whose first block just arrived, if any.
+    fn next_stream(&self) -> Option<Fault> {
+        let seen = self.streams.fetch_add(1, Ordering::Relaxed);
+        (seen >= self.plan.after).then_some(self.plan.fault)
+    }
 }
 
 impl WalService {
@@ -84,7 +180,19 @@ impl WalService {
             storage,
             read_only,
             totals: Arc::default(),
+            faults: None,
         }
+    }
+
+    /// Injects `plan` into Put streams (tests only); stalled streams are
+    /// released when `shutdown` is cancelled.
+    pub fn with_faults(mut self, plan: FaultPlan, shutdown: CancellationToken) -> WalService {
+        self.faults = Some(Faults {
+            plan,
+            streams: AtomicU64::new(0),
+            shutdown,
+        });
+        self
     }
 
     /// The running totals.
@@ -188,6 +296,8 @@ impl Target {
 enum PutEnd {
     Complete,
     Partial,
+    /// Fault injected: stays partial, answered one byte short.
+    ShortWrite,
 }
 
 impl WalService {
@@ -198,11 +308,16 @@ impl WalService {
     ) -> Result<Option<(StreamId, PutEnd)>, PutFailure> {
         let mut id: Option<StreamId> = None;
         let mut target: Option<Target> = None;
+        let mut fault = None;
         while let Some(msg) = stream.message().await.map_err(PutFailure::Aborted)? {
             if self.read_only {
                 return Err(PutFailure::Rejected(Status::failed_precondition(
                     "server is read-only",
                 )));
+            }
+            if id.is_none() {
+                fault = self.faults.as_ref().and_then(Faults::next_stream);
+                self.inject_early(fault).await?;
             }
             match &id {
                 None => {
@@ -237,6 +352,9 @@ impl WalService {
         let Some(id) = id else {
             return Ok(None);
         };
+        if fault == Some(Fault::ShortWrite) {
+            return Ok(Some((id, PutEnd::ShortWrite)));
+        }
         if *written != id.size {
             return Ok(Some((id, PutEnd::Partial)));
         }
@@ -250,11 +368,45 @@ impl WalService {
         }
         Ok(Some((id, PutEnd::Complete)))
     }
+
+    /// Carries out the faults that strike as soon as a stream's first block
+    /// arrives; the others act when the stream ends.
+    async fn inject_early(&self, fault: Option<Fault>) -> Result<(), PutFailure> {
+        match fault {
+            Some(Fault::Status(code)) => Err(PutFailure::Injected(Status::new(
+                code,
+                format!(
+                    "fault injected by the sink (--fault status:{})",
+                    code_name(code)
+                ),
+            ))),
+            Some(Fault::Stall) => {
+                tracing::warn!("stalling a Put stream: it will not be read again (--fault stall)");
+                if let Some(f) = &self.faults {
+                    // The client's cancel drops this future; so does shutdown.
+                    f.shutdown.cancelled().await;
+                }
+                Err(PutFailure::Injected(Status::unavailable(
+                    "sink stopped while stalling this stream (--fault stall)",
+                )))
+            }
+            Some(Fault::ShortWrite) | None => Ok(()),
+        }
+    }
+}
+
+fn code_name(code: Code) -> &'static str {
+    FAULT_CODES
+        .iter()
+        .find(|(_, c)| *c == code)
+        .map_or("unknown", |(n, _)| n)
 }
 
 enum PutFailure {
     Rejected(Status),
     Aborted(Status),
+    /// A fault plan made the sink fail this stream.
+    Injected(Status),
 }
 
 #[tonic::async_trait]
@@ -278,6 +430,15 @@ impl Wal for WalService {
                     id.wal
                 );
             }
+            Ok(Some((id, PutEnd::ShortWrite))) => {
+                self.totals.partial.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    "{}/{} from {peer}: received {written} bytes, answering one byte short (--fault short-write)",
+                    id.cluster,
+                    id.wal
+                );
+                written = written.saturating_sub(1);
+            }
             Ok(Some((id, PutEnd::Partial))) => {
                 self.totals.partial.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(
@@ -291,6 +452,11 @@ impl Wal for WalService {
             Err(PutFailure::Rejected(status)) => {
                 self.totals.rejected.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!("rejected a Put stream from {peer}: {}", status.message());
+                return Err(status);
+            }
+            Err(PutFailure::Injected(status)) => {
+                self.totals.rejected.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!("failing a Put stream from {peer}: {}", status.message());
                 return Err(status);
             }
             Err(PutFailure::Aborted(status)) => {
@@ -353,5 +519,26 @@ impl Wal for WalService {
             }
         });
         Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fault_names_parse_and_unknown_ones_list_the_choices() {
+        assert_eq!("short-write".parse(), Ok(Fault::ShortWrite));
+        assert_eq!("stall".parse(), Ok(Fault::Stall));
+        assert_eq!(
+            "status:resource-exhausted".parse(),
+            Ok(Fault::Status(Code::ResourceExhausted))
+        );
+        for (name, code) in FAULT_CODES {
+            assert_eq!(code_name(*code), *name);
+        }
+        let err = "status:teapot".parse::<Fault>().unwrap_err();
+        assert!(err.contains("unauthenticated"), "{err}");
+        assert!("short".parse::<Fault>().unwrap_err().contains("stall"));
     }
 }

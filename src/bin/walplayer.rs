@@ -108,6 +108,22 @@ struct SinkArgs {
     /// Refuse every upload with FAILED_PRECONDITION, as a read-only Klio does
     #[arg(long)]
     read_only: bool,
+    /// Test only (hidden): misbehave on Put streams that carry data.
+    /// `short-write` answers written_size one byte short and leaves the file
+    /// partial; `status:CODE` rejects with that gRPC status (e.g.
+    /// `status:unavailable`); `stall` takes the first block, then neither
+    /// reads nor answers. The client's empty probe stream is never affected.
+    #[arg(long, hide = true, value_name = "FAULT")]
+    fault: Option<sink::Fault>,
+    /// Test only (hidden): the first N Put streams with data behave normally
+    #[arg(
+        long,
+        hide = true,
+        value_name = "N",
+        default_value_t = 0,
+        requires = "fault"
+    )]
+    fault_after: u64,
 }
 
 #[derive(clap::Args)]
@@ -242,10 +258,16 @@ async fn run_sink(args: SinkArgs, shutdown: CancellationToken) -> u8 {
         storage: sink::storage(if args.discard { None } else { args.data }, args.fsync),
         read_only: args.read_only,
     };
-    let bound = match sink::Sink::bind(args.listen, settings).await {
+    let mut bound = match sink::Sink::bind(args.listen, settings).await {
         Ok(s) => s,
         Err(e) => return usage_error(anyhow::anyhow!("cannot listen on {}: {e}", args.listen)),
     };
+    if let Some(fault) = args.fault {
+        bound = bound.with_faults(sink::FaultPlan {
+            fault,
+            after: args.fault_after,
+        });
+    }
     println!("listening on {}", bound.local_addr());
     tracing::info!("sink listening on {}", bound.local_addr());
     match bound.serve(shutdown).await {

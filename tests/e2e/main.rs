@@ -8,7 +8,9 @@ mod util;
 
 mod bad_input;
 mod distributed;
+mod faults;
 mod multihost;
 mod play;
 mod postgres;
+mod proxy;
 mod sink;
