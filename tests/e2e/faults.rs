@@ -19,7 +19,6 @@ mod secrets;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -32,25 +31,8 @@ const LIMIT: Duration = Duration::from_secs(60);
 /// One MiB: the size of every generated segment here.
 const MIB: u64 = 1 << 20;
 
-/// `--retries 0` if `walplayer SUBCOMMAND` has retries, else nothing.
-fn no_retries(env: &TestEnv, subcommand: &str) -> Vec<String> {
-    static PLAY: OnceLock<bool> = OnceLock::new();
-    static COORDINATOR: OnceLock<bool> = OnceLock::new();
-    let cell = match subcommand {
-        "play" => &PLAY,
-        "coordinator" => &COORDINATOR,
-        other => panic!("no retries flag for {other}"),
-    };
-    let has = *cell.get_or_init(|| {
-        let out = run(&mut env.walplayer(&[subcommand, "--help"]));
-        stdout(&out).contains("--retries")
-    });
-    if has {
-        vec!["--retries".into(), "0".into()]
-    } else {
-        Vec::new()
-    }
-}
+/// One attempt per file, so each test sees its fault's own error.
+const NO_RETRIES: [&str; 2] = ["--retries", "0"];
 
 /// What a finished `play` left behind.
 struct Played {
@@ -80,7 +62,7 @@ fn play(env: &TestEnv, wal: &Path, address: &str, tag: &str, extra: &[&str]) -> 
     let summary = env.path(&format!("{tag}-summary.json"));
     let log = env.path(&format!("{tag}.log"));
     let mut cmd = env.play(wal, address, &["-j", "1", "--block-size", "256", "--quiet"]);
-    cmd.args(no_retries(env, "play"))
+    cmd.args(NO_RETRIES)
         .args(extra)
         .arg("--output")
         .arg(&output)

@@ -50,7 +50,7 @@ impl Fleet {
         let mut cmd = env.walplayer(&["coordinator", "--listen", "127.0.0.1:0", "--quiet"]);
         cmd.args(["--agents", &agents.to_string(), "--address", klio])
             .args(["--wal-size", "1", "--block-size", "256", "-j", "1"])
-            .args(no_retries(env, "coordinator"))
+            .args(NO_RETRIES)
             .args(args)
             .arg("--output")
             .arg(&merged)
@@ -61,7 +61,7 @@ impl Fleet {
         let line = coordinator.wait_line("coordinator listening on ", LIMIT);
         let address = line.rsplit(' ').next().unwrap().to_string();
         let mut fleet: Vec<Logged> = (0..agents)
-            .map(|i| self.agent(&format!("agent-{i}"), &address))
+            .map(|i| self.agent(&format!("agent-{i}"), &address, klio))
             .collect();
         let code = coordinator.wait(LIMIT).code();
         let agent_codes = fleet.iter_mut().map(|a| a.wait(LIMIT).code()).collect();
@@ -75,7 +75,7 @@ impl Fleet {
         }
     }
 
-    fn agent(&self, name: &str, coordinator: &str) -> Logged {
+    fn agent(&self, name: &str, coordinator: &str, klio: &str) -> Logged {
         let data = self.env.path(name);
         std::fs::create_dir_all(&data).unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_walplayer-agent"));
@@ -87,6 +87,8 @@ impl Fleet {
             .arg(&data)
             .arg("--config")
             .arg(&self.env.certs.klio_config)
+            // The coordinator's --address override needs the agent's consent.
+            .args(["--allow-address", klio])
             .stdout(Stdio::null());
         Logged::start(cmd, self.env.path(&format!("{name}.log")))
     }

@@ -106,6 +106,7 @@ fn private_keys_never_reach_a_log() {
     cmd.env("HOME", env.dir.path())
         .env("RUST_LOG", "trace")
         .args(["--coordinator", &address, "--name", "keys", "--once"])
+        .args(["--allow-address", &sink.address])
         .arg("--data-dir")
         .arg(&agent_data)
         .arg("--config")
