@@ -31,7 +31,7 @@ pub enum TlsError {
         expected: &'static str,
         detail: String,
     },
-    #[error("{what} {path}: {detail}")]
+    #[error("{what} {path} {detail}")]
     Unusable {
         what: &'static str,
         path: PathBuf,
@@ -92,7 +92,7 @@ fn roots(what: &'static str, path: &Path) -> Result<RootCertStore, TlsError> {
         store.add(cert).map_err(|e| TlsError::Unusable {
             what,
             path: path.to_path_buf(),
-            detail: format!("not a usable CA certificate: {e}"),
+            detail: format!("is not a usable CA certificate: {e}"),
         })?;
     }
     Ok(store)
@@ -106,16 +106,16 @@ pub fn client_config(
 ) -> Result<Arc<ClientConfig>, TlsError> {
     let roots = roots("server CA certificate (server_cert_path)", server_ca)?;
     let chain = load_certs("client certificate (client_cert_path)", cert)?;
-    let key = load_key("client key (client_key_path)", key)?;
+    let key_der = load_key("client key (client_key_path)", key)?;
     let mut config = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .expect("ring supports the default protocol versions")
         .with_root_certificates(roots)
-        .with_client_auth_cert(chain, key)
+        .with_client_auth_cert(chain, key_der)
         .map_err(|e| TlsError::Unusable {
-            what: "client certificate and key",
+            what: "client certificate",
             path: cert.to_path_buf(),
-            detail: format!("do not form a usable pair: {e}"),
+            detail: format!("and key {} do not form a usable pair: {e}", key.display()),
         })?;
     config.alpn_protocols = vec![ALPN_H2.to_vec()];
     Ok(Arc::new(config))
@@ -134,19 +134,19 @@ pub fn server_config(
         .map_err(|e| TlsError::Unusable {
             what: "client CA certificate",
             path: client_ca.to_path_buf(),
-            detail: e.to_string(),
+            detail: format!("cannot verify clients: {e}"),
         })?;
     let chain = load_certs("server certificate", cert)?;
-    let key = load_key("server key", key)?;
+    let key_der = load_key("server key", key)?;
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .expect("ring supports the default protocol versions")
         .with_client_cert_verifier(verifier)
-        .with_single_cert(chain, key)
+        .with_single_cert(chain, key_der)
         .map_err(|e| TlsError::Unusable {
-            what: "server certificate and key",
+            what: "server certificate",
             path: cert.to_path_buf(),
-            detail: format!("do not form a usable pair: {e}"),
+            detail: format!("and key {} do not form a usable pair: {e}", key.display()),
         })?;
     config.alpn_protocols = vec![ALPN_H2.to_vec()];
     Ok(Arc::new(config))

@@ -105,7 +105,16 @@ pub async fn connect(
     endpoint
         .connect_with_connector(connector)
         .await
-        .map_err(|e| error_chain(&e))
+        .map_err(|e| {
+            let text = error_chain(&e);
+            if text.contains("deadline has elapsed") {
+                format!(
+                    "no answer within {CONNECT_TIMEOUT:?} (TCP connect and TLS handshake): {text}"
+                )
+            } else {
+                text
+            }
+        })
 }
 
 fn tune_socket(tcp: &TcpStream) {

@@ -65,8 +65,11 @@ impl Failure {
         }
     }
 
-    /// A gRPC status from the server, classified by its code.
-    pub fn from_status(context: &str, status: &tonic::Status) -> Failure {
+    /// A failed call during `action` (e.g. "upload"): a status the server
+    /// answered is a refusal; one made by the transport under it (reset,
+    /// refused, closed) is a broken connection, said as such. Classified by
+    /// its code for retrying.
+    pub fn from_status(action: &str, status: &tonic::Status) -> Failure {
         use tonic::Code::*;
         let retryable = matches!(
             status.code(),
@@ -78,10 +81,15 @@ impl Failure {
                 | Aborted
                 | Internal
         );
-        Failure {
-            message: format!("{context}: {}", status_text(status)),
-            retryable,
-        }
+        let message = if std::error::Error::source(status).is_some() {
+            format!(
+                "the connection to the server failed during the {action}: {}",
+                status_text(status)
+            )
+        } else {
+            format!("server rejected the {action}: {}", status_text(status))
+        };
+        Failure { message, retryable }
     }
 }
 
@@ -197,7 +205,7 @@ async fn send(
     let call = client.put(ReceiverStream::new(rx));
     tokio::pin!(call);
     tokio::pin!(reader);
-    let rejected = |s: tonic::Status| Failure::from_status("server rejected the upload", &s);
+    let rejected = |s: tonic::Status| Failure::from_status("upload", &s);
     let sent = tokio::select! {
         read = &mut reader => match read {
             Ok(Ok(sent)) => sent,

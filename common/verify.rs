@@ -27,7 +27,7 @@ pub async fn read_back(client: &mut Client, work: &Work, sent: &Sent) -> Result<
     let mut stream = client
         .get(request)
         .await
-        .map_err(|s| Failure::from_status("verification: cannot read the file back", &s))?
+        .map_err(|s| Failure::from_status("read-back of the file (--verify)", &s))?
         .into_inner();
     let (tx, rx) = mpsc::channel::<Bytes>(2);
     let segment = work.segment.clone();
@@ -42,12 +42,7 @@ pub async fn read_back(client: &mut Client, work: &Work, sent: &Sent) -> Result<
                 }
             }
             Ok(None) => break,
-            Err(s) => {
-                return Err(Failure::from_status(
-                    "verification: reading the file back failed",
-                    &s,
-                ))
-            }
+            Err(s) => return Err(Failure::from_status("read-back of the file (--verify)", &s)),
         }
     }
     drop(tx);
