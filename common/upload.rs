@@ -357,12 +357,16 @@ mod tests {
 
     #[test]
     fn statuses_are_classified() {
-        let f = Failure::from_status("x", &tonic::Status::unavailable("down"));
+        let f = Failure::from_status("upload", &tonic::Status::unavailable("down"));
         assert!(f.retryable);
+        assert_eq!(f.message, "server rejected the upload: Unavailable: down");
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset by peer");
+        let broken = Failure::from_status("upload", &tonic::Status::from_error(Box::new(io)));
+        assert!(broken.retryable);
+        let text = &broken.message;
         assert!(
-            f.message.starts_with("x: Unavailable: down"),
-            "{}",
-            f.message
+            text.starts_with("the connection to the server failed during the upload"),
+            "{text}"
         );
         assert!(!Failure::from_status("x", &tonic::Status::invalid_argument("bad")).retryable);
         assert!(!Failure::from_status("x", &tonic::Status::failed_precondition("ro")).retryable);

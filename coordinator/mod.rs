@@ -68,10 +68,14 @@ impl Coordinator {
         let listener = TcpListener::bind(listen)
             .await
             .with_context(|| format!("cannot listen on {listen}"))?;
-        if opts.tls.is_none() && !listen.ip().is_loopback() {
-            tracing::warn!(
+        match (&opts.tls, listen.ip().is_loopback()) {
+            (Some(_), _) => tracing::info!("control channel: mutual TLS; only agents with a certificate from --client-ca can join"),
+            (None, true) => tracing::info!(
+                "control channel without TLS, so on loopback only; give --tls-cert, --tls-key and --client-ca to take agents from other hosts"
+            ),
+            (None, false) => tracing::warn!(
                 "the control channel on {listen} has no TLS: anyone who can reach it can join the run; use --tls-cert, --tls-key and --client-ca"
-            );
+            ),
         }
         Ok(Coordinator { listener, opts })
     }
