@@ -18,10 +18,14 @@
 //! `WALPLAYER_BENCH_SMOKE=1` divides every run's files by 100, to check the
 //! bench itself quickly (the numbers then mean little).
 
+#[path = "support/mod.rs"]
+mod support;
+use support::{status_kib, walplayer_binary};
+
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -701,24 +705,8 @@ fn check_summary(path: &Path, case: &Case, failed: u64, code: i32) -> Result<()>
 
 // ---------------------------------------------------------------- helpers
 
-/// The `walplayer` binary cargo built with this bench, or the one next to
-/// it (`target/<profile>/walplayer`).
-fn walplayer_binary() -> Option<PathBuf> {
-    let built = option_env!("CARGO_BIN_EXE_walplayer").map(PathBuf::from);
-    let beside = std::env::current_exe()
-        .ok()
-        .and_then(|exe| Some(exe.parent()?.parent()?.join("walplayer")));
-    [built, beside].into_iter().flatten().find(|p| p.is_file())
-}
-
 fn read_proc(pid: i32, file: &str) -> Option<String> {
     std::fs::read_to_string(format!("/proc/{pid}/{file}")).ok()
-}
-
-/// A `Vm...:` line of `/proc/PID/status`, in KiB.
-fn status_kib(status: &str, key: &str) -> Option<u64> {
-    let line = status.lines().find(|l| l.starts_with(key))?;
-    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// User + system CPU of a live process so far, from `/proc/PID/stat`.

@@ -16,6 +16,10 @@
 //! not what is measured. Asserts that every byte arrived, never anything
 //! about time; every phase has a deadline.
 
+#[path = "support/mod.rs"]
+mod support;
+use support::{status_kib, walplayer_binary};
+
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
@@ -413,16 +417,6 @@ struct PlayRun<'a> {
     block_kib: usize,
 }
 
-/// The `walplayer` binary cargo built with this bench, or the one next to
-/// it (`target/<profile>/walplayer`).
-fn walplayer_binary() -> Option<PathBuf> {
-    let built = option_env!("CARGO_BIN_EXE_walplayer").map(PathBuf::from);
-    let beside = std::env::current_exe()
-        .ok()
-        .and_then(|exe| Some(exe.parent()?.parent()?.join("walplayer")));
-    [built, beside].into_iter().flatten().find(|p| p.is_file())
-}
-
 /// `walplayer` with no Klio settings inherited.
 fn walplayer(bin: &Path, home: &Path) -> Command {
     let mut cmd = Command::new(bin);
@@ -500,7 +494,7 @@ fn wait_with_peak(mut child: Child, limit: Duration) -> Result<(i32, u64)> {
         if let Some(kib) = std::fs::read_to_string(&status_file)
             .ok()
             .as_deref()
-            .and_then(vm_hwm_kib)
+            .and_then(|s| status_kib(s, "VmHWM:"))
         {
             peak_kib = peak_kib.max(kib);
         }
@@ -514,12 +508,6 @@ fn wait_with_peak(mut child: Child, limit: Duration) -> Result<(i32, u64)> {
         }
         std::thread::sleep(Duration::from_millis(5));
     }
-}
-
-/// `VmHWM` of a `/proc/PID/status` text, in KiB.
-fn vm_hwm_kib(status: &str) -> Option<u64> {
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// A `walplayer sink --discard` process; killed when dropped.

@@ -149,6 +149,19 @@ pub struct ErrorCount {
     pub count: u64,
 }
 
+/// Errors counted by message, most frequent first.
+pub fn error_counts(errors: &BTreeMap<String, u64>) -> Vec<ErrorCount> {
+    let mut v: Vec<ErrorCount> = errors
+        .iter()
+        .map(|(message, count)| ErrorCount {
+            message: message.clone(),
+            count: *count,
+        })
+        .collect();
+    v.sort_by(|a, b| b.count.cmp(&a.count).then(a.message.cmp(&b.message)));
+    v
+}
+
 /// Totals of a run, as written to `--summary FILE`.
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -170,15 +183,7 @@ impl Totals {
     pub fn new(stats: &Stats, wall: Duration) -> Totals {
         let secs = wall.as_secs_f64();
         let per_sec = |x: f64| if secs > 0.0 { x / secs } else { 0.0 };
-        let mut errors: Vec<ErrorCount> = stats
-            .errors
-            .iter()
-            .map(|(message, count)| ErrorCount {
-                message: message.clone(),
-                count: *count,
-            })
-            .collect();
-        errors.sort_by(|a, b| b.count.cmp(&a.count).then(a.message.cmp(&b.message)));
+        let errors = error_counts(&stats.errors);
         Totals {
             files_ok: stats.files_ok,
             files_failed: stats.files_failed,

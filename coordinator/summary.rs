@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::common::report::FileReport;
-use crate::common::stats::{ErrorCount, Latency, Totals};
+use crate::common::stats::{error_counts, ErrorCount, Latency, Totals};
 use crate::coordinator::track::Unreported;
 
 /// Most distinct error messages kept per agent or cluster.
@@ -56,16 +56,7 @@ impl Tally {
     }
 
     fn errors(&self) -> Vec<ErrorCount> {
-        let mut v: Vec<_> = self
-            .errors
-            .iter()
-            .map(|(m, c)| ErrorCount {
-                message: m.clone(),
-                count: *c,
-            })
-            .collect();
-        v.sort_by(|a, b| b.count.cmp(&a.count).then(a.message.cmp(&b.message)));
-        v
+        error_counts(&self.errors)
     }
 }
 
