@@ -13,4 +13,5 @@ mod multihost;
 mod play;
 mod postgres;
 mod proxy;
+mod quickstart;
 mod sink;
