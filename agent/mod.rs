@@ -11,6 +11,8 @@
 //! - [`shard`]: which files this agent plays, as which clusters, and the
 //!   bounds it checks every assignment against.
 //! - [`health`]: gRPC health for Kubernetes probes.
+//! - [`cli`]: the agent's flags and start-up (shared by `walplayer-agent`
+//!   and `walplayer agent`).
 
 pub mod cli;
 pub mod health;

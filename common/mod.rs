@@ -13,8 +13,14 @@
 //! - [`config`]: Klio client settings from file, environment and flags.
 //! - [`tls`]: rustls configurations from PEM files.
 //! - [`klio`]: connections to a Klio WAL server, with its transport limits.
+//! - [`transport`]: TCP, optional rustls and HTTP/2 settings under every
+//!   channel, either side.
+//! - [`verify`]: read-back of stored files (`--verify`).
 //! - [`sink`]: a Klio-compatible WAL server for tests and demos.
-//! - [`certs`]: a development CA with server and client certificates.
+//! - [`certs`]: a development CA with server, client, coordinator and agent
+//!   certificates.
+//! - [`cli`]: flags shared by the binaries; [`quickstart`]: the demo;
+//!   [`alloc`]: allocator tuning for block-sized buffers.
 
 pub mod alloc;
 pub mod certs;

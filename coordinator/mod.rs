@@ -10,6 +10,7 @@
 //! - [`plan`]: how a workload splits into one assignment per agent.
 //! - [`track`]: which files each cluster must report, one bit per file.
 //! - [`summary`]: the merged summary, per agent and per cluster.
+//! - [`cli`]: the coordinator's flags and their validation.
 
 pub mod cli;
 pub mod plan;
