@@ -461,3 +461,44 @@ fn agents_refuse_an_address_or_size_outside_their_bounds() {
     assert_eq!(a.wait(LIMIT).code(), Some(1));
     assert!(c.stored().is_empty(), "nothing was uploaded");
 }
+
+#[tokio::test]
+async fn other_version_is_refused_with_a_reason() {
+    use walplayer::proto::control::agent_message::Body as Up;
+    use walplayer::proto::control::control_client::ControlClient;
+    use walplayer::proto::control::coordinator_message::Body as Down;
+    use walplayer::proto::control::{AgentMessage, Register};
+
+    let c = Cluster::new();
+    let (coord, addr) = c.coordinator(&["--agents", "1", "--length", "1", "--wal-size", "1"]);
+    let mut client = ControlClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    let register = AgentMessage {
+        body: Some(Up::Register(Register {
+            name: "old-agent".into(),
+            version: "0.0.1".into(),
+            ..Default::default()
+        })),
+    };
+    let mut down = client
+        .session(tokio_stream::iter(vec![register]))
+        .await
+        .unwrap()
+        .into_inner();
+    let reply = tokio::time::timeout(LIMIT, down.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let Some(Down::Refusal(r)) = reply.body else {
+        panic!("expected a refusal, got {reply:?}");
+    };
+    assert!(
+        r.reason
+            .contains("runs walplayer 0.0.1 but the coordinator runs"),
+        "{}",
+        r.reason
+    );
+    coord.wait_line("refused agent old-agent", LIMIT);
+}

@@ -294,11 +294,15 @@ fn sink_killed_mid_run_ends_the_run_with_a_summary() {
         .play(
             &wal,
             &sink.address,
+            // One retry each: the files after the kill fail within bounded
+            // time (250 ms of backoff each) and show their retry.
             &[
                 "--block-size",
                 "16",
                 "--timeout",
                 "20s",
+                "--retries",
+                "1",
                 "--quiet",
                 "--output",
             ],
@@ -330,6 +334,12 @@ fn sink_killed_mid_run_ends_the_run_with_a_summary() {
     let s = read_json(&summary);
     assert_eq!(s["filesOk"], ok as u64);
     assert_eq!(s["filesFailed"], 60 - ok as u64);
+    for failed in lines.iter().filter(|l| l["error"] != "") {
+        assert_eq!(
+            failed["attempts"], 2,
+            "retried once before failing: {failed}"
+        );
+    }
 }
 
 #[test]
