@@ -14,3 +14,4 @@ mod play;
 mod postgres;
 mod proxy;
 mod sink;
+mod troubleshooting;
