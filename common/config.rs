@@ -434,7 +434,9 @@ mod tests {
             ("- a\n- b\n", "the top level", "a list"),
             ("Client:\n  WAL: [x]\n", "client.wal", "a list"),
         ] {
-            let e = parse_yaml(Path::new("k.yaml"), text).unwrap_err().to_string();
+            let e = parse_yaml(Path::new("k.yaml"), text)
+                .unwrap_err()
+                .to_string();
             assert!(
                 e.contains(&format!("{key} must be a mapping")) && e.contains(found),
                 "{text:?}: {e}"
@@ -444,7 +446,11 @@ mod tests {
         assert!(file("client:\n  wal:\n").layer.0.is_empty());
         // Keys that are not strings are named plainly.
         let f = file("client:\n  1: x\n");
-        assert!(f.warnings[0].contains("unknown key client.1 "), "{:?}", f.warnings);
+        assert!(
+            f.warnings[0].contains("unknown key client.1 "),
+            "{:?}",
+            f.warnings
+        );
     }
 
     #[test]
@@ -499,9 +505,8 @@ mod tests {
         yaml_leaf().prop_recursive(4, 48, 6, |inner| {
             prop_oneof![
                 prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Sequence),
-                prop::collection::vec((yaml_key(), inner), 0..6).prop_map(|pairs| {
-                    Value::Mapping(pairs.into_iter().collect::<Mapping>())
-                }),
+                prop::collection::vec((yaml_key(), inner), 0..6)
+                    .prop_map(|pairs| { Value::Mapping(pairs.into_iter().collect::<Mapping>()) }),
             ]
         })
     }

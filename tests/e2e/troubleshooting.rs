@@ -53,8 +53,14 @@ const fn row(
 /// YAML configuration files the rows name as `{yaml:NAME}`.
 const YAML: &[(&str, &[u8])] = &[
     ("list-name", b"client:\n  cluster_name: [a]\n"),
-    ("number-address", b"client:\n  cluster_name: x\n  wal:\n    address: 52000\n"),
-    ("string-wal", b"client:\n  cluster_name: x\n  wal: \"string\"\n"),
+    (
+        "number-address",
+        b"client:\n  cluster_name: x\n  wal:\n    address: 52000\n",
+    ),
+    (
+        "string-wal",
+        b"client:\n  cluster_name: x\n  wal: \"string\"\n",
+    ),
     ("top-list", b"- client\n- wal\n"),
     ("not-utf8", b"client:\n  cluster_name: \xff\xfe\n"),
 ];
@@ -436,7 +442,11 @@ fn check(fx: &Fixture, row: &Row) -> Option<String> {
     let name = format!("[{}] {}: {}", row.group, row.input, row.example);
     let mut problems = Vec::new();
     if out.status.code() != Some(row.exit) {
-        problems.push(format!("exit {:?}, table says {}", out.status.code(), row.exit));
+        problems.push(format!(
+            "exit {:?}, table says {}",
+            out.status.code(),
+            row.exit
+        ));
     }
     for n in row.needles {
         if !err.contains(n) {
@@ -547,7 +557,10 @@ fn a_fifo_as_config_waits_and_two_ctrl_c_stop_it() {
     // Let it reach the open(2) of the FIFO and its signal handler start.
     std::thread::sleep(std::time::Duration::from_millis(500));
     signal(&logged.child, libc::SIGINT);
-    logged.wait_line("Ctrl-C again stops at once", std::time::Duration::from_secs(10));
+    logged.wait_line(
+        "Ctrl-C again stops at once",
+        std::time::Duration::from_secs(10),
+    );
     signal(&logged.child, libc::SIGINT);
     let status = logged.wait(std::time::Duration::from_secs(10));
     assert_eq!(status.code(), Some(130), "{}", logged.text());
