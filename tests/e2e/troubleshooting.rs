@@ -144,10 +144,10 @@ const ROWS: &[Row] = &[
     row("play", "YAML wrong type", "`wal: \"string\"`", "walplayer play {wal} --config {yaml:string-wal}", 2,
         "configuration file F: client.wal must be a mapping of settings (as in `client:` then `  wal:` on the next lines), found a string", &["client.wal must be a mapping", "found a string"],
         "indent address and the paths under `wal:`"),
-    row("play", "YAML wrong type", "a list instead of `client:`", "walplayer play {wal} --config {yaml:top-list}", 2,
+    row("play", "YAML wrong type", "`- client` (a list, not `client:`)", "walplayer play {wal} --config {yaml:top-list}", 2,
         "configuration file F: the top level must be a mapping of settings ..., found a list", &["the top level must be a mapping", "found a list"],
         "start the file with `client:`"),
-    row("play", "YAML not text", "bytes that are not UTF-8", "walplayer play {wal} --config {yaml:not-utf8}", 2,
+    row("play", "YAML not text", "`cluster_name: \\xff\\xfe` (not UTF-8)", "walplayer play {wal} --config {yaml:not-utf8}", 2,
         "cannot read configuration file F: stream did not contain valid UTF-8", &["cannot read configuration file", "valid UTF-8"],
         "save the file as UTF-8"),
     row("play", "missing file", "walplayer play ./wal --client-cert ./nope.crt", "walplayer play {wal} {klio} --client-cert {missing}", 2,
@@ -501,10 +501,11 @@ fn table() -> String {
                 "\n### {group}\n\n| input | example | exit | what walplayer says | what to do |\n|---|---|---|---|---|\n"
             ));
         }
-        let example = if row.example.starts_with('`') {
-            row.example.to_string()
-        } else {
-            format!("`{}`", row.example)
+        // A note in parentheses stays outside the code span.
+        let example = match row.example.split_once(" (") {
+            _ if row.example.starts_with('`') => row.example.to_string(),
+            Some((code, note)) => format!("`{code}` ({note}"),
+            None => format!("`{}`", row.example),
         };
         text.push_str(&format!(
             "| {} | {} | {} | {} | {} |\n",
