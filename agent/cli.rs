@@ -70,6 +70,12 @@ pub async fn run(args: AgentArgs) -> i32 {
     if let Err(e) = agent::check_name(&name) {
         return usage_error(e);
     }
+    if args.data_dir.exists() && !args.data_dir.is_dir() {
+        return usage_error(format!(
+            "--data-dir {} is a file, not a directory: give a directory (it is created if missing)",
+            args.data_dir.display()
+        ));
+    }
     if let Err(e) = std::fs::create_dir_all(&args.data_dir) {
         return usage_error(format!(
             "cannot create --data-dir {}: {e}",
@@ -84,9 +90,16 @@ pub async fn run(args: AgentArgs) -> i32 {
     if let Err(e) = crate::common::config::split_address(&args.coordinator) {
         return usage_error(format!("--coordinator: {e}"));
     }
+    // A coordinator's override is compared with these; a malformed one
+    // could never match, and the refusal would come only at run time.
+    for allowed in &args.allow_address {
+        if let Err(e) = crate::common::config::split_address(allowed) {
+            return usage_error(format!("--allow-address: {e}"));
+        }
+    }
     let control_tls = match (&args.control_ca, &args.control_cert, &args.control_key) {
         (Some(ca), Some(cert), Some(key)) => {
-            match tls::client_config(ca, cert, key)
+            match tls::control_client_config(ca, cert, key)
                 .map_err(|e| e.to_string())
                 .and_then(|c| ClientTls::for_address(&args.coordinator, c))
             {

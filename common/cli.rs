@@ -150,25 +150,34 @@ pub fn init_logging(with_time: bool) {
     }
 }
 
-/// Cancels `token` on Ctrl-C or SIGTERM.
+/// Cancels `token` on Ctrl-C or SIGTERM; a second one exits at once with
+/// status 130, for a process stuck where it cannot see the token (a
+/// blocking read of a FIFO named as a certificate or configuration file).
 pub fn cancel_on_signal(token: tokio_util::sync::CancellationToken) {
     tokio::spawn(async move {
         let mut term =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-        let sigterm = async {
-            match term.as_mut() {
-                Some(t) => {
-                    t.recv().await;
-                }
-                None => std::future::pending::<()>().await,
-            }
-        };
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => tracing::warn!("interrupted: starting no new file; writing what finished and the summary"),
-            _ = sigterm => tracing::warn!("terminated: starting no new file"),
+            _ = tokio::signal::ctrl_c() => tracing::warn!("interrupted: starting no new file; writing what finished and the summary (Ctrl-C again stops at once)"),
+            _ = next_sigterm(&mut term) => tracing::warn!("terminated: starting no new file (a second signal stops at once)"),
         }
         token.cancel();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = next_sigterm(&mut term) => {}
+        }
+        eprintln!("second signal: stopping at once; results already written are kept");
+        std::process::exit(130);
     });
+}
+
+async fn next_sigterm(term: &mut Option<tokio::signal::unix::Signal>) {
+    match term.as_mut() {
+        Some(t) => {
+            t.recv().await;
+        }
+        None => std::future::pending::<()>().await,
+    }
 }
 
 #[cfg(test)]

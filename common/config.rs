@@ -114,6 +114,12 @@ pub enum ConfigError {
         key: String,
         found: &'static str,
     },
+    #[error("configuration file {path}: {key} must be a mapping of settings (as in `client:` then `  wal:` on the next lines), found {found}")]
+    NotAMapping {
+        path: PathBuf,
+        key: String,
+        found: &'static str,
+    },
     #[error("{}", missing_message(.0))]
     Missing(Vec<Key>),
     #[error("{0}")]
@@ -166,6 +172,7 @@ pub fn parse_yaml(path: &Path, text: &str) -> Result<FileLayer, ConfigError> {
             path: path.to_path_buf(),
             message: e.to_string(),
         })?;
+    check_sections(path, &value)?;
     let mut out = FileLayer::default();
     let mut leaves = Vec::new();
     flatten(&value, String::new(), &mut leaves);
@@ -197,6 +204,36 @@ pub fn parse_yaml(path: &Path, text: &str) -> Result<FileLayer, ConfigError> {
     Ok(out)
 }
 
+/// The top level, `client` and `client.wal` hold settings: anything else
+/// there would otherwise be ignored with a warning and then reported as
+/// every setting missing.
+fn check_sections(path: &Path, value: &serde_norway::Value) -> Result<(), ConfigError> {
+    use serde_norway::Value;
+    let not_a_mapping = |key: &str, found: &Value| ConfigError::NotAMapping {
+        path: path.to_path_buf(),
+        key: key.to_string(),
+        found: yaml_kind(found),
+    };
+    let mut current = match value {
+        Value::Null => return Ok(()),
+        Value::Mapping(map) => map,
+        other => return Err(not_a_mapping("the top level", other)),
+    };
+    for section in ["client", "client.wal"] {
+        let last = section.rsplit('.').next().unwrap_or(section);
+        let found = current.iter().find_map(|(k, v)| match k {
+            Value::String(s) if s.eq_ignore_ascii_case(last) => Some(v),
+            _ => None,
+        });
+        current = match found {
+            None | Some(Value::Null) => return Ok(()),
+            Some(Value::Mapping(map)) => map,
+            Some(other) => return Err(not_a_mapping(section, other)),
+        };
+    }
+    Ok(())
+}
+
 fn flatten<'a>(
     value: &'a serde_norway::Value,
     prefix: String,
@@ -207,6 +244,8 @@ fn flatten<'a>(
             for (k, v) in map {
                 let name = match k {
                     serde_norway::Value::String(s) => s.clone(),
+                    serde_norway::Value::Number(n) => n.to_string(),
+                    serde_norway::Value::Bool(b) => b.to_string(),
                     other => format!("{other:?}"),
                 };
                 let dotted = if prefix.is_empty() {
@@ -236,6 +275,8 @@ fn yaml_kind(v: &serde_norway::Value) -> &'static str {
         serde_norway::Value::Bool(_) => "a boolean",
         serde_norway::Value::Sequence(_) => "a list",
         serde_norway::Value::Mapping(_) => "a mapping",
+        serde_norway::Value::String(_) => "a string",
+        serde_norway::Value::Number(_) => "a number",
         _ => "a value of another type",
     }
 }
@@ -386,6 +427,33 @@ mod tests {
     }
 
     #[test]
+    fn sections_of_the_wrong_type_are_errors() {
+        for (text, key, found) in [
+            ("client:\n  wal: \"string\"\n", "client.wal", "a string"),
+            ("client: 5\n", "client", "a number"),
+            ("- a\n- b\n", "the top level", "a list"),
+            ("Client:\n  WAL: [x]\n", "client.wal", "a list"),
+        ] {
+            let e = parse_yaml(Path::new("k.yaml"), text)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains(&format!("{key} must be a mapping")) && e.contains(found),
+                "{text:?}: {e}"
+            );
+        }
+        // Empty sections are simply unset.
+        assert!(file("client:\n  wal:\n").layer.0.is_empty());
+        // Keys that are not strings are named plainly.
+        let f = file("client:\n  1: x\n");
+        assert!(
+            f.warnings[0].contains("unknown key client.1 "),
+            "{:?}",
+            f.warnings
+        );
+    }
+
+    #[test]
     fn bad_values_are_named() {
         let mut f = file(FULL).layer;
         f.0.insert(Key::ClusterName, "a/b".into());
@@ -406,11 +474,63 @@ mod tests {
         assert!(split_address("a:99999").is_err());
     }
 
+    fn yaml_leaf() -> impl Strategy<Value = serde_norway::Value> {
+        use serde_norway::Value;
+        prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(|n| Value::Number(n.into())),
+            any::<f64>().prop_map(|n| Value::Number(n.into())),
+            "\\PC{0,30}".prop_map(Value::String),
+            "[a-z0-9./:\\[\\]-]{0,30}".prop_map(Value::String),
+        ]
+    }
+
+    fn yaml_key() -> impl Strategy<Value = serde_norway::Value> {
+        use serde_norway::Value;
+        prop_oneof![
+            4 => prop::sample::select(vec![
+                "client", "wal", "cluster_name", "address", "server_cert_path",
+                "client_cert_path", "client_key_path", "CLIENT", "Wal", "",
+            ])
+            .prop_map(|k| Value::String(k.to_string())),
+            1 => "\\PC{0,10}".prop_map(Value::String),
+            1 => any::<i32>().prop_map(|n| Value::Number(n.into())),
+            1 => any::<bool>().prop_map(Value::Bool),
+        ]
+    }
+
+    fn yaml_document() -> impl Strategy<Value = serde_norway::Value> {
+        use serde_norway::{Mapping, Value};
+        yaml_leaf().prop_recursive(4, 48, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Sequence),
+                prop::collection::vec((yaml_key(), inner), 0..6)
+                    .prop_map(|pairs| { Value::Mapping(pairs.into_iter().collect::<Mapping>()) }),
+            ]
+        })
+    }
+
     proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
         #[test]
         fn config_loader_never_panics(text in "\\PC{0,200}") {
             if let Ok(f) = parse_yaml(Path::new("fuzz.yaml"), &text) {
                 let _ = resolve(&f.layer, &Layer::default(), &Layer::default());
+            }
+        }
+
+        /// Documents shaped like the real one (the real keys, in any
+        /// case, at any depth) holding values of every YAML type.
+        #[test]
+        fn config_loader_never_panics_on_near_misses(doc in yaml_document()) {
+            let text = serde_norway::to_string(&doc).unwrap();
+            match parse_yaml(Path::new("fuzz.yaml"), &text) {
+                Ok(f) => {
+                    let _ = resolve(&f.layer, &Layer::default(), &Layer::default());
+                }
+                Err(e) => prop_assert!(e.to_string().contains("fuzz.yaml"), "{}", e),
             }
         }
 

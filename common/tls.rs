@@ -98,22 +98,59 @@ fn roots(what: &'static str, path: &Path) -> Result<RootCertStore, TlsError> {
     Ok(store)
 }
 
-/// Client side of mutual TLS: trust `server_ca`, present the client pair.
+/// What the three files of a client identity are called in messages.
+struct ClientFiles {
+    ca: &'static str,
+    cert: &'static str,
+    key: &'static str,
+}
+
+/// Client side of mutual TLS to Klio: trust `server_ca`, present the
+/// client pair. Errors name the Klio settings.
 pub fn client_config(
     server_ca: &Path,
     cert: &Path,
     key: &Path,
 ) -> Result<Arc<ClientConfig>, TlsError> {
-    let roots = roots("server CA certificate (server_cert_path)", server_ca)?;
-    let chain = load_certs("client certificate (client_cert_path)", cert)?;
-    let key_der = load_key("client key (client_key_path)", key)?;
+    let files = ClientFiles {
+        ca: "server CA certificate (server_cert_path)",
+        cert: "client certificate (client_cert_path)",
+        key: "client key (client_key_path)",
+    };
+    client_config_for(&files, server_ca, cert, key)
+}
+
+/// Client side of the agent's control channel; errors name the agent's
+/// `--control-*` flags, not the Klio settings.
+pub fn control_client_config(
+    ca: &Path,
+    cert: &Path,
+    key: &Path,
+) -> Result<Arc<ClientConfig>, TlsError> {
+    let files = ClientFiles {
+        ca: "coordinator CA certificate (--control-ca)",
+        cert: "agent certificate (--control-cert)",
+        key: "agent key (--control-key)",
+    };
+    client_config_for(&files, ca, cert, key)
+}
+
+fn client_config_for(
+    files: &ClientFiles,
+    server_ca: &Path,
+    cert: &Path,
+    key: &Path,
+) -> Result<Arc<ClientConfig>, TlsError> {
+    let roots = roots(files.ca, server_ca)?;
+    let chain = load_certs(files.cert, cert)?;
+    let key_der = load_key(files.key, key)?;
     let mut config = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .expect("ring supports the default protocol versions")
         .with_root_certificates(roots)
         .with_client_auth_cert(chain, key_der)
         .map_err(|e| TlsError::Unusable {
-            what: "client certificate",
+            what: files.cert,
             path: cert.to_path_buf(),
             detail: format!("and key {} do not form a usable pair: {e}", key.display()),
         })?;

@@ -45,7 +45,7 @@ struct GenerateArgs {
     #[arg(default_value = ".")]
     dir: PathBuf,
     /// Number of WAL files to write
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     length: u64,
     /// Size of each WAL file in MB: a power of two from 1 to 1024
     #[arg(long, value_name = "MB", default_value_t = 16)]
@@ -158,8 +158,22 @@ fn main() -> ExitCode {
 
 /// Prints an up-front error with its causes and gives exit status 2.
 fn usage_error(e: impl Into<anyhow::Error>) -> u8 {
-    eprintln!("walplayer: error: {:#}", e.into());
+    eprintln!("walplayer: error: {}", error_text(&e.into()));
     2
+}
+
+/// The error and its causes on one line, each cause once: many messages
+/// already end with their cause, which `{:#}` would print a second time.
+fn error_text(e: &anyhow::Error) -> String {
+    let mut text = e.to_string();
+    for cause in e.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text
 }
 
 async fn run(command: Command) -> u8 {
@@ -189,6 +203,10 @@ async fn run_generate(args: GenerateArgs, shutdown: CancellationToken) -> u8 {
         Ok(bytes) => bytes,
         Err(e) => return usage_error(anyhow::anyhow!("--wal-size: {e}")),
     };
+    // create_dir_all would only say "File exists".
+    if let Err(e) = dir_or_absent(&args.dir, "generate DIR") {
+        return usage_error(e);
+    }
     let payload = match &args.template {
         Some(path) => match generate::Payload::from_template(path) {
             Ok(p) => p,
@@ -247,6 +265,12 @@ async fn run_play(args: PlayArgs, shutdown: CancellationToken) -> u8 {
 }
 
 async fn run_sink(args: SinkArgs, shutdown: CancellationToken) -> u8 {
+    // Otherwise the sink would listen and then fail every upload.
+    if let Some(data) = args.data.as_deref().filter(|_| !args.discard) {
+        if let Err(e) = dir_or_absent(data, "--data") {
+            return usage_error(e);
+        }
+    }
     let tls =
         match walplayer::common::tls::server_config(&args.tls_cert, &args.tls_key, &args.client_ca)
         {
@@ -283,6 +307,13 @@ async fn run_sink(args: SinkArgs, shutdown: CancellationToken) -> u8 {
 }
 
 fn run_certs(args: CertsArgs) -> u8 {
+    // The address goes into klio-config.yaml; play would refuse it later.
+    if let Err(e) = walplayer::common::config::split_address(&args.address) {
+        return usage_error(anyhow::anyhow!("--address: {e}"));
+    }
+    if let Err(e) = dir_or_absent(&args.dir, "certs DIR") {
+        return usage_error(e);
+    }
     let spec = certs::CertSpec {
         hosts: args.hosts,
         cluster: args.cluster,
@@ -296,5 +327,16 @@ fn run_certs(args: CertsArgs) -> u8 {
             0
         }
         Err(e) => usage_error(e),
+    }
+}
+
+/// A directory walplayer will create or write into must not be a file.
+fn dir_or_absent(path: &std::path::Path, what: &str) -> anyhow::Result<()> {
+    match std::fs::metadata(path) {
+        Ok(m) if !m.is_dir() => anyhow::bail!(
+            "{what} {} is a file, not a directory: give a directory (it is created if missing)",
+            path.display()
+        ),
+        _ => Ok(()),
     }
 }

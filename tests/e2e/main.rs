@@ -15,3 +15,4 @@ mod postgres;
 mod proxy;
 mod quickstart;
 mod sink;
+mod troubleshooting;
