@@ -72,7 +72,21 @@ struct SummaryFile<'a> {
     block_size_kib: usize,
 }
 
-/// Opens where JSON lines go: a file, or stdout.
+/// Checks now, without emptying it, that `path` can be written, so a bad
+/// `flag` path fails before any upload while the previous run's file stays
+/// as it was until this run really starts.
+pub fn check_writable(path: Option<&Path>, flag: &str) -> Result<()> {
+    if let Some(p) = path {
+        std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(p)
+            .with_context(|| format!("cannot create {flag} file {}", p.display()))?;
+    }
+    Ok(())
+}
+
+/// Opens (emptying) where JSON lines go: a file, or stdout.
 pub fn open_output(path: Option<&Path>) -> Result<Box<dyn Write + Send>> {
     Ok(match path {
         Some(p) => Box::new(
@@ -83,12 +97,12 @@ pub fn open_output(path: Option<&Path>) -> Result<Box<dyn Write + Send>> {
     })
 }
 
-/// Creates the summary file now, so a bad path fails before any upload.
-pub fn open_summary(path: Option<&Path>) -> Result<Option<File>> {
-    path.map(|p| {
-        File::create(p).with_context(|| format!("cannot create --summary file {}", p.display()))
-    })
-    .transpose()
+/// Writes a summary document to `path` as pretty JSON.
+pub fn write_summary(path: &Path, doc: &impl Serialize) -> Result<()> {
+    let mut text = serde_json::to_string_pretty(doc)?;
+    text.push('\n');
+    std::fs::write(path, text)
+        .with_context(|| format!("cannot write --summary file {}", path.display()))
 }
 
 /// Connects `jobs` clients; the first one probes the server.
@@ -109,8 +123,11 @@ pub async fn play(opts: PlayOptions, shutdown: CancellationToken) -> Result<Play
     for skipped in &listing.skipped {
         tracing::warn!("skipping {}: {}", skipped.path.display(), skipped.reason);
     }
-    let mut output = JsonLines::new(open_output(opts.output.as_deref())?);
-    let summary_file = open_summary(opts.summary.as_deref())?;
+    if listing.segments.is_empty() {
+        tracing::warn!("no WAL files in {}: nothing to send", opts.dir.display());
+    }
+    check_writable(opts.output.as_deref(), "--output")?;
+    check_writable(opts.summary.as_deref(), "--summary")?;
     let tls = tls::client_config(
         &opts.klio.server_ca,
         &opts.klio.client_cert,
@@ -121,6 +138,9 @@ pub async fn play(opts: PlayOptions, shutdown: CancellationToken) -> Result<Play
         clients = connect_jobs(&endpoint, opts.jobs) => clients?,
         _ = shutdown.cancelled() => anyhow::bail!("interrupted while connecting to {}", endpoint.address()),
     };
+    // Everything that would fail every file is checked: this run starts,
+    // and only now replaces the previous run's results.
+    let mut output = JsonLines::new(open_output(opts.output.as_deref())?);
 
     let mut stats = Stats {
         files_skipped: listing.skipped.len() as u64,
@@ -160,7 +180,7 @@ pub async fn play(opts: PlayOptions, shutdown: CancellationToken) -> Result<Play
     let totals = Totals::new(&stats, started.elapsed());
     let interrupted = shutdown.is_cancelled();
     eprint!("{}", totals.to_text());
-    if let Some(mut file) = summary_file {
+    if let Some(path) = &opts.summary {
         let doc = SummaryFile {
             totals: &totals,
             interrupted,
@@ -169,10 +189,7 @@ pub async fn play(opts: PlayOptions, shutdown: CancellationToken) -> Result<Play
             jobs: opts.jobs,
             block_size_kib: opts.upload.block_bytes / 1024,
         };
-        let text = serde_json::to_string_pretty(&doc)?;
-        file.write_all(text.as_bytes())
-            .and_then(|_| file.write_all(b"\n"))
-            .context("cannot write --summary file")?;
+        write_summary(path, &doc)?;
     }
     if let Some(e) = write_error {
         anyhow::bail!(e);

@@ -19,7 +19,6 @@ pub mod service;
 pub mod summary;
 pub mod track;
 
-use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -31,7 +30,7 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::common::play::{open_output, open_summary};
+use crate::common::play::{check_writable, write_summary};
 use crate::common::transport;
 use crate::proto::control::control_server::ControlServer;
 pub use run::RunOutcome;
@@ -89,8 +88,8 @@ impl Coordinator {
 
     /// Runs one run to its end; errors are up-front ones (exit status 2).
     pub async fn run(self, shutdown: CancellationToken) -> Result<RunOutcome> {
-        let output = open_output(self.opts.output.as_deref())?;
-        let summary_file = open_summary(self.opts.summary.as_deref())?;
+        check_writable(self.opts.output.as_deref(), "--output")?;
+        check_writable(self.opts.summary.as_deref(), "--summary")?;
         let (events_tx, events) = mpsc::channel(4096);
         let stop_server = CancellationToken::new();
         let incoming = transport::incoming(
@@ -107,7 +106,7 @@ impl Coordinator {
             )
             .serve_with_incoming_shutdown(incoming, stop_server.clone().cancelled_owned());
         let server = tokio::spawn(server);
-        let outcome = run::Run::new(self.opts.clone(), output)
+        let outcome = run::Run::new(self.opts.clone())
             .drive(events, shutdown)
             .await;
         // Let the closing of every session reach the agents, then stop.
@@ -119,11 +118,8 @@ impl Coordinator {
         if let Some(why) = &outcome.failure {
             eprintln!("walplayer: run failed: {why}");
         }
-        if let Some(mut file) = summary_file {
-            let text = serde_json::to_string_pretty(&outcome.summary)?;
-            file.write_all(text.as_bytes())
-                .and_then(|_| file.write_all(b"\n"))
-                .context("cannot write --summary file")?;
+        if let Some(path) = &self.opts.summary {
+            write_summary(path, &outcome.summary)?;
         }
         Ok(outcome)
     }

@@ -10,6 +10,7 @@ use hdrhistogram::Histogram;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::common::play::open_output;
 use crate::common::progress::Progress;
 use crate::common::report::{from_unix_nanos, unix_nanos, FileReport, JsonLines};
 use crate::common::stats::{decode_histogram, new_histogram, Latency, Stats, Totals};
@@ -103,7 +104,8 @@ pub(crate) struct Run {
     received: Stats,
     merged: Histogram<u64>,
     clusters: HashMap<String, ClusterEntry>,
-    output: JsonLines<Box<dyn Write + Send>>,
+    /// Opened (emptying the previous run's file) when the barrier opens.
+    output: Option<JsonLines<Box<dyn Write + Send>>>,
     write_error: Option<String>,
     progress: Progress,
     failure: Option<(i32, String)>,
@@ -112,7 +114,7 @@ pub(crate) struct Run {
 }
 
 impl Run {
-    pub(crate) fn new(opts: CoordinatorOptions, output: Box<dyn Write + Send>) -> Run {
+    pub(crate) fn new(opts: CoordinatorOptions) -> Run {
         let nanos = unix_nanos(SystemTime::now());
         Run {
             run_id: format!("run-{:x}", nanos / 1_000_000),
@@ -124,7 +126,7 @@ impl Run {
             received: Stats::default(),
             merged: new_histogram(),
             clusters: HashMap::new(),
-            output: JsonLines::new(output),
+            output: None,
             write_error: None,
             progress: Progress::new(opts.quiet, 0, 0),
             failure: None,
@@ -362,6 +364,10 @@ impl Run {
     }
 
     fn release_barrier(&mut self) {
+        match open_output(self.opts.output.as_deref()) {
+            Ok(out) => self.output = Some(JsonLines::new(out)),
+            Err(e) => return self.fail(2, format!("{e:#}")),
+        }
         let at = SystemTime::now() + self.opts.barrier_delay;
         let start = Start {
             start_unix_nanos: unix_nanos(at),
@@ -410,8 +416,8 @@ impl Run {
             retries: f.retries,
             verified: f.verified,
         };
-        if self.write_error.is_none() {
-            if let Err(e) = self.output.write(&report) {
+        if let (None, Some(output)) = (&self.write_error, self.output.as_mut()) {
+            if let Err(e) = output.write(&report) {
                 self.write_error = Some(format!("cannot write results: {e}"));
                 self.fail(1, format!("cannot write results: {e}"));
             }

@@ -328,3 +328,39 @@ fn agent_bad_settings_are_usage_errors() {
         &["--control-cert"],
     );
 }
+
+#[test]
+fn a_run_that_fails_up_front_keeps_the_previous_results() {
+    let env = TestEnv::new();
+    let wal = env.generate("wal", 1, 1, &[]);
+    let (output, summary) = (env.path("results.json"), env.path("summary.json"));
+    std::fs::write(&output, "previous results\n").unwrap();
+    std::fs::write(&summary, "previous summary\n").unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut cmd = env.play(&wal, &format!("127.0.0.1:{port}"), &["--output"]);
+    cmd.arg(&output).arg("--summary").arg(&summary);
+    expect_usage_error(run(&mut cmd), &["cannot connect"]);
+    assert_eq!(
+        std::fs::read_to_string(&output).unwrap(),
+        "previous results\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&summary).unwrap(),
+        "previous summary\n"
+    );
+
+    // A run that starts replaces them.
+    let sink = env.sink(&env.path("data"), &[]);
+    let mut cmd = env.play(&wal, &sink.address, &["--output"]);
+    cmd.arg(&output).arg("--summary").arg(&summary);
+    assert_status(&run(&mut cmd), 0);
+    assert_eq!(
+        json_lines(&std::fs::read_to_string(&output).unwrap()).len(),
+        1
+    );
+    assert_eq!(read_json(&summary)["filesOk"], 1);
+}

@@ -1,5 +1,5 @@
 //! Bad input tried as a new user would, one row per mistake: the exit
-//! status and the words of the message. `docs/troubleshooting.md` is made
+//! status and the words of the message. The README's troubleshooting table is made
 //! from [`ROWS`] and checked against it, so the table and the tests cannot
 //! drift apart. (`bad_input.rs` covers further cases in more depth.)
 
@@ -175,10 +175,10 @@ const ROWS: &[Row] = &[
         "client.wal.address \"127.0.0.1:99999\" has no valid port", &["has no valid port"],
         "ports go up to 65535"),
     row("play", "empty directory", "walplayer play ./empty", "walplayer play {empty} {klio}", 0,
-        "0 files stored, 0 failed, 0 skipped (after connecting to the server)", &["0 files stored, 0 failed, 0 skipped"],
+        "no WAL files in ./empty: nothing to send; 0 files stored, 0 failed, 0 skipped", &["no WAL files in", "nothing to send", "0 files stored, 0 failed, 0 skipped"],
         "check the path: generate or copy WAL into it"),
     row("play", "no WAL names", "walplayer play ./notes (only notes.txt)", "walplayer play {nonwal} {klio}", 0,
-        "skipping ./notes/notes.txt: not a WAL file name; 0 files stored, 0 failed, 1 skipped", &["not a WAL file name", "1 skipped"],
+        "skipping ./notes/notes.txt: not a WAL file name; no WAL files in ./notes: nothing to send; 0 files stored, 0 failed, 1 skipped", &["not a WAL file name", "nothing to send", "1 skipped"],
         "files must carry PostgreSQL WAL names (optionally .gz)"),
     row("play", "zero size", "walplayer play ./zero (one empty WAL file)", "walplayer play {zero} {klio}", 1,
         "file is empty: Klio needs a non-zero segment_size, nothing was sent; 1 failed", &["file is empty", "1 failed"],
@@ -490,7 +490,7 @@ fn every_row_of_the_troubleshooting_table() {
     assert!(!fx.sink.log_text().contains("panicked"));
 }
 
-/// The table of `docs/troubleshooting.md`, made from [`ROWS`].
+/// The README's troubleshooting table, made from [`ROWS`].
 fn table() -> String {
     let mut text = String::new();
     let mut group = "";
@@ -526,7 +526,7 @@ const END: &str = "<!-- end of table -->";
 /// ROWS: `WALPLAYER_WRITE_TABLE=1 cargo test --test e2e troubleshooting`.
 #[test]
 fn the_documented_table_is_the_tested_one() {
-    let doc_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/troubleshooting.md");
+    let doc_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md");
     let doc = std::fs::read_to_string(&doc_path).unwrap();
     let (head, rest) = doc.split_once(BEGIN).expect("table start marker");
     let (documented, tail) = rest.split_once(END).expect("table end marker");
@@ -537,7 +537,7 @@ fn the_documented_table_is_the_tested_one() {
     }
     assert!(
         documented == table,
-        "docs/troubleshooting.md's table differs from ROWS; rewrite it with WALPLAYER_WRITE_TABLE=1"
+        "README.md's troubleshooting table differs from ROWS; rewrite it with WALPLAYER_WRITE_TABLE=1"
     );
 }
 
