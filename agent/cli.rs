@@ -41,19 +41,19 @@ pub struct AgentArgs {
     #[arg(long, value_name = "FILE", requires = "control_ca")]
     pub control_key: Option<PathBuf>,
     /// Most files this agent accepts in one run
-    #[arg(long, default_value_t = Limits::default().max_files)]
+    #[arg(long, default_value_t = Limits::default().max_files, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_files: u64,
     /// Most bytes this agent generates into its data directory (also at most 90% of its free space)
-    #[arg(long, default_value_t = Limits::default().max_generate_bytes)]
+    #[arg(long, default_value_t = Limits::default().max_generate_bytes, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_generate_bytes: u64,
     /// Most parallel uploads this agent accepts
-    #[arg(long, default_value_t = Limits::default().max_jobs)]
+    #[arg(long, default_value_t = Limits::default().max_jobs, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_jobs: u32,
     /// Klio addresses a coordinator may send this agent to instead of its own (repeat, or comma-separated)
     #[arg(long, value_name = "HOST:PORT", value_delimiter = ',')]
     pub allow_address: Vec<String>,
     /// Most clusters this agent simulates
-    #[arg(long, default_value_t = Limits::default().max_clusters)]
+    #[arg(long, default_value_t = Limits::default().max_clusters, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_clusters: u32,
 }
 

@@ -97,6 +97,9 @@ impl CoordinatorArgs {
             SourceArg::Generate => Source::Generate,
             SourceArg::Dir => Source::Dir,
         };
+        if self.length == Some(0) || self.length_per_agent == Some(0) {
+            bail!("a run of zero files measures nothing: give --length or --length-per-agent of at least 1");
+        }
         let length = match (source, self.length, self.length_per_agent) {
             (Source::Generate, Some(n), None) => Length::Total(n),
             (Source::Generate, None, Some(n)) => Length::PerAgent(n),
