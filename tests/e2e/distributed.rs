@@ -380,16 +380,7 @@ fn interrupted_coordinator_aborts_agents_and_writes_summary() {
     let mut agent = c.agent("a", &addr, &["--once"]);
     coord.wait_line("start barrier released", LIMIT);
     let merged = c.env.path("merged.json");
-    let deadline = Instant::now() + LIMIT;
-    while std::fs::read_to_string(&merged)
-        .unwrap_or_default()
-        .lines()
-        .count()
-        < 2
-    {
-        assert!(Instant::now() < deadline);
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_for_lines(&merged, 2, LIMIT);
     signal(&coord.child, libc::SIGINT);
     assert_eq!(coord.wait(LIMIT).code(), Some(130), "{}", coord.text());
     assert_eq!(agent.wait(LIMIT).code(), Some(3), "{}", agent.text());

@@ -1,6 +1,6 @@
 //! `walplayer play` against a sink process: what is sent is what is stored.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::util::*;
 
@@ -290,40 +290,15 @@ fn sink_killed_mid_run_ends_the_run_with_a_summary() {
     let mut sink = env.sink(&env.path("data"), &[]);
     let output = env.path("out.json");
     let summary = env.path("summary.json");
-    let mut child = env
-        .play(
-            &wal,
-            &sink.address,
-            // One retry each: the files after the kill fail within bounded
-            // time (250 ms of backoff each) and show their retry.
-            &[
-                "--block-size",
-                "16",
-                "--timeout",
-                "20s",
-                "--retries",
-                "1",
-                "--quiet",
-                "--output",
-            ],
-        )
-        .arg(&output)
-        .arg("--summary")
-        .arg(&summary)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    // One retry each: the files after the kill fail within bounded time
+    // (250 ms of backoff each) and show their retry.
+    let mut child = env.spawn_play(
+        &wal,
+        &sink.address,
+        &["--block-size", "16", "--timeout", "20s", "--retries", "1"],
+    );
     // Kill the sink once a few files are through.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while std::fs::read_to_string(&output)
-        .map(|t| t.lines().count())
-        .unwrap_or(0)
-        < 3
-    {
-        assert!(Instant::now() < deadline, "no file finished within 60 s");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_for_lines(&output, 3, Duration::from_secs(60));
     sink.child.kill().unwrap();
     let status = wait_bounded(&mut child, Duration::from_secs(90));
     assert_eq!(status.code(), Some(1));
@@ -349,28 +324,8 @@ fn interrupt_stops_starting_files_and_writes_summary() {
     let sink = env.sink(&env.path("data"), &[]);
     let output = env.path("out.json");
     let summary = env.path("summary.json");
-    let mut child = env
-        .play(
-            &wal,
-            &sink.address,
-            &["--block-size", "8", "--quiet", "--output"],
-        )
-        .arg(&output)
-        .arg("--summary")
-        .arg(&summary)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while std::fs::read_to_string(&output)
-        .map(|t| t.lines().count())
-        .unwrap_or(0)
-        < 2
-    {
-        assert!(Instant::now() < deadline, "no file finished within 60 s");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let mut child = env.spawn_play(&wal, &sink.address, &["--block-size", "8"]);
+    wait_for_lines(&output, 2, Duration::from_secs(60));
     signal(&child, libc::SIGINT);
     let status = wait_bounded(&mut child, Duration::from_secs(30));
     assert_eq!(status.code(), Some(130));
@@ -397,35 +352,8 @@ fn sink_restarted_mid_run_is_retried_and_every_file_reported_once() {
     let address = sink.address.clone();
     let output = env.path("out.json");
     let summary = env.path("summary.json");
-    let mut child = env
-        .play(
-            &wal,
-            &address,
-            &[
-                "--block-size",
-                "16",
-                "--retries",
-                "8",
-                "--quiet",
-                "--output",
-            ],
-        )
-        .arg(&output)
-        .arg("--summary")
-        .arg(&summary)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while std::fs::read_to_string(&output)
-        .map(|t| t.lines().count())
-        .unwrap_or(0)
-        < 3
-    {
-        assert!(Instant::now() < deadline, "no file finished within 60 s");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let mut child = env.spawn_play(&wal, &address, &["--block-size", "16", "--retries", "8"]);
+    wait_for_lines(&output, 3, Duration::from_secs(60));
     sink.child.kill().unwrap();
     let _ = sink.child.wait();
     std::thread::sleep(Duration::from_millis(800));

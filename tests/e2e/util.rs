@@ -340,3 +340,38 @@ impl Drop for Logged {
         let _ = self.child.wait();
     }
 }
+
+/// Waits (bounded) until the JSON-lines file `path` holds `n` lines.
+pub fn wait_for_lines(path: &Path, n: usize, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    let count = || {
+        std::fs::read_to_string(path)
+            .map(|t| t.lines().count())
+            .unwrap_or(0)
+    };
+    while count() < n {
+        assert!(
+            Instant::now() < deadline,
+            "{} did not reach {n} lines within {limit:?}",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+impl TestEnv {
+    /// Starts `walplayer play` in the background, quiet, with results in
+    /// `out.json` and the summary in `summary.json` of the test directory.
+    pub fn spawn_play(&self, dir: &Path, address: &str, extra: &[&str]) -> Child {
+        self.play(dir, address, &["--quiet"])
+            .args(extra)
+            .arg("--output")
+            .arg(self.path("out.json"))
+            .arg("--summary")
+            .arg(self.path("summary.json"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start play")
+    }
+}
