@@ -80,30 +80,25 @@ pub fn check(
             a.agent_index, a.agent_count
         ));
     }
-    if a.jobs == 0 || a.jobs > limits.max_jobs {
-        return Err(format!(
-            "{} jobs is outside 1..={} (agent --max-jobs)",
-            a.jobs, limits.max_jobs
-        ));
-    }
-    if a.block_size_kib == 0 || a.block_size_kib > 8192 {
-        return Err(format!(
-            "block size {} KiB is outside 1..=8192",
-            a.block_size_kib
-        ));
-    }
-    if a.clusters == 0 || a.clusters > limits.max_clusters {
-        return Err(format!(
-            "{} clusters is outside 1..={} (agent --max-clusters)",
-            a.clusters, limits.max_clusters
-        ));
-    }
-    if a.timeout_ms == 0 || a.timeout_ms > limits.max_timeout_ms {
-        return Err(format!(
-            "per-file timeout {} ms is outside 1..={}",
-            a.timeout_ms, limits.max_timeout_ms
-        ));
-    }
+    in_range(
+        "jobs",
+        a.jobs.into(),
+        limits.max_jobs.into(),
+        " (agent --max-jobs)",
+    )?;
+    in_range("block size in KiB", a.block_size_kib.into(), 8192, "")?;
+    in_range(
+        "clusters",
+        a.clusters.into(),
+        limits.max_clusters.into(),
+        " (agent --max-clusters)",
+    )?;
+    in_range(
+        "per-file timeout in ms",
+        a.timeout_ms,
+        limits.max_timeout_ms,
+        "",
+    )?;
     if !a.address.is_empty()
         && a.address != own_address
         && !limits.allowed_addresses.contains(&a.address)
@@ -150,6 +145,15 @@ pub fn check(
             }
         }
         _ => return Err(format!("unknown source {}", a.source)),
+    }
+    Ok(())
+}
+
+/// `value` must be in 1..=`max`; the error names the setting and, in
+/// `bound`, where the limit comes from.
+fn in_range(name: &str, value: u64, max: u64, bound: &str) -> Result<(), String> {
+    if value == 0 || value > max {
+        return Err(format!("{name} {value} is outside 1..={max}{bound}"));
     }
     Ok(())
 }
