@@ -121,14 +121,22 @@ pub async fn run(
         assignment.agent_index + 1,
         assignment.agent_count
     );
-    let end = play_assignment(opts, &mut link, &assignment, &shutdown).await;
-    if matches!(assignment.source, s if s == crate::proto::control::Source::Generate as i32) {
-        let dir = shard::run_dir(&opts.data_dir, &assignment.run_id);
-        if let Err(e) = std::fs::remove_dir_all(&dir) {
-            tracing::warn!("cannot remove generated WAL in {}: {e}", dir.display());
+    play_assignment(opts, &mut link, &assignment, &shutdown).await
+}
+
+/// The directory a run generates into, removed however the run ends. Made
+/// only for an assignment that passed [`shard::check`], so its run id is a
+/// plain name inside `runs/`.
+struct GeneratedDir(std::path::PathBuf);
+
+impl Drop for GeneratedDir {
+    fn drop(&mut self) {
+        match std::fs::remove_dir_all(&self.0) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!("cannot remove generated WAL in {}: {e}", self.0.display()),
         }
     }
-    end
 }
 
 async fn fail(link: &mut Link, reason: String) -> SessionEnd {
@@ -185,6 +193,8 @@ async fn play_assignment(
     if !a.address.is_empty() {
         klio.address = a.address.clone();
     }
+    let _generated = (a.source == crate::proto::control::Source::Generate as i32)
+        .then(|| GeneratedDir(shard::run_dir(&opts.data_dir, &a.run_id)));
     let clusters = shard::cluster_names(&klio.cluster_name, &opts.name, a.clusters);
 
     // Prepare the shard (may generate gigabytes) while watching the stream.

@@ -493,3 +493,97 @@ async fn other_version_is_refused_with_a_reason() {
     );
     coord.wait_line("refused agent old-agent", LIMIT);
 }
+
+/// A coordinator that hands out one chosen assignment and records what the
+/// agent answers.
+struct RogueCoordinator {
+    assignment: walplayer::proto::control::Assignment,
+    answers: tokio::sync::mpsc::Sender<String>,
+}
+
+#[tonic::async_trait]
+impl walplayer::proto::control::control_server::Control for RogueCoordinator {
+    type SessionStream = tokio_stream::wrappers::ReceiverStream<
+        Result<walplayer::proto::control::CoordinatorMessage, tonic::Status>,
+    >;
+
+    async fn session(
+        &self,
+        request: tonic::Request<tonic::Streaming<walplayer::proto::control::AgentMessage>>,
+    ) -> Result<tonic::Response<Self::SessionStream>, tonic::Status> {
+        use walplayer::proto::control::agent_message::Body as Up;
+        use walplayer::proto::control::coordinator_message::Body as Down;
+        let mut up = request.into_inner();
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let assignment = self.assignment.clone();
+        let answers = self.answers.clone();
+        tokio::spawn(async move {
+            let _register = up.message().await;
+            let msg = walplayer::proto::control::CoordinatorMessage {
+                body: Some(Down::Assignment(assignment)),
+            };
+            let _ = tx.send(Ok(msg)).await;
+            while let Ok(Some(m)) = up.message().await {
+                if let Some(Up::Failed(f)) = m.body {
+                    let _ = answers.send(f.reason).await;
+                    return; // dropping tx closes the session
+                }
+            }
+        });
+        Ok(tonic::Response::new(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        ))
+    }
+}
+
+#[tokio::test]
+async fn a_coordinator_cannot_make_an_agent_touch_paths_outside_its_data_dir() {
+    use walplayer::proto::control::{Assignment, Source, Split};
+    let c = Cluster::new();
+    let data = c.env.path("agent-rogue");
+    std::fs::create_dir_all(data.join("victim")).unwrap();
+    // As after an earlier run, so `runs/../victim` resolves.
+    std::fs::create_dir_all(data.join("runs")).unwrap();
+    std::fs::write(data.join("victim/keep.txt"), b"mine").unwrap();
+    let (answers_tx, mut answers) = tokio::sync::mpsc::channel(4);
+    let rogue = RogueCoordinator {
+        assignment: Assignment {
+            run_id: "../victim".into(),
+            agent_index: 0,
+            agent_count: 1,
+            source: Source::Generate as i32,
+            split: Split::Shard as i32,
+            segments_per_cluster: vec![1],
+            wal_size_mib: 1,
+            clusters: 1,
+            jobs: 1,
+            block_size_kib: 64,
+            timeout_ms: 10_000,
+            ..Default::default()
+        },
+        answers: answers_tx,
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(walplayer::proto::control::control_server::ControlServer::new(rogue))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let mut agent = c.agent("rogue", &addr, &["--once"]);
+    let reason = tokio::time::timeout(LIMIT, answers.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(reason.contains("safe directory name"), "{reason}");
+    let status = tokio::task::spawn_blocking(move || agent.wait(LIMIT))
+        .await
+        .unwrap();
+    assert_eq!(status.code(), Some(1));
+    assert_eq!(
+        std::fs::read(data.join("victim/keep.txt")).unwrap(),
+        b"mine",
+        "nothing outside runs/ is touched"
+    );
+    server.abort();
+}
