@@ -125,6 +125,9 @@ pub struct Tracker {
     clusters: HashMap<String, ClusterTrack>,
 }
 
+/// Most files one cluster may plan (its bitset is then 1.25 MB).
+pub const MAX_PLANNED: u64 = 10_000_000;
+
 /// How many unreported names a summary lists per cluster.
 pub const NAMES_LISTED: usize = 20;
 
@@ -139,6 +142,13 @@ impl Tracker {
                 ));
             }
             let expected = Expected::of(plan)?;
+            if expected.len() > MAX_PLANNED {
+                return Err(format!(
+                    "agent {agent} plans {} files for cluster {}, more than the {MAX_PLANNED} a cluster may have",
+                    expected.len(),
+                    plan.cluster
+                ));
+            }
             let words = expected.len().div_ceil(64) as usize;
             self.clusters.insert(
                 plan.cluster.clone(),
@@ -226,6 +236,8 @@ mod tests {
             .plan("b", &[range("c1", 1)])
             .unwrap_err()
             .contains("claimed by both"));
+        let e = t.plan("b", &[range("huge", u64::MAX)]).unwrap_err();
+        assert!(e.contains("more than the 10000000"), "{e}");
         for i in 0..300u64 {
             if i != 257 {
                 let name = SegmentName::containing(1, i * (16 << 20), 16 << 20).to_string();
