@@ -126,20 +126,7 @@ fn certificate_files_unreadable_or_not_pem_are_named() {
         expect_usage_error(run(&mut cmd), &[needle]);
     }
     // A directory where a file is expected.
-    let mut cmd = env.walplayer(&["play"]);
-    cmd.arg(&wal)
-        .args([
-            "--cluster-name",
-            "x",
-            "--address",
-            "127.0.0.1:1",
-            "--server-cert",
-        ])
-        .arg(env.dir.path());
-    cmd.arg("--client-cert")
-        .arg(&c.cert)
-        .arg("--client-key")
-        .arg(&c.key);
+    let mut cmd = env.play_as(&wal, "127.0.0.1:1", env.dir.path(), &c.cert, &c.key);
     expect_usage_error(run(&mut cmd), &["server CA certificate"]);
 }
 
@@ -262,39 +249,18 @@ fn key_formats_pkcs1_sec1_pkcs8_all_work() {
         (d.join("rsa.crt"), d.join("rsa1.key")),
         (d.join("rsa.crt"), d.join("rsa8.key")),
     ] {
-        let out = run(env
-            .walplayer(&["play"])
-            .arg(&wal)
-            .args([
-                "--cluster-name",
-                "walplayer",
-                "--address",
-                &sink.address,
-                "--server-cert",
-            ])
-            .arg(&env.certs.client.ca)
-            .arg("--client-cert")
-            .arg(&cert)
-            .arg("--client-key")
-            .arg(&key));
+        let out = run(&mut env.play_as(&wal, &sink.address, &env.certs.client.ca, &cert, &key));
         assert_status(&out, 0);
     }
     // A key that does not belong to the certificate is named.
-    let out = run(env
-        .walplayer(&["play"])
-        .arg(&wal)
-        .args([
-            "--cluster-name",
-            "walplayer",
-            "--address",
-            &sink.address,
-            "--server-cert",
-        ])
-        .arg(&env.certs.client.ca)
-        .arg("--client-cert")
-        .arg(d.join("rsa.crt"))
-        .arg("--client-key")
-        .arg(&env.certs.client.key));
+    let mut mismatched = env.play_as(
+        &wal,
+        &sink.address,
+        &env.certs.client.ca,
+        &d.join("rsa.crt"),
+        &env.certs.client.key,
+    );
+    let out = run(&mut mismatched);
     expect_usage_error(out, &["rsa.crt"]);
 }
 

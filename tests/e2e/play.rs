@@ -237,16 +237,7 @@ fn client_certificate_from_another_ca_is_refused_up_front() {
     let wal = env.generate("wal", 1, 1, &[]);
     let sink = env.sink(&env.path("data"), &[]);
     let c = &other.certs.client;
-    let out = run(env
-        .walplayer(&["play"])
-        .arg(&wal)
-        .args(["--cluster-name", "x", "--address", &sink.address])
-        .arg("--server-cert")
-        .arg(&env.certs.client.ca)
-        .arg("--client-cert")
-        .arg(&c.cert)
-        .arg("--client-key")
-        .arg(&c.key));
+    let out = run(&mut env.play_as(&wal, &sink.address, &env.certs.client.ca, &c.cert, &c.key));
     assert_status(&out, 2);
     let err = stderr(&out);
     assert!(err.contains(&sink.address), "names the address: {err}");
@@ -264,16 +255,14 @@ fn client_certificate_from_another_ca_is_refused_up_front() {
     );
 
     // And the other way: a server we do not trust.
-    let out = run(env
-        .walplayer(&["play"])
-        .arg(&wal)
-        .args(["--cluster-name", "x", "--address", &sink.address])
-        .arg("--server-cert")
-        .arg(&other.certs.client.ca)
-        .arg("--client-cert")
-        .arg(&env.certs.client.cert)
-        .arg("--client-key")
-        .arg(&env.certs.client.key));
+    let mine = &env.certs.client;
+    let out = run(&mut env.play_as(
+        &wal,
+        &sink.address,
+        &other.certs.client.ca,
+        &mine.cert,
+        &mine.key,
+    ));
     assert_status(&out, 2);
     let err = stderr(&out);
     assert!(

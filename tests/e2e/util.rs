@@ -52,16 +52,30 @@ impl TestEnv {
     /// identity, as flags.
     pub fn play(&self, dir: &Path, address: &str, extra: &[&str]) -> Command {
         let c = &self.certs.client;
+        let mut cmd = self.play_as(dir, address, &c.ca, &c.cert, &c.key);
+        cmd.args(extra);
+        cmd
+    }
+
+    /// `walplayer play DIR` against `address` trusting `server_ca` and
+    /// presenting `cert` and `key`, as cluster `walplayer`.
+    pub fn play_as(
+        &self,
+        dir: &Path,
+        address: &str,
+        server_ca: &Path,
+        cert: &Path,
+        key: &Path,
+    ) -> Command {
         let mut cmd = self.walplayer(&["play"]);
         cmd.arg(dir)
             .args(["--cluster-name", "walplayer", "--address", address])
             .arg("--server-cert")
-            .arg(&c.ca)
+            .arg(server_ca)
             .arg("--client-cert")
-            .arg(&c.cert)
+            .arg(cert)
             .arg("--client-key")
-            .arg(&c.key)
-            .args(extra);
+            .arg(key);
         cmd
     }
 

@@ -144,15 +144,7 @@ fn private_keys_never_reach_a_log() {
         ("play, damaged key", &bad_client),
         ("play, another identity's key", &c.server.key),
     ] {
-        let mut cmd = env.walplayer(&["play"]);
-        cmd.arg(&wal)
-            .args(["--cluster-name", "walplayer", "--address", &sink.address])
-            .arg("--server-cert")
-            .arg(&c.client.ca)
-            .arg("--client-cert")
-            .arg(&c.client.cert)
-            .arg("--client-key")
-            .arg(key);
+        let cmd = env.play_as(&wal, &sink.address, &c.client.ca, &c.client.cert, key);
         failing.push((what, cmd));
     }
     let mut cmd = env.walplayer(&["sink", "--listen", "127.0.0.1:0", "--data"]);
