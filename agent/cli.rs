@@ -6,10 +6,11 @@ use std::path::PathBuf;
 use clap::Args;
 use tokio_util::sync::CancellationToken;
 
-use crate::agent::{self, health, shard::Limits, AgentOptions};
-use crate::common::cli::{self, KlioArgs};
-use crate::common::tls;
-use crate::common::transport::ClientTls;
+use crate::{health, shard::Limits, AgentOptions};
+use walplayer_klio::exit::Exit;
+use walplayer_klio::flags::KlioArgs;
+use walplayer_klio::tls;
+use walplayer_klio::transport::ClientTls;
 
 /// Flags of an agent.
 #[derive(Debug, Clone, Args)]
@@ -57,17 +58,18 @@ pub struct AgentArgs {
     pub max_clusters: u32,
 }
 
-fn usage_error(e: impl std::fmt::Display) -> i32 {
+fn usage_error(e: impl std::fmt::Display) -> Exit {
     eprintln!("walplayer-agent: error: {e:#}");
-    2
+    Exit::Usage
 }
 
-/// Runs an agent until a signal (or one run with `--once`); returns the exit status.
-pub async fn run(args: AgentArgs) -> i32 {
-    let Some(name) = args.name.clone().or_else(agent::host_name) else {
+/// Runs an agent until `shutdown` (or one run with `--once`); returns the
+/// exit status.
+pub async fn run(args: AgentArgs, shutdown: CancellationToken) -> Exit {
+    let Some(name) = args.name.clone().or_else(crate::host_name) else {
         return usage_error("no --name given and the host name cannot be read");
     };
-    if let Err(e) = agent::check_name(&name) {
+    if let Err(e) = walplayer_wal::walname::check_agent_name(&name) {
         return usage_error(e);
     }
     if args.data_dir.exists() && !args.data_dir.is_dir() {
@@ -87,13 +89,13 @@ pub async fn run(args: AgentArgs) -> i32 {
         Ok(d) => d,
         Err(e) => return usage_error(format!("--data-dir {}: {e}", args.data_dir.display())),
     };
-    if let Err(e) = crate::common::config::split_address(&args.coordinator) {
+    if let Err(e) = walplayer_klio::config::split_address(&args.coordinator) {
         return usage_error(format!("--coordinator: {e}"));
     }
     // A coordinator's override is compared with these; a malformed one
     // could never match, and the refusal would come only at run time.
     for allowed in &args.allow_address {
-        if let Err(e) = crate::common::config::split_address(allowed) {
+        if let Err(e) = walplayer_klio::config::split_address(allowed) {
             return usage_error(format!("--allow-address: {e}"));
         }
     }
@@ -109,12 +111,12 @@ pub async fn run(args: AgentArgs) -> i32 {
         }
         _ => None,
     };
-    let health = match args.health_listen {
+    let (health, health_server) = match args.health_listen {
         Some(addr) => match health::serve(addr).await {
-            Ok(h) => Some(h),
+            Ok((health, server)) => (Some(health), Some(server)),
             Err(e) => return usage_error(format!("cannot serve health on {addr}: {e}")),
         },
-        None => None,
+        None => (None, None),
     };
     let opts = AgentOptions {
         coordinator: args.coordinator,
@@ -134,18 +136,23 @@ pub async fn run(args: AgentArgs) -> i32 {
         health,
     };
     // A configuration that cannot work is an error now, not at the first run.
-    if let Err(e) = agent::resolve_klio(&opts) {
+    if let Err(e) = crate::resolve_klio(&opts) {
         if opts.once {
+            if let Some(server) = health_server {
+                server.stop().await;
+            }
             return usage_error(e);
         }
         tracing::error!("{e}; will retry before each run");
     }
-    let shutdown = CancellationToken::new();
-    cli::cancel_on_signal(shutdown.clone());
     tracing::info!(
         "agent {} starting; coordinator {}",
         opts.name,
         opts.coordinator
     );
-    agent::run(opts, shutdown).await
+    let exit = crate::run(opts, shutdown).await;
+    if let Some(server) = health_server {
+        server.stop().await;
+    }
+    exit
 }

@@ -6,6 +6,8 @@
 
 use std::net::SocketAddr;
 
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
 
@@ -31,8 +33,23 @@ impl Health {
     }
 }
 
-/// Serves health checks on `addr` (plain gRPC, as kubelet's probe speaks).
-pub async fn serve(addr: SocketAddr) -> std::io::Result<Health> {
+/// The running health server; [`HealthServer::stop`] ends and joins it.
+pub struct HealthServer {
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl HealthServer {
+    /// Stops serving and waits until the server is gone.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+    }
+}
+
+/// Serves health checks on `addr` (plain gRPC, as kubelet's probe speaks)
+/// until [`HealthServer::stop`].
+pub async fn serve(addr: SocketAddr) -> std::io::Result<(Health, HealthServer)> {
     let (reporter, service) = tonic_health::server::health_reporter();
     reporter
         .set_service_status(LIVENESS, ServingStatus::Serving)
@@ -42,14 +59,18 @@ pub async fn serve(addr: SocketAddr) -> std::io::Result<Health> {
         .await;
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    tokio::spawn(async move {
-        if let Err(e) = tonic::transport::Server::builder()
-            .add_service(service)
-            .serve_with_incoming(incoming)
-            .await
-        {
-            tracing::error!("health service stopped: {e}");
+    let stop = CancellationToken::new();
+    let task = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            if let Err(e) = tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
+                .await
+            {
+                tracing::error!("health service stopped: {e}");
+            }
         }
     });
-    Ok(Health { reporter })
+    Ok((Health { reporter }, HealthServer { stop, task }))
 }

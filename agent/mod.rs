@@ -24,11 +24,12 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::common::cli::KlioArgs;
-use crate::common::config::KlioConfig;
-use crate::common::transport::{self, ClientTls, Keepalive};
-use crate::proto::control::control_client::ControlClient;
 use session::SessionEnd;
+use walplayer_klio::config::KlioConfig;
+use walplayer_klio::exit::Exit;
+use walplayer_klio::flags::KlioArgs;
+use walplayer_klio::transport::{self, ClientTls, Keepalive};
+use walplayer_proto::control::control_client::ControlClient;
 
 /// How the agent notices a coordinator that vanished without closing.
 pub const CONTROL_KEEPALIVE: Keepalive = Keepalive {
@@ -53,15 +54,6 @@ pub struct AgentOptions {
     pub health: Option<health::Health>,
 }
 
-/// Checks an agent name: it becomes part of cluster names and paths.
-pub fn check_name(name: &str) -> Result<(), String> {
-    crate::common::walname::check_cluster_name(name).map_err(|e| format!("agent name: {e}"))?;
-    if name.len() > 63 {
-        return Err(format!("agent name {name:?} is longer than 63 characters"));
-    }
-    Ok(())
-}
-
 /// The host name, which is the pod name in a StatefulSet.
 pub fn host_name() -> Option<String> {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -74,19 +66,19 @@ pub fn host_name() -> Option<String> {
 /// reported before registering (and readiness says so).
 pub fn resolve_klio(opts: &AgentOptions) -> Result<KlioConfig, String> {
     let config = opts.klio.resolve().map_err(|e| e.to_string())?;
-    crate::common::tls::client_config(&config.server_ca, &config.client_cert, &config.client_key)
+    walplayer_klio::tls::client_config(&config.server_ca, &config.client_cert, &config.client_key)
         .map_err(|e| e.to_string())?;
     Ok(config)
 }
 
 /// Runs the agent until `shutdown` (or after one run with `--once`).
 /// Returns the exit status.
-pub async fn run(opts: AgentOptions, shutdown: CancellationToken) -> i32 {
+pub async fn run(opts: AgentOptions, shutdown: CancellationToken) -> Exit {
     let mut backoff = Duration::from_millis(200);
     let mut waiting_logged = false;
     loop {
         if shutdown.is_cancelled() {
-            return 0;
+            return Exit::Ok;
         }
         let ready = resolve_klio(&opts);
         if let Some(h) = &opts.health {
@@ -95,7 +87,7 @@ pub async fn run(opts: AgentOptions, shutdown: CancellationToken) -> i32 {
         if let Err(e) = &ready {
             tracing::error!("cannot run: {e}");
             if opts.once {
-                return 2;
+                return Exit::Usage;
             }
             sleep_or_stop(MAX_BACKOFF, &shutdown).await;
             continue;
@@ -128,30 +120,30 @@ pub async fn run(opts: AgentOptions, shutdown: CancellationToken) -> i32 {
                 tracing::info!("run finished; waiting for the next one");
                 backoff = Duration::from_millis(200);
                 if opts.once {
-                    return 0;
+                    return Exit::Ok;
                 }
             }
             SessionEnd::Refused(reason) => {
                 tracing::warn!("the coordinator refused this agent: {reason}");
                 if opts.once {
-                    return 3;
+                    return Exit::Lost;
                 }
                 sleep_or_stop(MAX_BACKOFF, &shutdown).await;
             }
             SessionEnd::Failed(reason) => {
                 tracing::error!("run failed on this agent: {reason}");
                 if opts.once {
-                    return 1;
+                    return Exit::FilesFailed;
                 }
             }
             SessionEnd::CoordinatorLost(reason) => {
                 tracing::warn!("lost the coordinator: {reason}; uploads stopped");
                 if opts.once {
-                    return 3;
+                    return Exit::Lost;
                 }
                 sleep_or_stop(backoff, &shutdown).await;
             }
-            SessionEnd::Stopped => return 0,
+            SessionEnd::Stopped => return Exit::Ok,
         }
     }
 }

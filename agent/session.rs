@@ -14,21 +14,23 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 use tonic::Streaming;
 
-use crate::agent::shard::{self, Shard};
-use crate::agent::AgentOptions;
-use crate::common::klio::KlioEndpoint;
-use crate::common::pipeline::Pipeline;
-use crate::common::play::connect_jobs;
-use crate::common::report::{unix_nanos, FileReport};
-use crate::common::stats::{encode_histogram, Stats};
-use crate::common::tls;
-use crate::common::upload::UploadSettings;
-use crate::proto::control::agent_message::Body as Up;
-use crate::proto::control::control_client::ControlClient;
-use crate::proto::control::coordinator_message::Body as Down;
-use crate::proto::control::{
-    AgentMessage, Assignment, Beat, ClusterHistogram, CoordinatorMessage, Failed, FileResult,
-    Finished, Ready, Register,
+use walplayer_klio::driver::{drive, Destination};
+use walplayer_klio::endpoint::{Client, KlioEndpoint};
+use walplayer_klio::report::{from_unix_nanos, unix_nanos, FileReport};
+use walplayer_klio::stats::{encode_histogram, Stats};
+use walplayer_klio::tls;
+use walplayer_klio::transport::status_text;
+use walplayer_klio::upload::UploadSettings;
+use walplayer_klio::wire;
+
+use crate::shard::{self, Shard};
+use crate::AgentOptions;
+use walplayer_proto::control::agent_message::Body as Up;
+use walplayer_proto::control::control_client::ControlClient;
+use walplayer_proto::control::coordinator_message::Body as Down;
+use walplayer_proto::control::{
+    AgentMessage, Assignment, Beat, ClusterHistogram, CoordinatorMessage, Failed, Finished, Ready,
+    Register, Source,
 };
 
 /// How often the agent beats during a run.
@@ -63,21 +65,24 @@ impl Link {
             .map_err(|_| SessionEnd::CoordinatorLost("control stream closed".into()))
     }
 
-    /// The next message from the coordinator; a closed or broken stream is
-    /// the coordinator gone.
+    /// The next message from the coordinator.
     async fn recv(&mut self) -> Result<Down, SessionEnd> {
-        match self.down.message().await {
-            Ok(Some(CoordinatorMessage { body: Some(body) })) => Ok(body),
-            Ok(Some(_)) => Err(SessionEnd::CoordinatorLost(
-                "empty message from the coordinator".into(),
-            )),
-            Ok(None) => Err(SessionEnd::CoordinatorLost(
-                "the coordinator closed the session".into(),
-            )),
-            Err(status) => Err(SessionEnd::CoordinatorLost(
-                crate::common::transport::status_text(&status),
-            )),
-        }
+        recv(&mut self.down).await
+    }
+}
+
+/// The next message from the coordinator; a closed or broken stream is the
+/// coordinator gone.
+async fn recv(down: &mut Streaming<CoordinatorMessage>) -> Result<Down, SessionEnd> {
+    match down.message().await {
+        Ok(Some(CoordinatorMessage { body: Some(body) })) => Ok(body),
+        Ok(Some(_)) => Err(SessionEnd::CoordinatorLost(
+            "empty message from the coordinator".into(),
+        )),
+        Ok(None) => Err(SessionEnd::CoordinatorLost(
+            "the coordinator closed the session".into(),
+        )),
+        Err(status) => Err(SessionEnd::CoordinatorLost(status_text(&status))),
     }
 }
 
@@ -101,9 +106,7 @@ pub async fn run(
     }
     let down = match client.session(ReceiverStream::new(rx)).await {
         Ok(r) => r.into_inner(),
-        Err(status) => {
-            return SessionEnd::CoordinatorLost(crate::common::transport::status_text(&status))
-        }
+        Err(status) => return SessionEnd::CoordinatorLost(status_text(&status)),
     };
     let mut link = Link { up, down };
     let assignment = match link.recv().await {
@@ -193,20 +196,24 @@ async fn play_assignment(
     if !a.address.is_empty() {
         klio.address = a.address.clone();
     }
-    let _generated = (a.source == crate::proto::control::Source::Generate as i32)
+    let _generated = (a.source == Source::Generate as i32)
         .then(|| GeneratedDir(shard::run_dir(&opts.data_dir, &a.run_id)));
     let clusters = shard::cluster_names(&klio.cluster_name, &opts.name, a.clusters);
 
     // Prepare the shard (may generate gigabytes) while watching the stream.
-    let prepared = {
-        let (a, dir, clusters) = (a.clone(), opts.data_dir.clone(), clusters.clone());
-        watching(
-            link,
-            shutdown,
-            tokio::task::spawn_blocking(move || shard::prepare(&a, &dir, &clusters)),
-        )
-        .await
+    // The generator sees `stop` between pages; whatever ends the wait, it
+    // is stopped and joined before the run directory is removed.
+    let stop = shutdown.child_token();
+    let mut preparing = {
+        let (a, dir, clusters, stop) = (
+            a.clone(),
+            opts.data_dir.clone(),
+            clusters.clone(),
+            stop.clone(),
+        );
+        tokio::task::spawn_blocking(move || shard::prepare(&a, &dir, &clusters, &stop))
     };
+    let prepared = watching(link, shutdown, &mut preparing).await;
     let shard = match prepared {
         Ok(Ok(Ok(shard))) => shard,
         Ok(Ok(Err(reason))) => {
@@ -219,7 +226,12 @@ async fn play_assignment(
         Ok(Err(e)) => {
             return fail(link, format!("agent {}: preparing failed: {e}", opts.name)).await
         }
-        Err(end) => return end,
+        Err(end) => {
+            stop.cancel();
+            let _ = preparing.await;
+            tracing::info!("stopped preparing the shard: {end:?}");
+            return end;
+        }
     };
 
     let endpoint = match tls::client_config(&klio.server_ca, &klio.client_cert, &klio.client_key)
@@ -229,9 +241,9 @@ async fn play_assignment(
         Ok(e) => e,
         Err(reason) => return fail(link, format!("agent {}: {reason}", opts.name)).await,
     };
-    let clients = match watching(link, shutdown, connect_jobs(&endpoint, a.jobs as usize)).await {
+    let clients = match watching(link, shutdown, endpoint.connect_jobs(a.jobs as usize)).await {
         Ok(Ok(c)) => c,
-        Ok(Err(e)) => return fail(link, format!("agent {}: {e:#}", opts.name)).await,
+        Ok(Err(e)) => return fail(link, format!("agent {}: {e}", opts.name)).await,
         Err(end) => return end,
     };
     let ready = Ready {
@@ -274,7 +286,7 @@ async fn watching_start(
 ) -> Result<SystemTime, SessionEnd> {
     tokio::select! {
         msg = link.recv() => match msg? {
-            Down::Start(s) => Ok(crate::common::report::from_unix_nanos(s.start_unix_nanos)),
+            Down::Start(s) => Ok(from_unix_nanos(s.start_unix_nanos)),
             Down::Abort(a) => Err(SessionEnd::CoordinatorLost(format!("aborted: {}", a.reason))),
             other => Err(SessionEnd::CoordinatorLost(format!("expected Start, got {other:?}"))),
         },
@@ -282,19 +294,65 @@ async fn watching_start(
     }
 }
 
-fn file_result(r: &FileReport) -> FileResult {
-    FileResult {
-        wal_full_path: r.wal_full_path.clone(),
-        cluster: r.cluster.clone(),
-        wal_name: r.wal_name.clone(),
-        start_unix_nanos: unix_nanos(r.start),
-        end_unix_nanos: unix_nanos(r.end),
-        elapsed_ns: r.elapsed_ns(),
-        bytes: r.bytes,
-        error: r.error.clone(),
-        retries: r.retries.clone(),
-        verified: r.verified,
+/// Where the agent's reports go: the control stream, one `FileResult` per
+/// file and a beat every tick; per-cluster statistics are kept for the
+/// histograms sent at the end.
+struct Uplink<'a> {
+    up: &'a mpsc::Sender<AgentMessage>,
+    per_cluster: BTreeMap<String, Stats>,
+    started: SystemTime,
+}
+
+impl Uplink<'_> {
+    async fn send(&self, body: Up) -> Result<(), String> {
+        self.up
+            .send(AgentMessage { body: Some(body) })
+            .await
+            .map_err(|_| "control stream closed".to_string())
     }
+
+    fn beat(&self, all: &Stats) -> Up {
+        Up::Beat(Beat {
+            files_done: all.files_done(),
+            bytes_done: all.bytes,
+            started_unix_nanos: unix_nanos(self.started),
+        })
+    }
+}
+
+impl Destination for Uplink<'_> {
+    async fn report(&mut self, report: &FileReport) -> Result<(), String> {
+        self.per_cluster
+            .entry(report.cluster.clone())
+            .or_default()
+            .record(report);
+        self.send(Up::File(wire::file_result(report))).await
+    }
+
+    async fn tick(&mut self, stats: &Stats) -> Result<(), String> {
+        self.send(self.beat(stats)).await
+    }
+}
+
+/// What stops a run from the coordinator's side: an Abort (reports still
+/// go out), or the stream breaking (nothing can go out).
+#[derive(Debug)]
+enum Stop {
+    Aborted(String),
+    Lost(SessionEnd),
+}
+
+/// Waits for the message that stops a run.
+async fn watch_for_stop(down: &mut Streaming<CoordinatorMessage>) -> Stop {
+    let stop = match recv(down).await {
+        Ok(Down::Abort(a)) => Stop::Aborted(a.reason),
+        Ok(other) => Stop::Lost(SessionEnd::CoordinatorLost(format!(
+            "unexpected message during the run: {other:?}"
+        ))),
+        Err(end) => Stop::Lost(end),
+    };
+    tracing::warn!("stopping uploads: {stop:?}");
+    stop
 }
 
 /// Plays the shard and streams reports; stops at once if the coordinator
@@ -302,70 +360,42 @@ fn file_result(r: &FileReport) -> FileResult {
 async fn stream_run(
     link: &mut Link,
     shard: Shard,
-    clients: Vec<crate::common::klio::Client>,
+    clients: Vec<Client>,
     settings: UploadSettings,
     shutdown: &CancellationToken,
 ) -> SessionEnd {
-    let started = SystemTime::now();
-    let cancel = shutdown.child_token();
-    let mut pipeline = Pipeline::start(shard.work, clients, settings, cancel.clone());
-    let mut all = Stats {
+    let mut uplink = Uplink {
+        up: &link.up,
+        per_cluster: BTreeMap::new(),
+        started: SystemTime::now(),
+    };
+    let all = Stats {
         files_skipped: shard.skipped,
         ..Stats::default()
     };
-    let mut per_cluster: BTreeMap<String, Stats> = BTreeMap::new();
-    // Set once the coordinator aborted (reports still go out) or the
-    // stream broke (nothing can go out).
-    let mut aborted: Option<String> = None;
-    let mut lost: Option<SessionEnd> = None;
-    let beat = |all: &Stats| {
-        Up::Beat(Beat {
-            files_done: all.files_done(),
-            bytes_done: all.bytes,
-            started_unix_nanos: unix_nanos(started),
-        })
+    if uplink.send(uplink.beat(&all)).await.is_err() {
+        return SessionEnd::CoordinatorLost("control stream closed".into());
+    }
+    let driven = drive(
+        shard.work,
+        clients,
+        settings,
+        shutdown.child_token(),
+        &mut uplink,
+        watch_for_stop(&mut link.down),
+        all,
+    )
+    .await;
+    let aborted = match driven.stopped {
+        Some(Stop::Lost(end)) => return end,
+        Some(Stop::Aborted(reason)) => Some(reason),
+        None => None,
     };
-    if let Err(end) = link.send(beat(&all)).await {
-        lost = Some(end);
-        cancel.cancel();
+    if let Some(reason) = driven.undeliverable {
+        return SessionEnd::CoordinatorLost(reason);
     }
-    let mut ticker = tokio::time::interval(BEAT_EVERY);
-    loop {
-        let listening = lost.is_none() && aborted.is_none();
-        tokio::select! {
-            report = pipeline.reports.recv() => {
-                let Some(report) = report else { break };
-                all.record(&report);
-                per_cluster.entry(report.cluster.clone()).or_default().record(&report);
-                if lost.is_none() {
-                    if let Err(end) = link.send(Up::File(file_result(&report))).await {
-                        lost = Some(end);
-                        cancel.cancel();
-                    }
-                }
-            }
-            _ = ticker.tick(), if lost.is_none() => {
-                if let Err(end) = link.send(beat(&all)).await {
-                    lost = Some(end);
-                    cancel.cancel();
-                }
-            }
-            msg = link.recv(), if listening => {
-                match msg {
-                    Ok(Down::Abort(a)) => aborted = Some(a.reason),
-                    Ok(other) => lost = Some(SessionEnd::CoordinatorLost(format!("unexpected message during the run: {other:?}"))),
-                    Err(end) => lost = Some(end),
-                }
-                tracing::warn!("stopping uploads: {}", aborted.clone().map(|r| format!("aborted: {r}")).unwrap_or_else(|| format!("{lost:?}")));
-                cancel.cancel();
-            }
-        }
-    }
-    pipeline.join().await;
-    if let Some(end) = lost {
-        return end;
-    }
-    if let Err(end) = finish(link, &all, &per_cluster, started).await {
+    let (per_cluster, started) = (uplink.per_cluster, uplink.started);
+    if let Err(end) = finish(link, &driven.stats, &per_cluster, started).await {
         return end;
     }
     if let Some(reason) = aborted {

@@ -5,11 +5,16 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::common::generate::{self, GenerateSpec, Payload};
-use crate::common::source::{self, Segment};
-use crate::common::upload::Work;
-use crate::common::walname::{check_cluster_name, segment_bytes_from_mib, SegmentName};
-use crate::proto::control::{Assignment, ClusterPlan, Source, Split};
+use tokio_util::sync::CancellationToken;
+
+use walplayer_klio::pipeline::interleave;
+use walplayer_klio::upload::Work;
+use walplayer_proto::control::{Assignment, ClusterPlan, Source, Split};
+use walplayer_wal::generate::{self, GenerateSpec, Payload};
+use walplayer_wal::source::{self, Segment};
+use walplayer_wal::walname::{
+    check_cluster_name, check_run_id, segment_bytes_from_mib, SegmentName,
+};
 
 /// What an agent accepts from a coordinator.
 #[derive(Debug, Clone)]
@@ -63,17 +68,7 @@ pub fn check(
     free_bytes: u64,
     own_address: &str,
 ) -> Result<(), String> {
-    let run_id_ok = !a.run_id.is_empty()
-        && a.run_id.len() <= 64
-        && a.run_id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-');
-    if !run_id_ok {
-        return Err(format!(
-            "run id {:?} is not a safe directory name",
-            a.run_id
-        ));
-    }
+    check_run_id(&a.run_id)?;
     if a.agent_count == 0 || a.agent_index >= a.agent_count {
         return Err(format!(
             "agent index {} of {} agents is impossible",
@@ -169,13 +164,19 @@ pub struct Shard {
 }
 
 /// Prepares the shard: generates its files or lists the data directory.
-/// Blocking; `clusters` are this agent's cluster names.
-pub fn prepare(a: &Assignment, data_dir: &Path, clusters: &[String]) -> Result<Shard, String> {
+/// Blocking; `clusters` are this agent's cluster names. Generation ends
+/// within a batch of pages once `stop` is cancelled.
+pub fn prepare(
+    a: &Assignment,
+    data_dir: &Path,
+    clusters: &[String],
+    stop: &CancellationToken,
+) -> Result<Shard, String> {
     for c in clusters {
         check_cluster_name(c)?;
     }
     match Source::try_from(a.source) {
-        Ok(Source::Generate) => prepare_generated(a, data_dir, clusters),
+        Ok(Source::Generate) => prepare_generated(a, data_dir, clusters, stop),
         Ok(Source::Dir) => prepare_dir(a, data_dir, clusters),
         _ => Err(format!("unknown source {}", a.source)),
     }
@@ -185,6 +186,7 @@ fn prepare_generated(
     a: &Assignment,
     data_dir: &Path,
     clusters: &[String],
+    stop: &CancellationToken,
 ) -> Result<Shard, String> {
     let segment_bytes = segment_bytes_from_mib(a.wal_size_mib)?;
     let longest = a.segments_per_cluster.iter().copied().max().unwrap_or(0);
@@ -200,10 +202,15 @@ fn prepare_generated(
         system_id: generate::DEFAULT_SYSTEM_ID,
     };
     let mut files = Vec::new();
-    generate::generate(&spec, &Payload::synthetic(), &mut |path, _| {
+    let written = generate::generate(&spec, &Payload::synthetic(), stop, &mut |path, _| {
         files.push(path.to_path_buf())
     })
     .map_err(|e| e.to_string())?;
+    if written < longest {
+        return Err(format!(
+            "stopped after generating {written} of {longest} segments"
+        ));
+    }
     let segments: Vec<Segment> = files
         .into_iter()
         .map(|path| {
@@ -241,7 +248,7 @@ fn prepare_generated(
         });
         per_cluster.push(work);
     }
-    shard.work = crate::common::pipeline::interleave(per_cluster);
+    shard.work = interleave(per_cluster);
     Ok(shard)
 }
 
@@ -278,7 +285,7 @@ fn prepare_dir(a: &Assignment, data_dir: &Path, clusters: &[String]) -> Result<S
                 .collect(),
         );
     }
-    shard.work = crate::common::pipeline::interleave(per_cluster);
+    shard.work = interleave(per_cluster);
     Ok(shard)
 }
 
@@ -371,7 +378,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let clusters = cluster_names("pg", "a0", 2);
         assert_eq!(clusters, ["pg-a0-0", "pg-a0-1"]);
-        let shard = prepare(&assignment(), dir.path(), &clusters).unwrap();
+        let shard = prepare(
+            &assignment(),
+            dir.path(),
+            &clusters,
+            &CancellationToken::new(),
+        )
+        .unwrap();
         assert_eq!(shard.work.len(), 5);
         let of = |c: &str| -> Vec<String> {
             shard
@@ -415,7 +428,7 @@ mod tests {
         a.source = Source::Dir as i32;
         a.clusters = 1;
         let names = |a: &Assignment| -> Vec<String> {
-            prepare(a, dir.path(), &["c".to_string()])
+            prepare(a, dir.path(), &["c".to_string()], &CancellationToken::new())
                 .unwrap()
                 .work
                 .iter()

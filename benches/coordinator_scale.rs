@@ -38,16 +38,16 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 use tonic::Streaming;
 
-use walplayer::common::report::from_unix_nanos;
-use walplayer::common::stats::{encode_histogram, new_histogram};
-use walplayer::common::walname::{SegmentName, MIB};
+use walplayer::klio::report::from_unix_nanos;
+use walplayer::klio::stats::{encode_histogram, new_histogram};
 use walplayer::proto::control::agent_message::Body as Up;
 use walplayer::proto::control::control_client::ControlClient;
 use walplayer::proto::control::coordinator_message::Body as Down;
 use walplayer::proto::control::{
-    AgentMessage, Beat, ClusterHistogram, ClusterPlan, CoordinatorMessage, FileResult, Finished,
-    Ready, Register,
+    AgentMessage, Beat, ClusterHistogram, ClusterPlan, CoordinatorMessage, FailureKind, FileResult,
+    Finished, Ready, Register,
 };
+use walplayer::wal::walname::{SegmentName, MIB};
 
 /// One run: its name, agents and files per agent.
 #[derive(Clone, Copy)]
@@ -400,6 +400,11 @@ async fn agent(
                 error: file.error().to_string(),
                 retries: Vec::new(),
                 verified: false,
+                error_kind: if file.failed {
+                    FailureKind::Transport as i32
+                } else {
+                    FailureKind::Unspecified as i32
+                },
             }))
             .await?;
             clock_ns += file.elapsed_ns as i64;

@@ -11,8 +11,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use walplayer::common::generate::{generate, write_segment, GenerateSpec, Payload, PgVersion};
-use walplayer::common::walname::{SegmentName, MIB};
+use walplayer::wal::generate::{generate, write_segment, GenerateSpec, Payload, PgVersion};
+use walplayer::wal::walname::{SegmentName, MIB};
 
 const SEGMENT_BYTES: u64 = 16 * MIB;
 const ROUNDS: usize = 5;
@@ -56,7 +56,13 @@ fn main() {
             let dir = root.join("generate");
             let spec = template(dir.clone());
             generated.push(time(|| {
-                generate(&spec, &payload, &mut |_, _| ()).expect("generate");
+                generate(
+                    &spec,
+                    &payload,
+                    &tokio_util::sync::CancellationToken::new(),
+                    &mut |_, _| (),
+                )
+                .expect("generate");
             }));
             remove(&dir);
         }

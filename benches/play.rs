@@ -39,16 +39,16 @@ use tokio::task::JoinSet;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tokio_util::sync::CancellationToken;
 
-use walplayer::common::certs::{self, CertSpec, MintedCerts};
-use walplayer::common::generate::{generate, GenerateSpec, Payload, PgVersion};
-use walplayer::common::klio::KlioEndpoint;
-use walplayer::common::pipeline::Pipeline;
-use walplayer::common::sink::{self, Fsync, Sink, SinkSettings};
-use walplayer::common::source::{self, Segment};
-use walplayer::common::transport::SOCKET_BUFFER;
-use walplayer::common::upload::{UploadSettings, Work};
-use walplayer::common::walname::MIB;
-use walplayer::common::{play, tls};
+use walplayer::certs::{self, CertSpec, MintedCerts};
+use walplayer::klio::endpoint::KlioEndpoint;
+use walplayer::klio::pipeline::Pipeline;
+use walplayer::klio::tls;
+use walplayer::klio::transport::SOCKET_BUFFER;
+use walplayer::klio::upload::{UploadSettings, Work};
+use walplayer::sink::{self, Fsync, Sink, SinkSettings};
+use walplayer::wal::generate::{generate, GenerateSpec, Payload, PgVersion};
+use walplayer::wal::source::{self, Segment};
+use walplayer::wal::walname::MIB;
 
 const SEGMENT_BYTES: u64 = 16 * MIB;
 const BLOCK_BYTES: usize = 2 << 20;
@@ -70,7 +70,7 @@ const MEMORY_CASES: [MemoryCase; 4] = [
 ];
 
 fn main() {
-    walplayer::common::alloc::tune();
+    walplayer::alloc::tune();
     // Errors come back here, so the temporary directories (a GiB or more in
     // /dev/shm) are removed before the process exits.
     if let Err(e) = run() {
@@ -122,7 +122,12 @@ fn generate_wal(dir: &Path, count: u64, segment_bytes: u64) -> Result<()> {
         gzip: false,
         system_id: 7_400_000_000_000_000_000,
     };
-    generate(&spec, &Payload::synthetic(), &mut |_, _| ())?;
+    generate(
+        &spec,
+        &Payload::synthetic(),
+        &CancellationToken::new(),
+        &mut |_, _| (),
+    )?;
     Ok(())
 }
 
@@ -189,7 +194,10 @@ async fn compare(
 /// One pipeline run, connections included; returns its seconds.
 async fn play_round(endpoint: &KlioEndpoint, files: &[Segment], jobs: usize) -> Result<f64> {
     let start = Instant::now();
-    let clients = play::connect_jobs(endpoint, jobs).await?;
+    let clients = endpoint
+        .connect_jobs(jobs)
+        .await
+        .map_err(anyhow::Error::msg)?;
     let work = files
         .iter()
         .map(|segment| Work {
@@ -206,7 +214,12 @@ async fn play_round(endpoint: &KlioEndpoint, files: &[Segment], jobs: usize) -> 
     let mut pipeline = Pipeline::start(work, clients, settings, CancellationToken::new());
     let (mut reports, mut stored) = (0, 0);
     while let Some(report) = pipeline.reports.recv().await {
-        ensure!(report.ok(), "{}: {}", report.wal_name, report.error);
+        ensure!(
+            report.ok(),
+            "{}: {}",
+            report.wal_name,
+            report.outcome.error_text()
+        );
         reports += 1;
         stored += report.bytes;
     }

@@ -8,11 +8,13 @@ use anyhow::{bail, Result};
 use clap::Args;
 use tokio_util::sync::CancellationToken;
 
-use crate::common::cli::{parse_duration, OutputArgs, UploadArgs};
-use crate::common::walname::segment_bytes_from_mib;
-use crate::coordinator::plan::{Length, Workload};
-use crate::coordinator::{Coordinator, CoordinatorOptions, DEFAULT_LISTEN};
-use crate::proto::control::{Source, Split};
+use crate::plan::{Length, Workload};
+use crate::{Coordinator, CoordinatorOptions, DEFAULT_LISTEN};
+use walplayer_klio::exit::Exit;
+use walplayer_klio::flags::{parse_duration, OutputArgs, UploadArgs};
+use walplayer_klio::progress::Progress;
+use walplayer_proto::control::{Source, Split};
+use walplayer_wal::walname::segment_bytes_from_mib;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum SourceArg {
@@ -113,12 +115,12 @@ impl CoordinatorArgs {
                 .map_err(|e| anyhow::anyhow!("--wal-size: {e}"))?;
         }
         if let Some(a) = &self.address {
-            crate::common::config::split_address(a)
+            walplayer_klio::config::split_address(a)
                 .map_err(|e| anyhow::anyhow!("--address: {e}"))?;
         }
         let tls = match (&self.tls_cert, &self.tls_key, &self.client_ca) {
             (Some(cert), Some(key), Some(ca)) => {
-                Some(crate::common::tls::server_config(cert, key, ca)?)
+                Some(walplayer_klio::tls::server_config(cert, key, ca)?)
             }
             _ => None,
         };
@@ -147,18 +149,22 @@ impl CoordinatorArgs {
             },
             output: self.output.output.clone(),
             summary: self.output.summary.clone(),
-            quiet: self.output.quiet,
             tls,
         })
     }
 }
 
-/// `walplayer coordinator`: returns the exit status.
-pub async fn run(args: CoordinatorArgs, shutdown: CancellationToken) -> Result<i32> {
+/// `walplayer coordinator`: returns the exit status. `progress` is the
+/// display the CLI chose (`--quiet` is [`OutputArgs::quiet`]).
+pub async fn run(
+    args: CoordinatorArgs,
+    shutdown: CancellationToken,
+    progress: Box<dyn Progress>,
+) -> Result<Exit> {
     let opts = args.options()?;
     let coordinator = Coordinator::bind(args.listen, opts).await?;
     // Stdout carries only JSON lines; scripts read the address from here.
     tracing::info!("coordinator listening on {}", coordinator.local_addr());
-    let outcome = coordinator.run(shutdown).await?;
-    Ok(outcome.code)
+    let outcome = coordinator.run(shutdown, progress).await?;
+    Ok(outcome.exit)
 }

@@ -30,10 +30,15 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::common::play::{check_writable, write_summary};
-use crate::common::transport;
-use crate::proto::control::control_server::ControlServer;
 pub use run::RunOutcome;
+use walplayer_klio::output::{check_writable, write_summary};
+use walplayer_klio::progress::Progress;
+use walplayer_klio::transport;
+use walplayer_proto::control::control_server::ControlServer;
+
+/// How long agents get to close their sessions after a run, and the
+/// server to stop after that.
+const SESSION_GRACE: Duration = Duration::from_secs(5);
 
 /// Default control port (next to Klio's 52000).
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:52100";
@@ -51,7 +56,6 @@ pub struct CoordinatorOptions {
     pub workload: plan::Workload,
     pub output: Option<PathBuf>,
     pub summary: Option<PathBuf>,
-    pub quiet: bool,
     /// Mutual TLS on the control channel.
     pub tls: Option<Arc<ServerConfig>>,
 }
@@ -87,32 +91,45 @@ impl Coordinator {
     }
 
     /// Runs one run to its end; errors are up-front ones (exit status 2).
-    pub async fn run(self, shutdown: CancellationToken) -> Result<RunOutcome> {
+    pub async fn run(
+        self,
+        shutdown: CancellationToken,
+        progress: Box<dyn Progress>,
+    ) -> Result<RunOutcome> {
         check_writable(self.opts.output.as_deref(), "--output")?;
         check_writable(self.opts.summary.as_deref(), "--summary")?;
         let (events_tx, events) = mpsc::channel(4096);
         let stop_server = CancellationToken::new();
-        let incoming = transport::incoming(
+        let (incoming, accepting) = transport::incoming(
             self.listener,
             self.opts.tls.clone(),
             stop_server.clone(),
             Arc::new(|| {}),
         );
+        let sessions = service::Sessions::default();
         let server = tonic::transport::Server::builder()
             .add_service(
-                ControlServer::new(service::ControlService::new(events_tx))
+                ControlServer::new(service::ControlService::new(events_tx, sessions.clone()))
                     .max_decoding_message_size(64 << 20)
                     .max_encoding_message_size(64 << 20),
             )
             .serve_with_incoming_shutdown(incoming, stop_server.clone().cancelled_owned());
-        let server = tokio::spawn(server);
-        let outcome = run::Run::new(self.opts.clone())
+        let mut server = tokio::spawn(server);
+        let outcome = run::Run::new(self.opts.clone(), progress)
             .drive(events, shutdown)
             .await;
-        // Let the closing of every session reach the agents, then stop.
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // The loop dropped every downlink: agents see their session end and
+        // close theirs; then the server stops.
+        sessions.close(SESSION_GRACE).await;
         stop_server.cancel();
-        let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+        if tokio::time::timeout(SESSION_GRACE, &mut server)
+            .await
+            .is_err()
+        {
+            server.abort();
+            let _ = server.await;
+        }
+        accepting.join().await;
 
         eprint!("{}", outcome.summary.to_text());
         if let Some(why) = &outcome.failure {

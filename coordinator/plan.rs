@@ -3,7 +3,7 @@
 //! Agents are ordered by name, so the same agents always get the same
 //! shards. Generated workloads are divided as evenly as whole files allow.
 
-use crate::proto::control::{Assignment, Source, Split};
+use walplayer_proto::control::{Assignment, Source, Split};
 
 /// How many files a generated workload has.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

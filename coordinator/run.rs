@@ -10,18 +10,20 @@ use hdrhistogram::Histogram;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::common::play::open_output;
-use crate::common::progress::Progress;
-use crate::common::report::{from_unix_nanos, unix_nanos, FileReport, JsonLines};
-use crate::common::stats::{decode_histogram, new_histogram, Latency, Stats, Totals};
-use crate::coordinator::plan;
-use crate::coordinator::service::{Downlink, Event};
-use crate::coordinator::summary::{AgentSummary, ClusterSummary, RunSummary, Tally};
-use crate::coordinator::track::{Mark, Tracker};
-use crate::coordinator::CoordinatorOptions;
-use crate::proto::control::agent_message::Body as Up;
-use crate::proto::control::coordinator_message::Body as Down;
-use crate::proto::control::{
+use crate::plan;
+use crate::service::{Downlink, Event};
+use crate::summary::{AgentSummary, ClusterSummary, RunSummary, Tally};
+use crate::track::{Mark, Tracker};
+use crate::CoordinatorOptions;
+use walplayer_klio::exit::Exit;
+use walplayer_klio::output::open_output;
+use walplayer_klio::progress::Progress;
+use walplayer_klio::report::{unix_nanos, JsonLines};
+use walplayer_klio::stats::{decode_histogram, new_histogram, Latency, Stats, Totals};
+use walplayer_klio::wire;
+use walplayer_proto::control::agent_message::Body as Up;
+use walplayer_proto::control::coordinator_message::Body as Down;
+use walplayer_proto::control::{
     Abort, CoordinatorMessage, FileResult, Finished, Ready, Refusal, Register, Start,
 };
 
@@ -88,7 +90,7 @@ struct ClusterEntry {
 /// before uploading.
 pub struct RunOutcome {
     pub summary: RunSummary,
-    pub code: i32,
+    pub exit: Exit,
     pub failure: Option<String>,
 }
 
@@ -107,14 +109,14 @@ pub(crate) struct Run {
     /// Opened (emptying the previous run's file) when the barrier opens.
     output: Option<JsonLines<Box<dyn Write + Send>>>,
     write_error: Option<String>,
-    progress: Progress,
-    failure: Option<(i32, String)>,
+    progress: Box<dyn Progress>,
+    failure: Option<(Exit, String)>,
     interrupted: Option<Instant>,
     started: Option<Instant>,
 }
 
 impl Run {
-    pub(crate) fn new(opts: CoordinatorOptions) -> Run {
+    pub(crate) fn new(opts: CoordinatorOptions, progress: Box<dyn Progress>) -> Run {
         let nanos = unix_nanos(SystemTime::now());
         Run {
             run_id: format!("run-{:x}", nanos / 1_000_000),
@@ -128,7 +130,7 @@ impl Run {
             clusters: HashMap::new(),
             output: None,
             write_error: None,
-            progress: Progress::new(opts.quiet, 0, 0),
+            progress,
             failure: None,
             interrupted: None,
             started: None,
@@ -192,11 +194,11 @@ impl Run {
         }
     }
 
-    fn fail(&mut self, code: i32, reason: String) {
+    fn fail(&mut self, exit: Exit, reason: String) {
         tracing::error!("{reason}");
         self.broadcast_abort(&reason);
         if self.failure.is_none() {
-            self.failure = Some((code, reason));
+            self.failure = Some((exit, reason));
         }
     }
 
@@ -231,7 +233,7 @@ impl Run {
                         let name = self.agents[i].name.clone();
                         self.agents[i].lose(reason.clone());
                         self.fail(
-                            3,
+                            Exit::Lost,
                             format!("agent {name} left before the start barrier: {reason}"),
                         );
                     }
@@ -249,7 +251,7 @@ impl Run {
                 register.name, register.version
             ));
         }
-        if let Err(e) = crate::agent::check_name(&register.name) {
+        if let Err(e) = walplayer_wal::walname::check_agent_name(&register.name) {
             return Some(e);
         }
         if self.agents.iter().any(|a| a.name == register.name) {
@@ -321,7 +323,7 @@ impl Run {
                 let name = self.agents[i].name.clone();
                 self.agents[i].lose(format!("failed: {}", f.reason));
                 self.fail(
-                    2,
+                    Exit::Usage,
                     format!("agent {name} cannot run its assignment: {}", f.reason),
                 );
             }
@@ -342,7 +344,10 @@ impl Run {
         }
         let name = self.agents[i].name.clone();
         if let Err(e) = self.tracker.plan(&name, &ready.clusters) {
-            self.fail(2, format!("agent {name} sent an unusable plan: {e}"));
+            self.fail(
+                Exit::Usage,
+                format!("agent {name} sent an unusable plan: {e}"),
+            );
             return;
         }
         for plan in &ready.clusters {
@@ -366,7 +371,7 @@ impl Run {
     fn release_barrier(&mut self) {
         match open_output(self.opts.output.as_deref()) {
             Ok(out) => self.output = Some(JsonLines::new(out)),
-            Err(e) => return self.fail(2, format!("{e:#}")),
+            Err(e) => return self.fail(Exit::Usage, format!("{e:#}")),
         }
         let at = SystemTime::now() + self.opts.barrier_delay;
         let start = Start {
@@ -381,7 +386,7 @@ impl Run {
         self.started = Some(Instant::now() + self.opts.barrier_delay);
         tracing::info!(
             "every agent is ready: start barrier released for {}",
-            crate::common::report::rfc3339(at)
+            walplayer_klio::report::rfc3339(at)
         );
     }
 
@@ -403,32 +408,24 @@ impl Run {
                 f.wal_name
             ),
         }
-        let report = FileReport {
-            wal_full_path: f.wal_full_path,
-            cluster: f.cluster,
-            wal_name: f.wal_name,
-            agent: Some(name),
-            start: from_unix_nanos(f.start_unix_nanos),
-            end: from_unix_nanos(f.end_unix_nanos),
-            elapsed: Duration::from_nanos(f.elapsed_ns),
-            bytes: f.bytes,
-            error: f.error,
-            retries: f.retries,
-            verified: f.verified,
+        let (start_ns, end_ns) = (f.start_unix_nanos, f.end_unix_nanos);
+        let report = match wire::file_report(f, name.clone()) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!("agent {name} sent an unusable result, not counted: {e}");
+                return;
+            }
         };
         if let (None, Some(output)) = (&self.write_error, self.output.as_mut()) {
             if let Err(e) = output.write(&report) {
                 self.write_error = Some(format!("cannot write results: {e}"));
-                self.fail(1, format!("cannot write results: {e}"));
+                self.fail(Exit::FilesFailed, format!("cannot write results: {e}"));
             }
         }
         self.received.record(&report);
-        self.agents[i]
-            .tally
-            .record(&report, f.start_unix_nanos, f.end_unix_nanos);
+        self.agents[i].tally.record(&report, start_ns, end_ns);
         if let Some(c) = self.clusters.get_mut(&report.cluster) {
-            c.tally
-                .record(&report, f.start_unix_nanos, f.end_unix_nanos);
+            c.tally.record(&report, start_ns, end_ns);
         }
         self.progress.file_done(report.bytes, !report.ok());
     }
@@ -473,7 +470,7 @@ impl Run {
         match self.phase {
             Phase::Registering if now > self.deadline && self.failure.is_none() => {
                 let reason = self.missing_agents();
-                self.fail(3, reason);
+                self.fail(Exit::Lost, reason);
             }
             Phase::Preparing if now > self.deadline && self.failure.is_none() => {
                 let slow: Vec<_> = self
@@ -487,7 +484,7 @@ impl Run {
                     humantime::format_duration(self.opts.ready_timeout),
                     slow.join(", ")
                 );
-                self.fail(3, reason);
+                self.fail(Exit::Lost, reason);
             }
             Phase::Running => {
                 let limit = self.opts.agent_timeout;
@@ -601,12 +598,10 @@ impl Run {
             agents,
             clusters,
         };
-        let code = match &self.failure {
-            Some((code, _)) => *code,
-            None if self.interrupted.is_some() => 130,
-            None if lost => 3,
-            None if summary.totals.files_failed > 0 => 1,
-            None => 0,
+        let exit = match &self.failure {
+            Some((exit, _)) => *exit,
+            None if lost && self.interrupted.is_none() => Exit::Lost,
+            None => Exit::of_run(summary.totals.files_failed, self.interrupted.is_some()),
         };
         // Dropping the downlinks closes every session: agents go back to
         // waiting for the next run.
@@ -615,7 +610,7 @@ impl Run {
         }
         RunOutcome {
             summary,
-            code,
+            exit,
             failure: self.failure.map(|(_, why)| why),
         }
     }

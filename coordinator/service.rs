@@ -7,13 +7,17 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use std::time::Duration;
+
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::proto::control::agent_message::Body as Up;
-use crate::proto::control::control_server::Control;
-use crate::proto::control::{AgentMessage, CoordinatorMessage, Register};
+use walplayer_proto::control::agent_message::Body as Up;
+use walplayer_proto::control::control_server::Control;
+use walplayer_proto::control::{AgentMessage, CoordinatorMessage, Register};
 
 /// Messages to one agent.
 pub type Downlink = mpsc::Sender<Result<CoordinatorMessage, Status>>;
@@ -42,13 +46,40 @@ pub enum Event {
 pub struct ControlService {
     events: mpsc::Sender<Event>,
     next_conn: Arc<AtomicU64>,
+    sessions: Sessions,
+}
+
+/// The tasks that forward each session's messages, so the coordinator can
+/// wait for them and end them.
+#[derive(Clone, Default)]
+pub struct Sessions {
+    tasks: TaskTracker,
+    closing: CancellationToken,
+}
+
+impl Sessions {
+    /// Waits up to `grace` for every agent to close its session (they do
+    /// once the run loop dropped their downlinks), then ends the rest; returns
+    /// when every forwarding task is gone.
+    pub async fn close(&self, grace: Duration) {
+        self.tasks.close();
+        if tokio::time::timeout(grace, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("agents still connected after {grace:?}: closing their sessions");
+            self.closing.cancel();
+            self.tasks.wait().await;
+        }
+    }
 }
 
 impl ControlService {
-    pub fn new(events: mpsc::Sender<Event>) -> ControlService {
+    pub fn new(events: mpsc::Sender<Event>, sessions: Sessions) -> ControlService {
         ControlService {
             events,
             next_conn: Arc::default(),
+            sessions,
         }
     }
 }
@@ -88,9 +119,14 @@ impl Control for ControlService {
             return Err(Status::unavailable("the coordinator is shutting down"));
         }
         let events = self.events.clone();
-        tokio::spawn(async move {
+        let closing = self.sessions.closing.clone();
+        self.sessions.tasks.spawn(async move {
             let reason = loop {
-                match up.message().await {
+                let message = tokio::select! {
+                    m = up.message() => m,
+                    _ = closing.cancelled() => return,
+                };
+                match message {
                     Ok(Some(AgentMessage { body: Some(body) })) => {
                         if events.send(Event::Message { conn, body }).await.is_err() {
                             return;
@@ -98,7 +134,7 @@ impl Control for ControlService {
                     }
                     Ok(Some(_)) => {}
                     Ok(None) => break "the agent closed its session".to_string(),
-                    Err(status) => break crate::common::transport::status_text(&status),
+                    Err(status) => break walplayer_klio::transport::status_text(&status),
                 }
             };
             let _ = events.send(Event::Left { conn, reason }).await;

@@ -2,16 +2,11 @@
 //! breakdown per agent and per cluster, the start skew and the files no
 //! agent reported.
 
-use std::collections::BTreeMap;
-
 use serde::Serialize;
 
-use crate::common::report::FileReport;
-use crate::common::stats::{error_counts, ErrorCount, Latency, Totals};
-use crate::coordinator::track::Unreported;
-
-/// Most distinct error messages kept per agent or cluster.
-const MAX_ERRORS_KEPT: usize = 32;
+use crate::track::Unreported;
+use walplayer_klio::report::{FileReport, Outcome};
+use walplayer_klio::stats::{ErrorCount, Errors, Latency, Totals};
 
 /// Counts of some files, without a histogram (latency comes from the
 /// agent's own histogram when it finishes).
@@ -20,7 +15,7 @@ pub struct Tally {
     pub files_ok: u64,
     pub files_failed: u64,
     pub bytes: u64,
-    pub errors: BTreeMap<String, u64>,
+    pub errors: Errors,
     pub first_start_ns: i64,
     pub last_end_ns: i64,
 }
@@ -32,13 +27,9 @@ impl Tally {
             self.bytes += r.bytes;
         } else {
             self.files_failed += 1;
-            let kept = self.errors.len() < MAX_ERRORS_KEPT || self.errors.contains_key(&r.error);
-            let key = if kept {
-                r.error.clone()
-            } else {
-                "(other errors)".to_string()
-            };
-            *self.errors.entry(key).or_default() += 1;
+            if let Outcome::Failed { kind, message } = &r.outcome {
+                self.errors.record(*kind, message);
+            }
         }
         if self.first_start_ns == 0 || start_ns < self.first_start_ns {
             self.first_start_ns = start_ns;
@@ -56,7 +47,7 @@ impl Tally {
     }
 
     fn errors(&self) -> Vec<ErrorCount> {
-        error_counts(&self.errors)
+        self.errors.counts()
     }
 }
 

@@ -4,8 +4,8 @@
 
 use std::collections::HashMap;
 
-use crate::common::walname::SegmentName;
-use crate::proto::control::ClusterPlan;
+use walplayer_proto::control::ClusterPlan;
+use walplayer_wal::walname::SegmentName;
 
 /// The files of one cluster.
 #[derive(Debug)]

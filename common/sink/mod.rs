@@ -1,10 +1,14 @@
 //! Sink: a Klio-compatible WAL server for tests, demos and calibration.
 //!
+//! The sink sits beside the coordinator and agent layers: it uses the Klio
+//! client crate's transport and limits and the WAL format's name rules.
+//!
 //! - [`service`]: the WAL service (Put and Get) with the protocol's rules.
+//! - [`faults`]: test-only misbehaviour, compiled with the `faults` feature.
 //! - this module: the listener, mutual TLS on every connection, the
-//!   HTTP/2 settings, shutdown and the totals printed at the end; and, for
-//!   tests only, the fault plan handed to the service.
+//!   HTTP/2 settings, shutdown and the totals printed at the end.
 
+pub mod faults;
 pub mod service;
 
 use std::net::SocketAddr;
@@ -17,10 +21,11 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
 
-use crate::common::klio::MAX_MESSAGE_BYTES;
-use crate::common::transport::{self, CONNECTION_WINDOW, STREAM_WINDOW};
-use crate::proto::klio::wal_server::WalServer;
-pub use service::{Fault, FaultPlan, Fsync, SinkTotals, Storage, WalService};
+pub use faults::{Fault, FaultArgs, FaultPlan};
+pub use service::{Fsync, SinkTotals, Storage, WalService};
+use walplayer_klio::endpoint::MAX_MESSAGE_BYTES;
+use walplayer_klio::transport::{self, CONNECTION_WINDOW, STREAM_WINDOW};
+use walplayer_proto::klio::wal_server::WalServer;
 
 /// Largest HTTP/2 frame the sink accepts: fewer, larger DATA frames for
 /// multi-MiB blocks (16 KiB, the HTTP/2 default, costs a frame per TLS record).
@@ -53,8 +58,8 @@ impl Sink {
     }
 
     /// Makes the service inject `plan` into Put streams (tests only).
-    pub fn with_faults(mut self, plan: FaultPlan) -> Sink {
-        self.faults = Some(plan);
+    pub fn with_faults(mut self, plan: Option<FaultPlan>) -> Sink {
+        self.faults = plan;
         self
     }
 
@@ -72,7 +77,6 @@ impl Sink {
     ) -> Result<Arc<SinkTotals>, tonic::transport::Error> {
         let mut service = WalService::new(self.settings.storage, self.settings.read_only);
         if let Some(plan) = self.faults {
-            tracing::warn!("injecting faults for tests: {plan:?}");
             service = service.with_faults(plan, shutdown.clone());
         }
         let totals = service.totals();
@@ -82,7 +86,7 @@ impl Sink {
                 totals.handshakes_rejected.fetch_add(1, Ordering::Relaxed);
             })
         };
-        let incoming = transport::incoming(
+        let (incoming, accepting) = transport::incoming(
             self.listener,
             Some(self.settings.tls),
             shutdown.clone(),
@@ -101,6 +105,7 @@ impl Sink {
             .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned())
             .await;
         shutdown.cancel();
+        accepting.join().await;
         result.map(|_| totals)
     }
 }

@@ -5,26 +5,25 @@
 //! name when exactly `segment_size` bytes arrived. Every rejected stream is
 //! logged with its reason and counted.
 //!
-//! For tests, a [`FaultPlan`] makes the service misbehave on Put streams
-//! that carry data (never on the client's empty probe stream), so a client's
-//! handling of each server fault can be checked end to end.
+//! For tests, a [`FaultPlan`](crate::faults::FaultPlan) makes the service
+//! misbehave (see [`crate::faults`]).
 
 use std::fs::File;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::{Code, Request, Response, Status, Streaming};
+use tonic::{Request, Response, Status, Streaming};
 
-use crate::common::klio::MAX_BLOCK_BYTES;
-use crate::common::walname::{has_only_name_chars, is_wal_name};
-use crate::proto::klio::wal_server::Wal;
-use crate::proto::klio::{GetRequest, GetResult, PutRequest, PutResult};
+use crate::faults::{FaultPlan, Faults};
+use walplayer_klio::endpoint::MAX_BLOCK_BYTES;
+use walplayer_proto::klio::wal_server::Wal;
+use walplayer_proto::klio::{GetRequest, GetResult, PutRequest, PutResult};
+use walplayer_wal::walname::{check_cluster_name, has_only_name_chars, is_wal_name};
 
 /// When the sink fsyncs what it writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -75,101 +74,12 @@ impl SinkTotals {
     }
 }
 
-/// A misbehaviour the sink can inject into Put streams, for tests only.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Fault {
-    /// Read the whole stream, leave the file partial and answer a
-    /// `written_size` one byte short of what arrived.
-    ShortWrite,
-    /// Reject the stream with this status after its first block.
-    Status(Code),
-    /// Take the first block, then neither read nor answer until the client
-    /// gives up (or the sink stops).
-    Stall,
-}
-
-/// The status codes `--fault status:NAME` accepts, by their gRPC names in
-/// kebab case.
-const FAULT_CODES: &[(&str, Code)] = &[
-    ("cancelled", Code::Cancelled),
-    ("unknown", Code::Unknown),
-    ("invalid-argument", Code::InvalidArgument),
-    ("deadline-exceeded", Code::DeadlineExceeded),
-    ("not-found", Code::NotFound),
-    ("already-exists", Code::AlreadyExists),
-    ("permission-denied", Code::PermissionDenied),
-    ("resource-exhausted", Code::ResourceExhausted),
-    ("failed-precondition", Code::FailedPrecondition),
-    ("aborted", Code::Aborted),
-    ("out-of-range", Code::OutOfRange),
-    ("unimplemented", Code::Unimplemented),
-    ("internal", Code::Internal),
-    ("unavailable", Code::Unavailable),
-    ("data-loss", Code::DataLoss),
-    ("unauthenticated", Code::Unauthenticated),
-];
-
-impl FromStr for Fault {
-    type Err = String;
-
-    /// `short-write`, `stall` or `status:CODE` (e.g. `status:unavailable`).
-    fn from_str(text: &str) -> Result<Fault, String> {
-        match text {
-            "short-write" => return Ok(Fault::ShortWrite),
-            "stall" => return Ok(Fault::Stall),
-            _ => {}
-        }
-        let names = || {
-            FAULT_CODES
-                .iter()
-                .map(|(n, _)| *n)
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        let Some(code) = text.strip_prefix("status:") else {
-            return Err(format!(
-                "unknown fault {text:?}: use short-write, stall or status:CODE (CODE one of {})",
-                names()
-            ));
-        };
-        FAULT_CODES
-            .iter()
-            .find(|(name, _)| *name == code)
-            .map(|(_, c)| Fault::Status(*c))
-            .ok_or_else(|| format!("unknown status {code:?}: use one of {}", names()))
-    }
-}
-
-/// Which Put streams get a [`Fault`]: every stream carrying data after the
-/// first `after`, counted in the order their first block arrives.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FaultPlan {
-    pub fault: Fault,
-    pub after: u64,
-}
-
 /// The WAL service.
 pub struct WalService {
     storage: Storage,
     read_only: bool,
     totals: Arc<SinkTotals>,
     faults: Option<Faults>,
-}
-
-/// A fault plan in force, with the count of data streams seen so far.
-struct Faults {
-    plan: FaultPlan,
-    streams: AtomicU64,
-    /// Ends stalls when the sink stops, so shutdown never waits on them.
-    shutdown: CancellationToken,
-}
-
-impl Faults {
-    /// The fault for the stream whose first block just arrived, if any.
-    fn next_stream(&self) -> Option<Fault> {
-        let seen = self.streams.fetch_add(1, Ordering::Relaxed);
-        (seen >= self.plan.after).then_some(self.plan.fault)
-    }
 }
 
 impl WalService {
@@ -187,11 +97,7 @@ impl WalService {
     /// Injects `plan` into Put streams (tests only); stalled streams are
     /// released when `shutdown` is cancelled.
     pub fn with_faults(mut self, plan: FaultPlan, shutdown: CancellationToken) -> WalService {
-        self.faults = Some(Faults {
-            plan,
-            streams: AtomicU64::new(0),
-            shutdown,
-        });
+        self.faults = Some(Faults::new(plan, shutdown));
         self
     }
 
@@ -210,9 +116,9 @@ struct StreamId {
 }
 
 fn check_names(cluster: &str, wal: &str) -> Result<(), Status> {
-    if cluster.is_empty() || !has_only_name_chars(cluster) || cluster == "." || cluster == ".." {
+    if let Err(e) = check_cluster_name(cluster) {
         return Err(Status::invalid_argument(format!(
-            "invalid cluster_name {cluster:?}: only letters, digits, '_', '-' and '.' are allowed"
+            "invalid cluster_name: {e}"
         )));
     }
     if !has_only_name_chars(wal) {
@@ -316,8 +222,14 @@ impl WalService {
                 )));
             }
             if id.is_none() {
-                fault = self.faults.as_ref().and_then(Faults::next_stream);
-                self.inject_early(fault).await?;
+                if let Some(faults) = &self.faults {
+                    fault = faults.next_stream();
+                    if let Some(f) = fault {
+                        if let Some(status) = faults.strike_early(f).await {
+                            return Err(PutFailure::Injected(status));
+                        }
+                    }
+                }
             }
             match &id {
                 None => {
@@ -352,7 +264,7 @@ impl WalService {
         let Some(id) = id else {
             return Ok(None);
         };
-        if fault == Some(Fault::ShortWrite) {
+        if fault.is_some_and(|f| f.short_writes()) {
             return Ok(Some((id, PutEnd::ShortWrite)));
         }
         if *written != id.size {
@@ -368,38 +280,6 @@ impl WalService {
         }
         Ok(Some((id, PutEnd::Complete)))
     }
-
-    /// Carries out the faults that strike as soon as a stream's first block
-    /// arrives; the others act when the stream ends.
-    async fn inject_early(&self, fault: Option<Fault>) -> Result<(), PutFailure> {
-        match fault {
-            Some(Fault::Status(code)) => Err(PutFailure::Injected(Status::new(
-                code,
-                format!(
-                    "fault injected by the sink (--fault status:{})",
-                    code_name(code)
-                ),
-            ))),
-            Some(Fault::Stall) => {
-                tracing::warn!("stalling a Put stream: it will not be read again (--fault stall)");
-                if let Some(f) = &self.faults {
-                    // The client's cancel drops this future; so does shutdown.
-                    f.shutdown.cancelled().await;
-                }
-                Err(PutFailure::Injected(Status::unavailable(
-                    "sink stopped while stalling this stream (--fault stall)",
-                )))
-            }
-            Some(Fault::ShortWrite) | None => Ok(()),
-        }
-    }
-}
-
-fn code_name(code: Code) -> &'static str {
-    FAULT_CODES
-        .iter()
-        .find(|(_, c)| *c == code)
-        .map_or("unknown", |(n, _)| n)
 }
 
 enum PutFailure {
@@ -519,26 +399,5 @@ impl Wal for WalService {
             }
         });
         Ok(Response::new(ReceiverStream::new(rx)))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn fault_names_parse_and_unknown_ones_list_the_choices() {
-        assert_eq!("short-write".parse(), Ok(Fault::ShortWrite));
-        assert_eq!("stall".parse(), Ok(Fault::Stall));
-        assert_eq!(
-            "status:resource-exhausted".parse(),
-            Ok(Fault::Status(Code::ResourceExhausted))
-        );
-        for (name, code) in FAULT_CODES {
-            assert_eq!(code_name(*code), *name);
-        }
-        let err = "status:teapot".parse::<Fault>().unwrap_err();
-        assert!(err.contains("unauthenticated"), "{err}");
-        assert!("short".parse::<Fault>().unwrap_err().contains("stall"));
     }
 }

@@ -5,8 +5,11 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+use tokio_util::sync::CancellationToken;
+
 use walplayer::agent::cli::{run, AgentArgs};
-use walplayer::common::cli::init_logging;
+use walplayer::cli::{init_logging, with_signals};
+use walplayer::klio::exit::Exit;
 
 #[derive(Parser)]
 #[command(
@@ -20,9 +23,20 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    walplayer::common::alloc::tune();
+    walplayer::alloc::tune();
     let args = Args::parse();
     init_logging(true);
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime starts");
-    ExitCode::from(runtime.block_on(run(args.agent)) as u8)
+    let shutdown = CancellationToken::new();
+    let exit = runtime.block_on(with_signals(
+        shutdown.clone(),
+        exit_now,
+        run(args.agent, shutdown.clone()),
+    ));
+    exit.into()
+}
+
+/// A second signal: stop at once, keeping what was already written.
+fn exit_now() -> ! {
+    std::process::exit(Exit::Interrupted.code().into())
 }

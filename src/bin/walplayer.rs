@@ -7,8 +7,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
-use walplayer::common::cli::{self, KlioArgs, OutputArgs, UploadArgs};
-use walplayer::common::{certs, generate, play, quickstart, sink, walname};
+use walplayer::cli::{error_text, init_logging, with_signals};
+use walplayer::klio::exit::Exit;
+use walplayer::klio::flags::{KlioArgs, OutputArgs, UploadArgs};
+use walplayer::wal::{generate, walname};
+use walplayer::{certs, play, quickstart, sink};
 
 #[derive(Parser)]
 #[command(
@@ -108,22 +111,8 @@ struct SinkArgs {
     /// Refuse every upload with FAILED_PRECONDITION, as a read-only Klio does
     #[arg(long)]
     read_only: bool,
-    /// Test only (hidden): misbehave on Put streams that carry data.
-    /// `short-write` answers written_size one byte short and leaves the file
-    /// partial; `status:CODE` rejects with that gRPC status (e.g.
-    /// `status:unavailable`); `stall` takes the first block, then neither
-    /// reads nor answers. The client's empty probe stream is never affected.
-    #[arg(long, hide = true, value_name = "FAULT")]
-    fault: Option<sink::Fault>,
-    /// Test only (hidden): the first N Put streams with data behave normally
-    #[arg(
-        long,
-        hide = true,
-        value_name = "N",
-        default_value_t = 0,
-        requires = "fault"
-    )]
-    fault_after: u64,
+    #[command(flatten)]
+    faults: sink::FaultArgs,
 }
 
 #[derive(clap::Args)]
@@ -145,60 +134,55 @@ struct CertsArgs {
 }
 
 fn main() -> ExitCode {
-    walplayer::common::alloc::tune();
+    walplayer::alloc::tune();
     let cli = Cli::parse();
-    cli::init_logging(matches!(
+    init_logging(matches!(
         cli.command,
         Command::Sink(_) | Command::Coordinator(_) | Command::Agent(_)
     ));
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime starts");
-    let code = runtime.block_on(run(cli.command));
-    ExitCode::from(code)
-}
-
-/// Prints an up-front error with its causes and gives exit status 2.
-fn usage_error(e: impl Into<anyhow::Error>) -> u8 {
-    eprintln!("walplayer: error: {}", error_text(&e.into()));
-    2
-}
-
-/// The error and its causes on one line, each cause once: many messages
-/// already end with their cause, which `{:#}` would print a second time.
-fn error_text(e: &anyhow::Error) -> String {
-    let mut text = e.to_string();
-    for cause in e.chain().skip(1) {
-        let cause = cause.to_string();
-        if !text.contains(&cause) {
-            text.push_str(": ");
-            text.push_str(&cause);
-        }
-    }
-    text
-}
-
-async fn run(command: Command) -> u8 {
     let shutdown = CancellationToken::new();
-    cli::cancel_on_signal(shutdown.clone());
+    let exit = runtime.block_on(with_signals(
+        shutdown.clone(),
+        exit_now,
+        run(cli.command, shutdown.clone()),
+    ));
+    exit.into()
+}
+
+/// A second signal: stop at once, keeping what was already written.
+fn exit_now() -> ! {
+    std::process::exit(Exit::Interrupted.code().into())
+}
+
+/// Prints an up-front error with its causes: exit status 2.
+fn usage_error(e: impl Into<anyhow::Error>) -> Exit {
+    eprintln!("walplayer: error: {}", error_text(&e.into()));
+    Exit::Usage
+}
+
+async fn run(command: Command, shutdown: CancellationToken) -> Exit {
     match command {
         Command::Generate(args) => run_generate(args, shutdown).await,
         Command::Play(args) => run_play(args, shutdown).await,
         Command::Sink(args) => run_sink(args, shutdown).await,
         Command::Certs(args) => run_certs(args),
         Command::Coordinator(args) => {
-            match walplayer::coordinator::cli::run(args, shutdown).await {
-                Ok(code) => code as u8,
+            let progress = Box::new(walplayer::progress::Progress::new(args.output.quiet, 0, 0));
+            match walplayer::coordinator::cli::run(args, shutdown, progress).await {
+                Ok(exit) => exit,
                 Err(e) => usage_error(e),
             }
         }
-        Command::Agent(args) => walplayer::agent::cli::run(args).await as u8,
+        Command::Agent(args) => walplayer::agent::cli::run(args, shutdown).await,
         Command::Quickstart(args) => match quickstart::run(args, shutdown).await {
-            Ok(code) => code as u8,
+            Ok(exit) => exit,
             Err(e) => usage_error(e),
         },
     }
 }
 
-async fn run_generate(args: GenerateArgs, shutdown: CancellationToken) -> u8 {
+async fn run_generate(args: GenerateArgs, shutdown: CancellationToken) -> Exit {
     let segment_bytes = match walname::segment_bytes_from_mib(args.wal_size) {
         Ok(bytes) => bytes,
         Err(e) => return usage_error(anyhow::anyhow!("--wal-size: {e}")),
@@ -225,26 +209,25 @@ async fn run_generate(args: GenerateArgs, shutdown: CancellationToken) -> u8 {
         system_id: generate::DEFAULT_SYSTEM_ID,
     };
     let quiet = args.quiet;
+    // The generator sees the token between batches of pages: a signal ends
+    // it within one batch, removing the segment it was writing.
+    let stop = shutdown.clone();
     let task = tokio::task::spawn_blocking(move || {
-        generate::generate(&spec, &payload, &mut |path, _| {
+        generate::generate(&spec, &payload, &stop, &mut |path, _| {
             if !quiet {
                 eprintln!("{}", path.display());
             }
         })
     });
-    tokio::select! {
-        done = task => match done {
-            Ok(Ok(_)) => 0,
-            Ok(Err(e)) => usage_error(e),
-            Err(e) => usage_error(e),
-        },
-        // Files are written under a temporary name and renamed, so stopping
-        // here leaves only complete segments.
-        _ = shutdown.cancelled() => 130,
+    match task.await {
+        Ok(Ok(_)) if shutdown.is_cancelled() => Exit::Interrupted,
+        Ok(Ok(_)) => Exit::Ok,
+        Ok(Err(e)) => usage_error(e),
+        Err(e) => usage_error(e),
     }
 }
 
-async fn run_play(args: PlayArgs, shutdown: CancellationToken) -> u8 {
+async fn run_play(args: PlayArgs, shutdown: CancellationToken) -> Exit {
     let klio = match args.klio.resolve() {
         Ok(k) => k,
         Err(e) => return usage_error(e),
@@ -259,12 +242,12 @@ async fn run_play(args: PlayArgs, shutdown: CancellationToken) -> u8 {
         quiet: args.output.quiet,
     };
     match play::play(opts, shutdown).await {
-        Ok(outcome) => outcome.exit_code() as u8,
+        Ok(outcome) => outcome.exit(),
         Err(e) => usage_error(e),
     }
 }
 
-async fn run_sink(args: SinkArgs, shutdown: CancellationToken) -> u8 {
+async fn run_sink(args: SinkArgs, shutdown: CancellationToken) -> Exit {
     // Otherwise the sink would listen and then fail every upload.
     if let Some(data) = args.data.as_deref().filter(|_| !args.discard) {
         if let Err(e) = dir_or_absent(data, "--data") {
@@ -272,8 +255,7 @@ async fn run_sink(args: SinkArgs, shutdown: CancellationToken) -> u8 {
         }
     }
     let tls =
-        match walplayer::common::tls::server_config(&args.tls_cert, &args.tls_key, &args.client_ca)
-        {
+        match walplayer::klio::tls::server_config(&args.tls_cert, &args.tls_key, &args.client_ca) {
             Ok(t) => t,
             Err(e) => return usage_error(e),
         };
@@ -282,33 +264,27 @@ async fn run_sink(args: SinkArgs, shutdown: CancellationToken) -> u8 {
         storage: sink::storage(if args.discard { None } else { args.data }, args.fsync),
         read_only: args.read_only,
     };
-    let mut bound = match sink::Sink::bind(args.listen, settings).await {
-        Ok(s) => s,
+    let bound = match sink::Sink::bind(args.listen, settings).await {
+        Ok(s) => s.with_faults(args.faults.plan()),
         Err(e) => return usage_error(anyhow::anyhow!("cannot listen on {}: {e}", args.listen)),
     };
-    if let Some(fault) = args.fault {
-        bound = bound.with_faults(sink::FaultPlan {
-            fault,
-            after: args.fault_after,
-        });
-    }
     println!("listening on {}", bound.local_addr());
     tracing::info!("sink listening on {}", bound.local_addr());
     match bound.serve(shutdown).await {
         Ok(totals) => {
             tracing::info!("sink stopped: {}", totals.to_text());
-            0
+            Exit::Ok
         }
         Err(e) => {
-            eprintln!("walplayer: sink failed: {e:#}");
-            1
+            eprintln!("walplayer: sink failed: {}", error_text(&e.into()));
+            Exit::FilesFailed
         }
     }
 }
 
-fn run_certs(args: CertsArgs) -> u8 {
+fn run_certs(args: CertsArgs) -> Exit {
     // The address goes into klio-config.yaml; play would refuse it later.
-    if let Err(e) = walplayer::common::config::split_address(&args.address) {
+    if let Err(e) = walplayer::klio::config::split_address(&args.address) {
         return usage_error(anyhow::anyhow!("--address: {e}"));
     }
     if let Err(e) = dir_or_absent(&args.dir, "certs DIR") {
@@ -324,7 +300,7 @@ fn run_certs(args: CertsArgs) -> u8 {
     match certs::mint(&args.dir, &spec) {
         Ok(minted) => {
             println!("{}", minted.klio_config.display());
-            0
+            Exit::Ok
         }
         Err(e) => usage_error(e),
     }

@@ -207,12 +207,12 @@ fn barrier_holds_and_every_file_appears_exactly_once() {
     }
 
     // Merged percentiles equal those of one histogram built from every file.
-    let mut h = walplayer::common::stats::new_histogram();
+    let mut h = walplayer::klio::stats::new_histogram();
     for l in &lines {
         h.record(l["elapsedTime"].as_str().unwrap().parse().unwrap())
             .unwrap();
     }
-    let expect = walplayer::common::stats::Latency::of(&h);
+    let expect = walplayer::klio::stats::Latency::of(&h);
     assert_eq!(s["latency"], serde_json::to_value(expect).unwrap());
 }
 

@@ -18,7 +18,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use walplayer::common::certs::{self, CertSpec};
+use walplayer::certs::{self, CertSpec};
 
 use crate::util::*;
 

@@ -138,7 +138,7 @@ fn real_postgres_wal_is_stored_byte_identical() {
     for entry in std::fs::read_dir(data.join("pg_wal")).unwrap() {
         let path = entry.unwrap().path();
         let name = path.file_name().unwrap().to_str().unwrap().to_string();
-        if walplayer::common::walname::is_wal_name(&name) && path.is_file() {
+        if walplayer::wal::walname::is_wal_name(&name) && path.is_file() {
             std::fs::copy(&path, wal.join(&name)).unwrap();
             copied += 1;
         }
@@ -179,8 +179,8 @@ fn real_postgres_wal_is_stored_byte_identical() {
     assert_status(&out, 0);
     for name in ["000000010000000000000000", "000000010000000000000001"] {
         let bytes = std::fs::read(gen.join(name)).unwrap();
-        let seg = walplayer::common::walname::SegmentName::parse(name).unwrap();
-        let v = walplayer::common::generate::check_page_headers(&bytes, seg, 16 << 20).unwrap();
-        assert_eq!(v, walplayer::common::generate::PgVersion::V15);
+        let seg = walplayer::wal::walname::SegmentName::parse(name).unwrap();
+        let v = walplayer::wal::generate::check_page_headers(&bytes, seg, 16 << 20).unwrap();
+        assert_eq!(v, walplayer::wal::generate::PgVersion::V15);
     }
 }

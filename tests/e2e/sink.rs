@@ -6,11 +6,11 @@ use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
-use walplayer::common::certs::{self, CertSpec};
-use walplayer::common::klio::{Client, KlioEndpoint};
-use walplayer::common::sink::{self, Fsync, Sink, SinkSettings, SinkTotals};
-use walplayer::common::tls;
+use walplayer::certs::{self, CertSpec};
+use walplayer::klio::endpoint::{Client, KlioEndpoint};
+use walplayer::klio::tls;
 use walplayer::proto::klio::{GetRequest, PutRequest};
+use walplayer::sink::{self, Fsync, Sink, SinkSettings, SinkTotals};
 
 struct Running {
     client: Client,
@@ -216,9 +216,9 @@ async fn discard_counts_and_stores_nothing() {
 
 #[tokio::test]
 async fn verification_names_the_first_differing_byte() {
-    use walplayer::common::source::Segment;
-    use walplayer::common::upload::{upload, Sent, UploadSettings, Work};
-    use walplayer::common::verify::read_back;
+    use walplayer::klio::upload::{upload, Sent, UploadSettings, Work};
+    use walplayer::klio::verify::read_back;
+    use walplayer::wal::source::Segment;
 
     let dir = tempfile::tempdir().unwrap();
     let mut s = start(dir.path(), false).await;

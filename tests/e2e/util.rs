@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use walplayer::common::certs::{self, CertSpec, MintedCerts};
+use walplayer::certs::{self, CertSpec, MintedCerts};
 
 /// Longest any one command of a test may run.
 pub const COMMAND_LIMIT: Duration = Duration::from_secs(120);
@@ -284,7 +284,7 @@ pub fn assert_stored_identical(sent: &Path, stored: &Path) -> usize {
             }
             None => (name.clone(), std::fs::read(&path).unwrap()),
         };
-        if !walplayer::common::walname::is_wal_name(&wal) {
+        if !walplayer::wal::walname::is_wal_name(&wal) {
             continue;
         }
         let stored_data =

@@ -3,7 +3,7 @@
 //! finds it up front: exit status 2, the address and rustls's reason named,
 //! nothing sent.
 
-use walplayer::common::certs::{self, CertSpec, ServerVariant, TlsFiles};
+use walplayer::certs::{self, CertSpec, ServerVariant, TlsFiles};
 
 use super::*;
 

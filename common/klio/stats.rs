@@ -1,5 +1,6 @@
 //! Statistics of a run: counts, bytes, an HdrHistogram of per-file elapsed
-//! time and errors counted by message; and the summary made from them.
+//! time and failures counted by kind (with a few sample messages each);
+//! and the summary made from them.
 //!
 //! `Stats` adds up (`+=`): jobs, agents and clusters each keep their own and
 //! are merged exactly, histograms included.
@@ -13,7 +14,7 @@ use hdrhistogram::serialization::{Deserializer, Serializer, V2Serializer};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use crate::common::report::FileReport;
+use crate::report::{FailureKind, FileReport, Outcome};
 
 /// Longest per-file time the histogram tracks exactly (one hour).
 const HISTOGRAM_MAX_NS: u64 = 3_600 * 1_000_000_000;
@@ -30,7 +31,7 @@ pub struct Stats {
     pub bytes: u64,
     /// Elapsed time of every finished file (stored or failed), in ns.
     pub latency: Histogram<u64>,
-    pub errors: BTreeMap<String, u64>,
+    pub errors: Errors,
 }
 
 impl Default for Stats {
@@ -42,7 +43,7 @@ impl Default for Stats {
             files_verified: 0,
             bytes: 0,
             latency: new_histogram(),
-            errors: BTreeMap::new(),
+            errors: Errors::default(),
         }
     }
 }
@@ -62,7 +63,9 @@ impl Stats {
             self.bytes += report.bytes;
         } else {
             self.files_failed += 1;
-            *self.errors.entry(report.error.clone()).or_default() += 1;
+            if let Outcome::Failed { kind, message } = &report.outcome {
+                self.errors.record(*kind, message);
+            }
         }
         self.latency.saturating_record(report.elapsed_ns().max(1));
     }
@@ -83,9 +86,7 @@ impl AddAssign<&Stats> for Stats {
         self.latency
             .add(&other.latency)
             .expect("histograms share walplayer's bounds");
-        for (message, count) in &other.errors {
-            *self.errors.entry(message.clone()).or_default() += count;
-        }
+        self.errors += &other.errors;
     }
 }
 
@@ -142,24 +143,120 @@ impl Latency {
     }
 }
 
-/// One distinct error and how many files it failed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ErrorCount {
-    pub message: String,
-    pub count: u64,
+/// Most distinct messages kept per kind of failure; the rest are counted
+/// together.
+pub const SAMPLES_PER_KIND: usize = 8;
+
+/// Longest message kept, in bytes: a peer's error text is not trusted to be
+/// short.
+pub const MAX_MESSAGE_BYTES: usize = 1024;
+
+/// Failures counted by kind, each with up to [`SAMPLES_PER_KIND`] distinct
+/// messages: bounded however many files fail and however they are worded.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Errors {
+    by_kind: BTreeMap<FailureKind, KindErrors>,
 }
 
-/// Errors counted by message, most frequent first.
-pub fn error_counts(errors: &BTreeMap<String, u64>) -> Vec<ErrorCount> {
-    let mut v: Vec<ErrorCount> = errors
-        .iter()
-        .map(|(message, count)| ErrorCount {
-            message: message.clone(),
-            count: *count,
-        })
-        .collect();
-    v.sort_by(|a, b| b.count.cmp(&a.count).then(a.message.cmp(&b.message)));
-    v
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct KindErrors {
+    samples: BTreeMap<String, u64>,
+    /// Failures whose message is not among the samples.
+    other: u64,
+}
+
+impl Errors {
+    /// Counts one failure.
+    pub fn record(&mut self, kind: FailureKind, message: &str) {
+        self.add_count(kind, &bounded(message), 1);
+    }
+
+    fn add_count(&mut self, kind: FailureKind, message: &str, count: u64) {
+        let k = self.by_kind.entry(kind).or_default();
+        if let Some(n) = k.samples.get_mut(message) {
+            *n += count;
+        } else if k.samples.len() < SAMPLES_PER_KIND {
+            k.samples.insert(message.to_string(), count);
+        } else {
+            k.other += count;
+        }
+    }
+
+    /// Failures of every kind.
+    pub fn total(&self) -> u64 {
+        self.by_kind
+            .values()
+            .map(|k| k.samples.values().sum::<u64>() + k.other)
+            .sum()
+    }
+
+    /// Failures of `kind`.
+    pub fn of_kind(&self, kind: FailureKind) -> u64 {
+        self.by_kind
+            .get(&kind)
+            .map_or(0, |k| k.samples.values().sum::<u64>() + k.other)
+    }
+
+    /// The counts as summary rows: per kind, each sample message, most
+    /// frequent first, then the rest of that kind in one row.
+    pub fn counts(&self) -> Vec<ErrorCount> {
+        let mut rows = Vec::new();
+        for (kind, k) in &self.by_kind {
+            let mut samples: Vec<ErrorCount> = k
+                .samples
+                .iter()
+                .map(|(message, count)| ErrorCount {
+                    kind: *kind,
+                    message: message.clone(),
+                    count: *count,
+                })
+                .collect();
+            samples.sort_by(|a, b| b.count.cmp(&a.count).then(a.message.cmp(&b.message)));
+            rows.extend(samples);
+            if k.other > 0 {
+                rows.push(ErrorCount {
+                    kind: *kind,
+                    message: format!("(other {kind} errors)"),
+                    count: k.other,
+                });
+            }
+        }
+        rows
+    }
+}
+
+impl AddAssign<&Errors> for Errors {
+    fn add_assign(&mut self, other: &Errors) {
+        for (kind, k) in &other.by_kind {
+            for (message, count) in &k.samples {
+                self.add_count(*kind, message, *count);
+            }
+            if k.other > 0 {
+                self.by_kind.entry(*kind).or_default().other += k.other;
+            }
+        }
+    }
+}
+
+/// `message`, cut to [`MAX_MESSAGE_BYTES`] at a character boundary.
+pub fn bounded(message: &str) -> std::borrow::Cow<'_, str> {
+    if message.len() <= MAX_MESSAGE_BYTES {
+        return message.into();
+    }
+    let mut end = MAX_MESSAGE_BYTES;
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}... ({} bytes in all)", &message[..end], message.len()).into()
+}
+
+/// One row of the errors table: a kind, a message, and how many files
+/// failed with it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ErrorCount {
+    pub kind: FailureKind,
+    pub message: String,
+    pub count: u64,
 }
 
 /// Totals of a run, as written to `--summary FILE`.
@@ -183,7 +280,7 @@ impl Totals {
     pub fn new(stats: &Stats, wall: Duration) -> Totals {
         let secs = wall.as_secs_f64();
         let per_sec = |x: f64| if secs > 0.0 { x / secs } else { 0.0 };
-        let errors = error_counts(&stats.errors);
+        let errors = stats.errors.counts();
         Totals {
             files_ok: stats.files_ok,
             files_failed: stats.files_failed,
@@ -234,7 +331,11 @@ impl Totals {
             );
         }
         for e in &self.errors {
-            let _ = writeln!(t, "  {} file(s) failed: {}", e.count, e.message);
+            let _ = writeln!(
+                t,
+                "  {} file(s) failed ({}): {}",
+                e.count, e.kind, e.message
+            );
         }
         t
     }
@@ -266,6 +367,11 @@ mod tests {
     use std::time::SystemTime;
 
     fn report(ms: u64, error: &str) -> FileReport {
+        let outcome = if error.is_empty() {
+            Outcome::Stored
+        } else {
+            Outcome::failed(FailureKind::Refused, error)
+        };
         FileReport {
             wal_full_path: "p".into(),
             cluster: "c".into(),
@@ -275,7 +381,7 @@ mod tests {
             end: SystemTime::UNIX_EPOCH,
             elapsed: Duration::from_millis(ms),
             bytes: if error.is_empty() { 100 } else { 0 },
-            error: error.into(),
+            outcome,
             retries: vec![],
             verified: false,
         }
@@ -304,11 +410,12 @@ mod tests {
         assert_eq!(
             m.errors,
             vec![ErrorCount {
+                kind: FailureKind::Refused,
                 message: "boom".into(),
                 count: 6
             }]
         );
-        assert!(m.to_text().contains("6 file(s) failed: boom"));
+        assert!(m.to_text().contains("6 file(s) failed (refused): boom"));
         assert!((m.files_per_second - 147.0).abs() < 1e-9);
     }
 
@@ -319,5 +426,45 @@ mod tests {
         assert_eq!(t.mib_per_second, 0.0);
         assert!(decode_histogram(b"nonsense").is_err());
         assert_eq!(human_bytes(1536), "1.50 KiB");
+    }
+
+    #[test]
+    fn errors_are_counted_by_kind_with_bounded_samples() {
+        let mut e = Errors::default();
+        for i in 0..100 {
+            e.record(FailureKind::Transport, &format!("reset #{i}"));
+        }
+        e.record(FailureKind::Timeout, "slow");
+        e.record(FailureKind::Timeout, "slow");
+        e.record(FailureKind::LocalFile, &"x".repeat(16 << 20));
+        assert_eq!(e.total(), 103);
+        assert_eq!(e.of_kind(FailureKind::Transport), 100);
+        let rows = e.counts();
+        let transport: Vec<_> = rows
+            .iter()
+            .filter(|r| r.kind == FailureKind::Transport)
+            .collect();
+        assert_eq!(
+            transport.len(),
+            SAMPLES_PER_KIND + 1,
+            "samples plus one row for the rest"
+        );
+        assert_eq!(
+            transport.last().unwrap().count,
+            100 - SAMPLES_PER_KIND as u64
+        );
+        let long = rows
+            .iter()
+            .find(|r| r.kind == FailureKind::LocalFile)
+            .unwrap();
+        assert!(
+            long.message.len() < MAX_MESSAGE_BYTES + 64,
+            "a 16 MiB message is cut"
+        );
+        let mut merged = Errors::default();
+        merged += &e;
+        merged += &e;
+        assert_eq!(merged.total(), 206);
+        assert_eq!(merged.of_kind(FailureKind::Timeout), 4);
     }
 }

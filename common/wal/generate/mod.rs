@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use flate2::write::GzEncoder;
 use flate2::Compression;
+use tokio_util::sync::CancellationToken;
 
 mod synthetic;
 
@@ -537,12 +538,16 @@ impl GenerateSpec {
 /// many it wrote. Calls `on_file(path, size_on_disk)` after each file.
 ///
 /// Each file is written as `NAME.tmp` and renamed when complete, so an
-/// interrupted run never leaves a truncated file under a WAL name. Files are
+/// interrupted run never leaves a truncated file under a WAL name.
+/// `stop` is looked at between batches of pages: once cancelled, the
+/// segment being written is removed and the count written so far returned
+/// (fewer than `spec.count`). Files are
 /// not fsynced: generated WAL is reproducible, and the benchmark measures the
 /// server, not our disk. An existing file with the same name is replaced.
 pub fn generate(
     spec: &GenerateSpec,
     payload: &Payload,
+    stop: &CancellationToken,
     on_file: &mut dyn FnMut(&Path, u64),
 ) -> Result<u64, GenerateError> {
     let mut name = spec.first_segment()?;
@@ -561,13 +566,16 @@ pub fn generate(
         };
         let path = spec.dir.join(&file_name);
         let tmp = spec.dir.join(format!("{file_name}.tmp"));
-        let size = write_file(&tmp, spec, name, payload).map_err(|source| {
-            let _ = fs::remove_file(&tmp);
-            GenerateError::Write {
-                path: tmp.clone(),
-                source,
+        let size = match write_file(&tmp, spec, name, payload, stop) {
+            Ok(size) => size,
+            Err(source) => {
+                let _ = fs::remove_file(&tmp);
+                if stop.is_cancelled() {
+                    return Ok(written);
+                }
+                return Err(GenerateError::Write { path: tmp, source });
             }
-        })?;
+        };
         fs::rename(&tmp, &path).map_err(|source| GenerateError::Rename {
             from: tmp.clone(),
             to: path.clone(),
@@ -584,8 +592,12 @@ fn write_file(
     spec: &GenerateSpec,
     name: SegmentName,
     payload: &Payload,
+    stop: &CancellationToken,
 ) -> io::Result<u64> {
-    let mut file = File::create(path)?;
+    let mut file = Stoppable {
+        inner: File::create(path)?,
+        stop,
+    };
     let (bytes, pg, sysid) = (spec.segment_bytes, spec.pg_version, spec.system_id);
     if !spec.gzip {
         write_segment(&mut file, name, bytes, pg, sysid, payload)?;
@@ -595,7 +607,39 @@ fn write_file(
     let mut gz = GzEncoder::new(buffered, Compression::fast());
     write_segment(&mut gz, name, bytes, pg, sysid, payload)?;
     gz.finish()?.flush()?;
-    Ok(file.metadata()?.len())
+    Ok(file.inner.metadata()?.len())
+}
+
+/// A writer that fails once `stop` is cancelled, so a segment being written
+/// stops within one batch of pages.
+struct Stoppable<'a, W> {
+    inner: W,
+    stop: &'a CancellationToken,
+}
+
+impl<W: Write> Stoppable<'_, W> {
+    fn check(&self) -> io::Result<()> {
+        if self.stop.is_cancelled() {
+            return Err(io::Error::other("generation stopped"));
+        }
+        Ok(())
+    }
+}
+
+impl<W: Write> Write for Stoppable<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.check()?;
+        self.inner.write(buf)
+    }
+
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        self.check()?;
+        self.inner.write_vectored(bufs)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 #[cfg(test)]
@@ -620,7 +664,10 @@ mod tests {
 
     fn run(spec: &GenerateSpec, payload: &Payload) -> Vec<(PathBuf, u64)> {
         let mut files = Vec::new();
-        let n = generate(spec, payload, &mut |p, b| files.push((p.to_path_buf(), b))).unwrap();
+        let n = generate(spec, payload, &CancellationToken::new(), &mut |p, b| {
+            files.push((p.to_path_buf(), b))
+        })
+        .unwrap();
         assert_eq!(n, spec.count);
         files
     }
@@ -886,7 +933,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let payload = Payload::synthetic();
         let fails = |s: &GenerateSpec| {
-            generate(s, &payload, &mut |_, _| ())
+            generate(s, &payload, &CancellationToken::new(), &mut |_, _| ())
                 .unwrap_err()
                 .to_string()
         };
@@ -946,5 +993,59 @@ mod tests {
             Payload::synthetic().bytes() == pool.bytes(),
             "deterministic"
         );
+    }
+
+    #[test]
+    fn a_stop_ends_generation_leaving_only_complete_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        let stop = CancellationToken::new();
+        let mut seen = 0;
+        let n = generate(
+            &spec(dir.path(), 50),
+            &Payload::synthetic(),
+            &stop,
+            &mut |_, _| {
+                seen += 1;
+                if seen == 3 {
+                    stop.cancel();
+                }
+            },
+        )
+        .unwrap();
+        assert_eq!(n, 3, "stops after the segment during which it was told");
+        let mut names: Vec<String> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names.len(), 3, "no partial or temporary file: {names:?}");
+        for name in &names {
+            let len = fs::metadata(dir.path().join(name)).unwrap().len();
+            assert_eq!(len, SEG, "{name} is a whole segment");
+        }
+        let none = generate(
+            &spec(dir.path(), 5),
+            &Payload::synthetic(),
+            &stop,
+            &mut |_, _| (),
+        );
+        assert_eq!(none.unwrap(), 0, "a stopped token writes nothing");
+    }
+
+    #[test]
+    fn a_stop_during_a_segment_removes_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let stop = CancellationToken::new();
+        stop.cancel();
+        let name = SegmentName::containing(1, 0, SEG);
+        let tmp = dir.path().join("seg.tmp");
+        let err = write_file(
+            &tmp,
+            &spec(dir.path(), 1),
+            name,
+            &Payload::synthetic(),
+            &stop,
+        );
+        assert!(err.is_err(), "a stopped writer fails the segment");
     }
 }

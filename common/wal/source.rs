@@ -5,10 +5,11 @@
 //! files whose name is not a WAL name are reported as skipped, not sent.
 
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
+use std::io::{self, BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
-use crate::common::walname::is_wal_name;
+use crate::gzip::{GzipError, GzipReader};
+use crate::walname::is_wal_name;
 
 /// One file to upload.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,6 +20,46 @@ pub struct Segment {
     /// Uncompressed size: the `segment_size` of every block.
     pub size: u64,
     pub gzip: bool,
+}
+
+impl Segment {
+    /// Opens the file for reading its WAL bytes (decompressed if `.gz`).
+    pub fn open(&self) -> io::Result<Box<dyn Read + Send>> {
+        let file = File::open(&self.path)?;
+        Ok(if self.gzip {
+            Box::new(GzipReader::new(BufReader::with_capacity(256 << 10, file)))
+        } else {
+            Box::new(file)
+        })
+    }
+
+    /// A read error, in words that say what is wrong with the file.
+    pub fn read_error(&self, e: &io::Error) -> String {
+        match GzipError::of(e) {
+            Some(gzip) => gzip.to_string(),
+            None => format!("cannot read file: {e}"),
+        }
+    }
+
+    /// The file held another number of bytes than its size said: `read`
+    /// of them, or more than the size when `None`.
+    pub fn length_mismatch(&self, read: Option<u64>) -> String {
+        let read = match read {
+            Some(n) => format!("{n} bytes"),
+            None => "more bytes".to_string(),
+        };
+        if self.gzip {
+            format!(
+                "decompressed length differs from the gzip trailer: {read} instead of {} (file is damaged or not one gzip member)",
+                self.size
+            )
+        } else {
+            format!(
+                "file changed size while being sent: {read} instead of {}",
+                self.size
+            )
+        }
+    }
 }
 
 /// A directory entry that will not be sent, and why.
@@ -280,8 +321,8 @@ mod tests {
             let _ = gzip_trailer_size(&path);
             let _ = list(dir.path()).unwrap();
             let mut out = Vec::new();
-            let read = crate::common::upload::open(&path, true)
-                .and_then(|mut r| r.read_to_end(&mut out));
+            let segment = Segment { path: path.clone(), wal_name: String::new(), size: 0, gzip: true };
+            let read = segment.open().and_then(|mut r| r.read_to_end(&mut out));
             if intact {
                 prop_assert!(read.is_ok());
                 prop_assert!(out == data);

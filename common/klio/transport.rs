@@ -16,13 +16,14 @@ use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 use tonic::transport::{Channel, Endpoint, Uri};
 
-use crate::common::config::split_address;
+use crate::config::split_address;
 
 /// HTTP/2 initial stream window (16 MiB).
 pub const STREAM_WINDOW: u32 = 16 << 20;
@@ -128,25 +129,34 @@ fn tune_socket(tcp: &TcpStream) {
 /// Accepted connections for `Server::serve_with_incoming_shutdown`: TLS
 /// handshakes run beside the accept loop, and each refused client is logged
 /// (and counted through `on_refused`) instead of reaching the service.
+///
+/// The accept loop ends when `shutdown` is cancelled, aborting handshakes
+/// still running; await the returned [`Accepting`] after the server stopped.
 pub fn incoming(
     listener: TcpListener,
     tls: Option<Arc<ServerConfig>>,
     shutdown: CancellationToken,
     on_refused: Arc<dyn Fn() + Send + Sync>,
-) -> ReceiverStream<std::io::Result<Stream>> {
+) -> (ReceiverStream<std::io::Result<Stream>>, Accepting) {
     let (tx, rx) = mpsc::channel(64);
     let acceptor = tls.map(TlsAcceptor::from);
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
+        let mut handshakes = JoinSet::new();
         loop {
             let (tcp, peer) = tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok(pair) => pair,
                     Err(e) => {
+                        // Out of file descriptors, say: wait a little
+                        // rather than spin, but stay stoppable.
                         tracing::warn!("accepting a connection failed: {e}");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
+                        tokio::select! {
+                            _ = tokio::time::sleep(Duration::from_millis(50)) => continue,
+                            _ = shutdown.cancelled() => return,
+                        }
                     }
                 },
+                Some(_) = handshakes.join_next(), if !handshakes.is_empty() => continue,
                 _ = shutdown.cancelled() => return,
             };
             tune_socket(&tcp);
@@ -157,7 +167,7 @@ pub fn incoming(
                 continue;
             };
             let (tx, on_refused) = (tx.clone(), on_refused.clone());
-            tokio::spawn(async move {
+            handshakes.spawn(async move {
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(tls)) => {
                         let _ = tx.send(Ok(Stream::ServerTls(Box::new(tls)))).await;
@@ -176,7 +186,18 @@ pub fn incoming(
             });
         }
     });
-    ReceiverStream::new(rx)
+    (ReceiverStream::new(rx), Accepting(task))
+}
+
+/// The accept loop of [`incoming`].
+pub struct Accepting(tokio::task::JoinHandle<()>);
+
+impl Accepting {
+    /// Waits for the accept loop, which ends once its `shutdown` is
+    /// cancelled.
+    pub async fn join(self) {
+        let _ = self.0.await;
+    }
 }
 
 /// One connection, plain or TLS, either side.

@@ -30,6 +30,7 @@ use rcgen::{
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName};
 use serde::Serialize;
+use walplayer_wal::walname::has_only_name_chars;
 
 /// Where the Klio-compatible sink listens unless told otherwise.
 pub const DEFAULT_SINK_ADDRESS: &str = "127.0.0.1:52000";
@@ -327,8 +328,7 @@ fn validate(spec: &CertSpec) -> Result<(), CertsError> {
     }
     // Klio rejects any other character in cluster_name, so a certificate
     // naming such a cluster could never be used.
-    let klio_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.');
-    if spec.cluster.is_empty() || !spec.cluster.chars().all(klio_char) {
+    if spec.cluster.is_empty() || !has_only_name_chars(&spec.cluster) {
         return Err(CertsError::InvalidSpec(format!(
             "cluster {:?} must be non-empty and use only letters, digits, '_', '-' and '.'",
             spec.cluster

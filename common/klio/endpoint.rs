@@ -8,10 +8,10 @@ use std::sync::Arc;
 
 use rustls::ClientConfig;
 
-use crate::common::transport::{self, ClientTls, CONNECT_TIMEOUT};
-pub use crate::common::transport::{error_chain, status_text};
-use crate::proto::klio::wal_client::WalClient;
+use crate::transport::{self, ClientTls, CONNECT_TIMEOUT};
+pub use crate::transport::{error_chain, status_text};
 use tonic::transport::Channel;
+use walplayer_proto::klio::wal_client::WalClient;
 
 /// Largest block payload Klio accepts (8 MiB).
 pub const MAX_BLOCK_BYTES: usize = 8 << 20;
@@ -53,12 +53,23 @@ impl KlioEndpoint {
             .max_encoding_message_size(MAX_MESSAGE_BYTES))
     }
 
+    /// Connects `jobs` clients, one connection each; the first one probes
+    /// the server, so a fault that would fail every file is found once.
+    pub async fn connect_jobs(&self, jobs: usize) -> Result<Vec<Client>, String> {
+        let mut clients = vec![self.probe().await?];
+        let rest = futures_util::future::join_all((1..jobs).map(|_| self.connect())).await;
+        for client in rest {
+            clients.push(client?);
+        }
+        Ok(clients)
+    }
+
     /// Connects and makes one real call (a Put stream with no block, which
     /// stores nothing), so that a fault that would fail every file (the
     /// server unreachable, TLS rejected either way) is found once, up front.
     pub async fn probe(&self) -> Result<Client, String> {
         let mut client = self.connect().await?;
-        let empty = tokio_stream::iter(Vec::<crate::proto::klio::PutRequest>::new());
+        let empty = tokio_stream::iter(Vec::<walplayer_proto::klio::PutRequest>::new());
         match tokio::time::timeout(CONNECT_TIMEOUT, client.put(empty)).await {
             Err(_) => Err(format!(
                 "Klio at {} accepted the connection but did not answer within {:?}",

@@ -6,20 +6,24 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Stdio;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 
-use crate::common::certs::{self, CertSpec, MintedCerts};
-use crate::common::generate::check_page_headers;
-use crate::common::sink::{self, Fsync, Sink, SinkSettings};
-use crate::common::tls;
-use crate::common::walname::{segment_bytes_from_mib, SegmentName};
-use crate::coordinator::plan::{Length, Workload};
-use crate::coordinator::{Coordinator, CoordinatorOptions};
-use crate::proto::control::{Source, Split};
+use walplayer_klio::exit::Exit;
+
+use crate::certs::{self, CertSpec, MintedCerts};
+use crate::progress::Progress;
+use walplayer_coordinator::plan::{Length, Workload};
+use walplayer_coordinator::{Coordinator, CoordinatorOptions};
+use walplayer_klio::tls;
+use walplayer_proto::control::{Source, Split};
+use walplayer_sink::{self as sink, Fsync, Sink, SinkSettings};
+use walplayer_wal::generate::check_page_headers;
+use walplayer_wal::walname::{segment_bytes_from_mib, SegmentName};
 
 /// Flags of `walplayer quickstart`.
 #[derive(Debug, Clone, clap::Args)]
@@ -45,19 +49,12 @@ pub struct QuickstartArgs {
 }
 
 /// Agent processes, killed if still running when dropped.
+/// The agent processes; any still running when this is dropped are killed
+/// (and reaped by tokio).
 struct Agents(Vec<Child>);
 
-impl Drop for Agents {
-    fn drop(&mut self) {
-        for child in &mut self.0 {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
 /// Runs the demo; returns the coordinator's exit status.
-pub async fn run(args: QuickstartArgs, shutdown: CancellationToken) -> Result<i32> {
+pub async fn run(args: QuickstartArgs, shutdown: CancellationToken) -> Result<Exit> {
     let segment_bytes =
         segment_bytes_from_mib(args.wal_size).map_err(|e| anyhow::anyhow!("--wal-size: {e}"))?;
     let tmp = tempfile::Builder::new()
@@ -96,8 +93,10 @@ pub async fn run(args: QuickstartArgs, shutdown: CancellationToken) -> Result<i3
         args.agents, args.clusters_per_agent, args.files, args.wal_size
     );
 
-    let outcome = coordinator.run(shutdown).await;
-    let agents_done = wait_agents(agents, Duration::from_secs(30));
+    let outcome = coordinator
+        .run(shutdown, Box::new(Progress::new(false, 0, 0)))
+        .await;
+    let agents_done = wait_agents(agents, Duration::from_secs(30)).await;
     sink_stop.cancel();
     let sink_totals = sink_task.await?.context("sink failed")?;
     let outcome = outcome?;
@@ -115,13 +114,13 @@ pub async fn run(args: QuickstartArgs, shutdown: CancellationToken) -> Result<i3
             kept.display()
         );
     }
-    if outcome.code == 0 && stored != args.files {
+    if outcome.exit == Exit::Ok && stored != args.files {
         bail!(
             "the sink holds {stored} complete files, {} were sent",
             args.files
         );
     }
-    Ok(outcome.code)
+    Ok(outcome.exit)
 }
 
 fn coordinator_options(
@@ -152,7 +151,6 @@ fn coordinator_options(
         },
         output: Some(root.join("results.json")),
         summary: Some(root.join("summary.json")),
-        quiet: false,
         tls: Some(tls::server_config(&c.cert, &c.key, &c.ca)?),
     })
 }
@@ -172,6 +170,7 @@ fn start_agents(
         std::fs::create_dir_all(&data)?;
         let log = std::fs::File::create(root.join(format!("agent-{i}.log")))?;
         let child = Command::new(&exe)
+            .kill_on_drop(true)
             .arg("agent")
             .args([
                 "--coordinator",
@@ -201,23 +200,19 @@ fn start_agents(
     Ok(agents)
 }
 
-fn wait_agents(mut agents: Agents, limit: Duration) -> Result<()> {
-    let deadline = Instant::now() + limit;
-    for child in &mut agents.0 {
-        loop {
-            if let Some(status) = child.try_wait()? {
-                if !status.success() {
-                    bail!("an agent exited with {status}; see its agent-*.log (--keep)");
-                }
-                break;
+async fn wait_agents(mut agents: Agents, limit: Duration) -> Result<()> {
+    let all = async {
+        for child in &mut agents.0 {
+            let status = child.wait().await?;
+            if !status.success() {
+                bail!("an agent exited with {status}; see its agent-*.log (--keep)");
             }
-            if Instant::now() > deadline {
-                bail!("agents did not exit within {limit:?}");
-            }
-            std::thread::sleep(Duration::from_millis(20));
         }
-    }
-    Ok(())
+        Ok(())
+    };
+    tokio::time::timeout(limit, all)
+        .await
+        .map_err(|_| anyhow::anyhow!("agents did not exit within {limit:?}"))?
 }
 
 /// Checks every complete file the sink stored: full size, and a valid

@@ -13,9 +13,10 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::common::klio::Client;
-use crate::common::report::FileReport;
-use crate::common::upload::{finish, upload, UploadSettings, Work};
+use crate::endpoint::Client;
+use crate::report::FailureKind;
+use crate::report::FileReport;
+use crate::upload::{finish, upload, Failure, UploadSettings, Work};
 
 /// Message of files interrupted by a stop request.
 pub const INTERRUPTED: &str = "interrupted: the run was stopped before this file finished";
@@ -74,7 +75,10 @@ async fn job(
         let clock = Instant::now();
         let report = tokio::select! {
             report = upload(&mut client, &work, &settings) => report,
-            _ = cancel.cancelled() => finish(&work, start, clock.elapsed(), Err(INTERRUPTED.into())),
+            _ = cancel.cancelled() => {
+                let interrupted = Failure::fatal(FailureKind::Interrupted, INTERRUPTED);
+                finish(&work, start, clock.elapsed(), Err(interrupted))
+            }
         };
         if reports.send(report).await.is_err() {
             return;

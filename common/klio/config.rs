@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use crate::common::walname::check_cluster_name;
+use walplayer_wal::walname::check_cluster_name;
 
 /// One Klio client setting: its YAML key, environment variable and flag.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use clap::Args;
 
-use crate::common::config::{self, ConfigError, Key, KlioConfig, Layer};
-use crate::common::klio::MAX_BLOCK_BYTES;
-use crate::common::upload::UploadSettings;
+use crate::config::{self, ConfigError, Key, KlioConfig, Layer};
+use crate::endpoint::MAX_BLOCK_BYTES;
+use crate::upload::UploadSettings;
 
 /// Default per-file timeout.
 pub const DEFAULT_TIMEOUT: &str = "5m";
@@ -130,53 +130,6 @@ pub fn existing_dir(path: &Path, what: &str) -> Result<(), String> {
         Ok(m) if m.is_dir() => Ok(()),
         Ok(_) => Err(format!("{what} {} is not a directory", path.display())),
         Err(e) => Err(format!("{what} {}: {e}", path.display())),
-    }
-}
-
-/// Initializes logging to stderr; `RUST_LOG` overrides the level.
-pub fn init_logging(with_time: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new("info,h2=warn,hyper=warn,tower=warn")
-    });
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false);
-    if with_time {
-        builder.init();
-    } else {
-        builder.without_time().init();
-    }
-}
-
-/// Cancels `token` on Ctrl-C or SIGTERM; a second one exits at once with
-/// status 130, for a process stuck where it cannot see the token (a
-/// blocking read of a FIFO named as a certificate or configuration file).
-pub fn cancel_on_signal(token: tokio_util::sync::CancellationToken) {
-    tokio::spawn(async move {
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => tracing::warn!("interrupted: starting no new file; writing what finished and the summary (Ctrl-C again stops at once)"),
-            _ = next_sigterm(&mut term) => tracing::warn!("terminated: starting no new file (a second signal stops at once)"),
-        }
-        token.cancel();
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = next_sigterm(&mut term) => {}
-        }
-        eprintln!("second signal: stopping at once; results already written are kept");
-        std::process::exit(130);
-    });
-}
-
-async fn next_sigterm(term: &mut Option<tokio::signal::unix::Signal>) {
-    match term.as_mut() {
-        Some(t) => {
-            t.recv().await;
-        }
-        None => std::future::pending::<()>().await,
     }
 }
 

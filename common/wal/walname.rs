@@ -133,16 +133,65 @@ pub fn has_only_name_chars(name: &str) -> bool {
         .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
 }
 
+/// Longest cluster name: the server keeps each cluster in one directory,
+/// and a file system name holds at most 255 bytes.
+pub const MAX_CLUSTER_NAME: usize = 255;
+
+/// Longest agent name: a Kubernetes pod name (a DNS label) holds 63.
+pub const MAX_AGENT_NAME: usize = 63;
+
+/// Whether `name` is a cluster name a server can take and store: Klio's
+/// characters, not empty, not `.` or `..`, and short enough for one
+/// directory name.
+pub fn is_cluster_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_CLUSTER_NAME
+        && has_only_name_chars(name)
+        && name != "."
+        && name != ".."
+}
+
 /// A cluster name that is safe both on the wire and as one directory name:
-/// Klio's characters, not empty, and not `.` or `..`.
+/// Klio's characters, not empty, not `.` or `..`, at most 255 bytes.
 pub fn check_cluster_name(name: &str) -> Result<(), String> {
     if name.is_empty() {
         return Err("cluster name is empty".into());
     }
-    if !has_only_name_chars(name) || name == "." || name == ".." {
+    if name.len() > MAX_CLUSTER_NAME {
+        return Err(format!(
+            "cluster name {}... is {} bytes long; a server stores each cluster in one directory, whose name holds at most {MAX_CLUSTER_NAME} bytes: choose a shorter name",
+            &name[..32.min(name.len())],
+            name.len()
+        ));
+    }
+    if !is_cluster_name(name) {
         return Err(format!(
             "cluster name {name:?} may contain only letters, digits, '_', '-' and '.' (and is not '.' or '..')"
         ));
+    }
+    Ok(())
+}
+
+/// An agent name: it becomes part of cluster names and paths, so it
+/// follows the cluster name rule and fits a pod name.
+pub fn check_agent_name(name: &str) -> Result<(), String> {
+    check_cluster_name(name).map_err(|e| format!("agent name: {e}"))?;
+    if name.len() > MAX_AGENT_NAME {
+        return Err(format!(
+            "agent name {name:?} is longer than {MAX_AGENT_NAME} characters"
+        ));
+    }
+    Ok(())
+}
+
+/// A run id, which names a directory under an agent's data directory:
+/// 1 to 64 letters, digits and `-`, so it can never climb out of it.
+pub fn check_run_id(id: &str) -> Result<(), String> {
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    if !ok {
+        return Err(format!("run id {id:?} is not a safe directory name"));
     }
     Ok(())
 }
@@ -232,6 +281,29 @@ mod tests {
             let name = SegmentName::containing(tli, lsn, size);
             prop_assert!(is_wal_name(&name.to_string()));
             prop_assert_eq!(SegmentName::parse(&name.to_string()), Some(name));
+        }
+    }
+
+    #[test]
+    fn name_rules_bound_length_and_characters() {
+        assert!(check_cluster_name(&"a".repeat(255)).is_ok());
+        let long = check_cluster_name(&"a".repeat(256)).unwrap_err();
+        assert!(
+            long.contains("256 bytes") && long.contains("at most 255"),
+            "{long}"
+        );
+        assert!(check_cluster_name("..").is_err());
+        assert!(check_cluster_name("a/b").is_err());
+        assert!(check_agent_name(&"a".repeat(63)).is_ok());
+        assert!(check_agent_name(&"a".repeat(64))
+            .unwrap_err()
+            .contains("63"));
+        assert!(check_agent_name("a b")
+            .unwrap_err()
+            .starts_with("agent name:"));
+        assert!(check_run_id("run-1a").is_ok());
+        for bad in ["", "../x", "a.b", &"r".repeat(65)] {
+            assert!(check_run_id(bad).is_err(), "{bad:?}");
         }
     }
 }

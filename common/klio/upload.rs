@@ -5,20 +5,18 @@
 //! to the gRPC stream through a channel of one, so a job never holds more
 //! than a couple of blocks in memory, whatever the file size.
 
-use std::fs::File;
-use std::io::{BufReader, Read};
-use std::path::Path;
+use std::io::Read;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::common::klio::{status_text, Client};
-use crate::common::report::FileReport;
-use crate::common::source::Segment;
-use crate::common::verify;
-use crate::proto::klio::PutRequest;
+use crate::endpoint::{status_text, Client};
+use crate::report::{FailureKind, FileReport, Outcome};
+use crate::verify;
+use walplayer_proto::klio::PutRequest;
+use walplayer_wal::source::Segment;
 
 /// How every file of a run is uploaded.
 #[derive(Debug, Clone)]
@@ -41,28 +39,28 @@ pub struct Work {
     pub cluster: String,
 }
 
-/// A failed attempt: what happened, and whether trying again may help.
+/// A failed attempt: its kind, what happened, and whether trying again
+/// may help.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Failure {
+    pub kind: FailureKind,
     pub message: String,
     pub retryable: bool,
 }
 
 impl Failure {
     /// A failure that another attempt cannot fix (bad input, refusal).
-    pub fn fatal(message: impl Into<String>) -> Failure {
+    pub fn fatal(kind: FailureKind, message: impl Into<String>) -> Failure {
         Failure {
+            kind,
             message: message.into(),
             retryable: false,
         }
     }
 
-    /// A failure that may pass (network, server restarting, timeout).
-    pub fn passing(message: impl Into<String>) -> Failure {
-        Failure {
-            message: message.into(),
-            retryable: true,
-        }
+    /// The local file cannot be sent as it is.
+    pub fn local(message: impl Into<String>) -> Failure {
+        Failure::fatal(FailureKind::LocalFile, message)
     }
 
     /// A failed call during `action` (e.g. "upload"): a status the server
@@ -81,15 +79,27 @@ impl Failure {
                 | Aborted
                 | Internal
         );
-        let message = if std::error::Error::source(status).is_some() {
-            format!(
-                "the connection to the server failed during the {action}: {}",
-                status_text(status)
+        // A status with a cause under it was made by the transport, not
+        // answered by the server.
+        let (kind, message) = if std::error::Error::source(status).is_some() {
+            (
+                FailureKind::Transport,
+                format!(
+                    "the connection to the server failed during the {action}: {}",
+                    status_text(status)
+                ),
             )
         } else {
-            format!("server rejected the {action}: {}", status_text(status))
+            (
+                FailureKind::Refused,
+                format!("server rejected the {action}: {}", status_text(status)),
+            )
         };
-        Failure { message, retryable }
+        Failure {
+            kind,
+            message,
+            retryable,
+        }
     }
 }
 
@@ -118,13 +128,17 @@ pub async fn upload(client: &mut Client, work: &Work, settings: &UploadSettings)
         let failure = match attempt {
             Ok(Ok(sent)) => break Ok(sent.bytes),
             Ok(Err(failure)) => failure,
-            Err(_) => Failure::passing(format!(
-                "timed out after {} (raise --timeout if the server is just slow)",
-                humantime::format_duration(settings.timeout)
-            )),
+            Err(_) => Failure {
+                kind: FailureKind::Timeout,
+                message: format!(
+                    "timed out after {} (raise --timeout if the server is just slow)",
+                    humantime::format_duration(settings.timeout)
+                ),
+                retryable: true,
+            },
         };
         if !failure.retryable || retries.len() as u32 >= settings.retries {
-            break Err(failure.message);
+            break Err(failure);
         }
         retries.push(failure.message);
         tokio::time::sleep(backoff(retries.len() as u32)).await;
@@ -148,16 +162,16 @@ async fn attempt(
 }
 
 /// The report of a file whose upload ended with `result` (bytes stored or
-/// an error), on its first attempt.
+/// a failure), on its first attempt.
 pub fn finish(
     work: &Work,
     start: SystemTime,
     elapsed: Duration,
-    result: Result<u64, String>,
+    result: Result<u64, Failure>,
 ) -> FileReport {
-    let (bytes, error) = match result {
-        Ok(bytes) => (bytes, String::new()),
-        Err(error) => (0, error),
+    let (bytes, outcome) = match result {
+        Ok(bytes) => (bytes, Outcome::Stored),
+        Err(f) => (0, Outcome::failed(f.kind, f.message)),
     };
     FileReport {
         wal_full_path: work.segment.path.display().to_string(),
@@ -168,7 +182,7 @@ pub fn finish(
         end: start + elapsed,
         elapsed,
         bytes,
-        error,
+        outcome,
         retries: Vec::new(),
         verified: false,
     }
@@ -188,7 +202,7 @@ async fn send(
 ) -> Result<Sent, Failure> {
     let segment = &work.segment;
     if segment.size == 0 {
-        return Err(Failure::fatal(
+        return Err(Failure::local(
             "file is empty: Klio needs a non-zero segment_size, nothing was sent",
         ));
     }
@@ -211,7 +225,7 @@ async fn send(
             Ok(Ok(sent)) => sent,
             // Dropping `call` here resets the stream before the sender goes.
             Ok(Err(failure)) => return Err(failure.failure),
-            Err(e) => return Err(Failure::fatal(format!("reader thread failed: {e}"))),
+            Err(e) => return Err(Failure::local(format!("reader thread failed: {e}"))),
         },
         answer = &mut call => {
             // The server answered before we finished sending; whatever the
@@ -220,7 +234,7 @@ async fn send(
             return match reader.await {
                 Ok(Ok(sent)) => check_written(answer.into_inner().written_size, sent),
                 Ok(Err(failure)) => Err(failure.failure),
-                Err(e) => Err(Failure::fatal(format!("reader thread failed: {e}"))),
+                Err(e) => Err(Failure::local(format!("reader thread failed: {e}"))),
             };
         }
     };
@@ -230,10 +244,13 @@ async fn send(
 
 fn check_written(written: u64, sent: Sent) -> Result<Sent, Failure> {
     if written != sent.bytes {
-        return Err(Failure::fatal(format!(
-            "incomplete WAL file: server stored {written} of the {} bytes sent",
-            sent.bytes
-        )));
+        return Err(Failure::fatal(
+            FailureKind::Mismatch,
+            format!(
+                "incomplete WAL file: server stored {written} of the {} bytes sent",
+                sent.bytes
+            ),
+        ));
     }
     Ok(sent)
 }
@@ -247,10 +264,10 @@ fn read_blocks(
     tx: mpsc::Sender<PutRequest>,
 ) -> Result<Sent, ReadFailure> {
     let fail = |message: String, tx: mpsc::Sender<PutRequest>| ReadFailure {
-        failure: Failure::fatal(message),
+        failure: Failure::local(message),
         _keep_open: tx,
     };
-    let mut input = match open(&segment.path, segment.gzip) {
+    let mut input = match segment.open() {
         Ok(input) => input,
         Err(e) => return Err(fail(format!("cannot open file: {e}"), tx)),
     };
@@ -260,14 +277,14 @@ fn read_blocks(
         let mut buf = Vec::with_capacity(block);
         let n = match (&mut input).take(block as u64).read_to_end(&mut buf) {
             Ok(n) => n,
-            Err(e) => return Err(fail(read_error(segment, &e), tx)),
+            Err(e) => return Err(fail(segment.read_error(&e), tx)),
         };
         if n == 0 {
             break;
         }
         sent += n as u64;
         if sent > segment.size {
-            return Err(fail(length_mismatch(segment, None), tx));
+            return Err(fail(segment.length_mismatch(None), tx));
         }
         if let Some(h) = hasher.as_mut() {
             h.update(&buf);
@@ -291,54 +308,11 @@ fn read_blocks(
         }
     }
     if sent != segment.size {
-        return Err(fail(length_mismatch(segment, Some(sent)), tx));
+        return Err(fail(segment.length_mismatch(Some(sent)), tx));
     }
     Ok(Sent {
         bytes: sent,
         digest: hasher.map(|h| h.finish()),
-    })
-}
-
-/// A read error, in words that say what is wrong with the file.
-pub fn read_error(segment: &Segment, e: &std::io::Error) -> String {
-    if segment.gzip && e.to_string().contains("checksum") {
-        "gzip trailer (CRC or size) does not match the decompressed data: the file is damaged"
-            .into()
-    } else if segment.gzip {
-        format!("gzip data is corrupt: {e}")
-    } else {
-        format!("cannot read file: {e}")
-    }
-}
-
-fn length_mismatch(segment: &Segment, read: Option<u64>) -> String {
-    let read = match read {
-        Some(n) => format!("{n} bytes"),
-        None => "more bytes".to_string(),
-    };
-    if segment.gzip {
-        format!(
-            "decompressed length differs from the gzip trailer: {read} instead of {} (file is damaged or not one gzip member)",
-            segment.size
-        )
-    } else {
-        format!(
-            "file changed size while being sent: {read} instead of {}",
-            segment.size
-        )
-    }
-}
-
-/// Opens a file for reading its WAL bytes (decompressed if `.gz`).
-pub fn open(path: &Path, gzip: bool) -> std::io::Result<Box<dyn Read + Send>> {
-    let file = File::open(path)?;
-    Ok(if gzip {
-        Box::new(flate2::read::GzDecoder::new(BufReader::with_capacity(
-            256 << 10,
-            file,
-        )))
-    } else {
-        Box::new(file)
     })
 }
 
@@ -359,10 +333,12 @@ mod tests {
     fn statuses_are_classified() {
         let f = Failure::from_status("upload", &tonic::Status::unavailable("down"));
         assert!(f.retryable);
+        assert_eq!(f.kind, FailureKind::Refused);
         assert_eq!(f.message, "server rejected the upload: Unavailable: down");
         let io = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset by peer");
         let broken = Failure::from_status("upload", &tonic::Status::from_error(Box::new(io)));
         assert!(broken.retryable);
+        assert_eq!(broken.kind, FailureKind::Transport);
         let text = &broken.message;
         assert!(
             text.starts_with("the connection to the server failed during the upload"),

@@ -9,6 +9,89 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
+/// What kind of failure ended a file, decided where it happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FailureKind {
+    /// The server answered with a refusal (a gRPC status of its own).
+    Refused,
+    /// The connection under the call failed (reset, refused, closed).
+    Transport,
+    /// An attempt took longer than `--timeout`.
+    Timeout,
+    /// The local file could not be read, or is damaged or changed.
+    LocalFile,
+    /// The server stored or returned other bytes than were sent.
+    Mismatch,
+    /// The run was stopped before the file finished.
+    Interrupted,
+}
+
+impl FailureKind {
+    /// Every kind, in the order summaries list them.
+    pub const ALL: [FailureKind; 6] = [
+        FailureKind::Refused,
+        FailureKind::Transport,
+        FailureKind::Timeout,
+        FailureKind::LocalFile,
+        FailureKind::Mismatch,
+        FailureKind::Interrupted,
+    ];
+
+    /// The kind's name in summaries and JSON lines (`local-file`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            FailureKind::Refused => "refused",
+            FailureKind::Transport => "transport",
+            FailureKind::Timeout => "timeout",
+            FailureKind::LocalFile => "local-file",
+            FailureKind::Mismatch => "mismatch",
+            FailureKind::Interrupted => "interrupted",
+        }
+    }
+}
+
+impl std::fmt::Display for FailureKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// How a file ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Stored completely (and verified, with `--verify`).
+    Stored,
+    /// Not stored: why, as a kind and in words.
+    Failed { kind: FailureKind, message: String },
+}
+
+impl Outcome {
+    /// A failure of `kind`.
+    pub fn failed(kind: FailureKind, message: impl Into<String>) -> Outcome {
+        Outcome::Failed {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    /// The seed's `error` field: empty when stored.
+    pub fn error_text(&self) -> &str {
+        match self {
+            Outcome::Stored => "",
+            Outcome::Failed { message, .. } => message,
+        }
+    }
+
+    /// The kind of failure, if the file failed.
+    pub fn kind(&self) -> Option<FailureKind> {
+        match self {
+            Outcome::Stored => None,
+            Outcome::Failed { kind, .. } => Some(*kind),
+        }
+    }
+}
+
 /// What happened to one file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileReport {
@@ -23,8 +106,7 @@ pub struct FileReport {
     pub elapsed: Duration,
     /// Bytes the server acknowledged (0 on failure).
     pub bytes: u64,
-    /// Empty on success.
-    pub error: String,
+    pub outcome: Outcome,
     /// Errors of earlier attempts that were retried, oldest first.
     pub retries: Vec<String>,
     /// Read back and found identical (`--verify`).
@@ -34,7 +116,7 @@ pub struct FileReport {
 impl FileReport {
     /// Whether the file was stored completely.
     pub fn ok(&self) -> bool {
-        self.error.is_empty()
+        self.outcome == Outcome::Stored
     }
 
     /// Elapsed time in whole nanoseconds.
@@ -51,6 +133,8 @@ struct JsonLine<'a> {
     end_time: String,
     elapsed_time: String,
     error: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error_kind: Option<FailureKind>,
     bytes: u64,
     cluster: &'a str,
     wal_name: &'a str,
@@ -88,7 +172,8 @@ impl FileReport {
             start_time: rfc3339(self.start),
             end_time: rfc3339(self.end),
             elapsed_time: self.elapsed_ns().to_string(),
-            error: &self.error,
+            error: self.outcome.error_text(),
+            error_kind: self.outcome.kind(),
             bytes: self.bytes,
             cluster: &self.cluster,
             wal_name: &self.wal_name,
@@ -137,7 +222,7 @@ mod tests {
             end: start + Duration::from_nanos(7_651_680),
             elapsed: Duration::from_nanos(7_651_680),
             bytes: 16,
-            error: String::new(),
+            outcome: Outcome::Stored,
             retries: vec![],
             verified: false,
         };
@@ -147,9 +232,17 @@ mod tests {
         assert_eq!(v["endTime"], "2025-01-15T10:30:00.007651685Z");
         assert_eq!(v["elapsedTime"], "7651680");
         assert_eq!(v["error"], "");
-        assert!(v.get("agent").is_none());
+        assert!(v.get("agent").is_none() && v.get("errorKind").is_none());
         assert_eq!(v["attempts"], 1);
         assert!(v.get("retries").is_none() && v.get("verified").is_none());
         assert_eq!(from_unix_nanos(unix_nanos(start)), start);
+
+        let failed = FileReport {
+            outcome: Outcome::failed(FailureKind::LocalFile, "cannot read file: gone"),
+            ..r
+        };
+        let v: serde_json::Value = serde_json::from_str(&failed.to_json()).unwrap();
+        assert_eq!(v["error"], "cannot read file: gone");
+        assert_eq!(v["errorKind"], "local-file");
     }
 }

@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::common::stats::human_bytes;
+use walplayer_klio::progress::Progress as Display;
+use walplayer_klio::stats::human_bytes;
 
 /// How often the plain-line form prints.
 pub const LINE_EVERY: Duration = Duration::from_secs(5);
@@ -61,8 +62,20 @@ impl Progress {
         }
     }
 
+    fn files_text(&self) -> String {
+        format!(
+            "{}/{} files, {} failed, {} stored",
+            self.files_done,
+            self.files_total,
+            self.files_failed,
+            human_bytes(self.bytes_done)
+        )
+    }
+}
+
+impl Display for Progress {
     /// Counts one finished file.
-    pub fn file_done(&mut self, bytes: u64, failed: bool) {
+    fn file_done(&mut self, bytes: u64, failed: bool) {
         self.files_done += 1;
         self.files_failed += failed as u64;
         self.bytes_done += bytes;
@@ -74,7 +87,7 @@ impl Progress {
     }
 
     /// Grows the totals (work discovered while running).
-    pub fn add_total(&mut self, files: u64, bytes: u64) {
+    fn add_total(&mut self, files: u64, bytes: u64) {
         self.files_total += files;
         self.bytes_total += bytes;
         if let View::Bar(bar) = &self.view {
@@ -83,7 +96,7 @@ impl Progress {
     }
 
     /// Prints a line if one is due (plain form only).
-    pub fn tick(&mut self) {
+    fn tick(&mut self) {
         if let View::Lines { last } = &mut self.view {
             if last.elapsed() >= LINE_EVERY {
                 *last = Instant::now();
@@ -98,18 +111,8 @@ impl Progress {
         }
     }
 
-    fn files_text(&self) -> String {
-        format!(
-            "{}/{} files, {} failed, {} stored",
-            self.files_done,
-            self.files_total,
-            self.files_failed,
-            human_bytes(self.bytes_done)
-        )
-    }
-
     /// Removes the bar before the summary prints.
-    pub fn finish(&self) {
+    fn finish(&mut self) {
         if let View::Bar(bar) = &self.view {
             bar.finish_and_clear();
         }

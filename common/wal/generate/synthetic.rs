@@ -3,7 +3,7 @@
 //! pgbench's values), built deterministically so every run and machine
 //! generates the same bytes.
 
-use crate::common::walname::PAGE_SIZE;
+use crate::walname::PAGE_SIZE;
 
 /// Size of the synthetic pool: large enough that no page repeats within a
 /// 16 MiB segment's worth of gzip windows, small enough to build in

@@ -7,9 +7,11 @@ use std::io::Read as _;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
-use crate::common::klio::Client;
-use crate::common::upload::{open, read_error, Failure, Sent, Work};
-use crate::proto::klio::GetRequest;
+use crate::endpoint::Client;
+use crate::report::FailureKind;
+use crate::upload::{Failure, Sent, Work};
+use walplayer_proto::klio::GetRequest;
+use walplayer_wal::source::Segment;
 
 /// What the comparison of a stored copy found.
 struct Compared {
@@ -48,13 +50,18 @@ pub async fn read_back(client: &mut Client, work: &Work, sent: &Sent) -> Result<
     drop(tx);
     let compared = comparer
         .await
-        .map_err(|e| Failure::fatal(format!("verification thread failed: {e}")))?
-        .map_err(Failure::fatal)?;
+        .map_err(|e| Failure::local(format!("verification thread failed: {e}")))?
+        .map_err(Failure::local)?;
     judge(sent, declared, &compared)
 }
 
 fn judge(sent: &Sent, declared: Option<u64>, c: &Compared) -> Result<(), Failure> {
-    let failed = |what: String| Err(Failure::fatal(format!("verification failed: {what}")));
+    let failed = |what: String| {
+        Err(Failure::fatal(
+            FailureKind::Mismatch,
+            format!("verification failed: {what}"),
+        ))
+    };
     if let Some(offset) = c.first_difference {
         return failed(format!(
             "the stored copy differs from the file from byte {offset} on (stored {} bytes, sent {})",
@@ -82,11 +89,9 @@ fn judge(sent: &Sent, declared: Option<u64>, c: &Compared) -> Result<(), Failure
 }
 
 /// Compares received blocks with the local file; blocking.
-fn compare(
-    segment: &crate::common::source::Segment,
-    mut rx: mpsc::Receiver<Bytes>,
-) -> Result<Compared, String> {
-    let mut local = open(&segment.path, segment.gzip)
+fn compare(segment: &Segment, mut rx: mpsc::Receiver<Bytes>) -> Result<Compared, String> {
+    let mut local = segment
+        .open()
         .map_err(|e| format!("verification: cannot open file: {e}"))?;
     let mut hasher = ring::digest::Context::new(&ring::digest::SHA256);
     let mut received = 0u64;
@@ -98,7 +103,7 @@ fn compare(
             mine.clear();
             std::io::Read::take(&mut local, block.len() as u64)
                 .read_to_end(&mut mine)
-                .map_err(|e| format!("verification: {}", read_error(segment, &e)))?;
+                .map_err(|e| format!("verification: {}", segment.read_error(&e)))?;
             if let Some(i) = mine.iter().zip(block.iter()).position(|(a, b)| a != b) {
                 first_difference = Some(received + i as u64);
             } else if mine.len() < block.len() {

@@ -1,0 +1,94 @@
+//! The report loop shared by `play` and the agent: run the pipeline, count
+//! every report into [`Stats`], hand it to a [`Destination`], tick about
+//! once a second, and stop uploads when the destination fails or a stop
+//! signal comes. The two differ only in their destination (JSON lines and
+//! a progress display, or the control stream).
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::endpoint::Client;
+use crate::pipeline::Pipeline;
+use crate::report::FileReport;
+use crate::stats::Stats;
+use crate::upload::{UploadSettings, Work};
+
+/// Where reports go.
+pub trait Destination {
+    /// Takes one report the moment it exists. An error means nothing more
+    /// can be delivered: uploads stop, and later reports are only counted.
+    fn report(&mut self, report: &FileReport) -> impl Future<Output = Result<(), String>> + Send;
+
+    /// Called about once a second with the counts so far.
+    fn tick(&mut self, stats: &Stats) -> impl Future<Output = Result<(), String>> + Send;
+}
+
+/// How often [`Destination::tick`] is called.
+pub const TICK: Duration = Duration::from_secs(1);
+
+/// How a pipeline's run ended.
+#[derive(Debug)]
+pub struct Driven<S> {
+    /// Every report, counted, whether delivered or not.
+    pub stats: Stats,
+    /// Why the destination stopped taking reports, if it did.
+    pub undeliverable: Option<String>,
+    /// What the stop signal said, if it came.
+    pub stopped: Option<S>,
+}
+
+/// Runs `work` over `clients` until every job is done. `cancel` stops
+/// uploads (in flight ones are reported as interrupted); the loop cancels
+/// it itself when the destination fails or `stop` resolves. `stats` may
+/// carry counts made before (skipped files).
+pub async fn drive<D, S>(
+    work: Vec<Work>,
+    clients: Vec<Client>,
+    settings: UploadSettings,
+    cancel: CancellationToken,
+    destination: &mut D,
+    stop: impl Future<Output = S>,
+    mut stats: Stats,
+) -> Driven<S>
+where
+    D: Destination,
+{
+    let mut pipeline = Pipeline::start(work, clients, settings, cancel.clone());
+    let mut undeliverable = None;
+    let mut stopped = None;
+    let mut ticker = tokio::time::interval(TICK);
+    tokio::pin!(stop);
+    loop {
+        let delivering = undeliverable.is_none();
+        tokio::select! {
+            report = pipeline.reports.recv() => {
+                let Some(report) = report else { break };
+                stats.record(&report);
+                if delivering {
+                    if let Err(e) = destination.report(&report).await {
+                        undeliverable = Some(e);
+                        cancel.cancel();
+                    }
+                }
+            }
+            _ = ticker.tick(), if delivering => {
+                if let Err(e) = destination.tick(&stats).await {
+                    undeliverable = Some(e);
+                    cancel.cancel();
+                }
+            }
+            s = &mut stop, if stopped.is_none() => {
+                stopped = Some(s);
+                cancel.cancel();
+            }
+        }
+    }
+    pipeline.join().await;
+    Driven {
+        stats,
+        undeliverable,
+        stopped,
+    }
+}

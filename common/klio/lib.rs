@@ -1,0 +1,36 @@
+//! Klio client: everything one process needs to play WAL to a Klio
+//! server. Depends on the WAL format layer ([`walplayer_wal`]) only.
+//!
+//! # Layout
+//!
+//! Data flows one way: segments ([`walplayer_wal::source`]) → [`pipeline`]
+//! (N jobs, each running [`upload`] over an [`endpoint`] connection) →
+//! [`report`] per file → [`driver`] (the report loop shared by `play` and
+//! the agent) → a destination (JSON lines, or the control stream), with
+//! [`stats`] kept on the way.
+//!
+//! - [`config`]: Klio client settings from file, environment and flags.
+//! - [`flags`]: the command-line flags for those settings and for uploads.
+//! - [`tls`]: rustls configurations from PEM files.
+//! - [`transport`]: TCP, optional rustls and HTTP/2 settings under every
+//!   channel, either side.
+//! - [`endpoint`]: connections to a Klio WAL server, with its limits.
+//! - [`upload`]: one Put stream per file, retries; [`verify`]: read-back.
+//! - [`output`]: result and summary files.
+//! - [`progress`]: what a progress display is told.
+
+pub mod config;
+pub mod driver;
+pub mod endpoint;
+pub mod exit;
+pub mod flags;
+pub mod output;
+pub mod pipeline;
+pub mod progress;
+pub mod report;
+pub mod stats;
+pub mod tls;
+pub mod transport;
+pub mod upload;
+pub mod verify;
+pub mod wire;

@@ -1,0 +1,119 @@
+//! File results on the control channel: the one place a [`FileReport`] is
+//! turned into the wire's `FileResult` (agent) and back (coordinator).
+
+use std::time::Duration;
+
+use walplayer_proto::control::{self, FileResult};
+
+use crate::report::{from_unix_nanos, unix_nanos, FailureKind, FileReport, Outcome};
+
+fn kind_to_wire(kind: FailureKind) -> control::FailureKind {
+    match kind {
+        FailureKind::Refused => control::FailureKind::Refused,
+        FailureKind::Transport => control::FailureKind::Transport,
+        FailureKind::Timeout => control::FailureKind::Timeout,
+        FailureKind::LocalFile => control::FailureKind::LocalFile,
+        FailureKind::Mismatch => control::FailureKind::Mismatch,
+        FailureKind::Interrupted => control::FailureKind::Interrupted,
+    }
+}
+
+fn kind_from_wire(kind: i32) -> Option<FailureKind> {
+    Some(match control::FailureKind::try_from(kind).ok()? {
+        control::FailureKind::Unspecified => return None,
+        control::FailureKind::Refused => FailureKind::Refused,
+        control::FailureKind::Transport => FailureKind::Transport,
+        control::FailureKind::Timeout => FailureKind::Timeout,
+        control::FailureKind::LocalFile => FailureKind::LocalFile,
+        control::FailureKind::Mismatch => FailureKind::Mismatch,
+        control::FailureKind::Interrupted => FailureKind::Interrupted,
+    })
+}
+
+/// The wire form of a report.
+pub fn file_result(r: &FileReport) -> FileResult {
+    FileResult {
+        wal_full_path: r.wal_full_path.clone(),
+        cluster: r.cluster.clone(),
+        wal_name: r.wal_name.clone(),
+        start_unix_nanos: unix_nanos(r.start),
+        end_unix_nanos: unix_nanos(r.end),
+        elapsed_ns: r.elapsed_ns(),
+        bytes: r.bytes,
+        error: r.outcome.error_text().to_string(),
+        retries: r.retries.clone(),
+        verified: r.verified,
+        error_kind: r
+            .outcome
+            .kind()
+            .map_or(control::FailureKind::Unspecified, kind_to_wire) as i32,
+    }
+}
+
+/// The report an agent sent, as played by `agent`; an error without its
+/// kind (or a kind without an error) is refused, naming the file.
+pub fn file_report(f: FileResult, agent: String) -> Result<FileReport, String> {
+    let outcome = match (f.error.is_empty(), kind_from_wire(f.error_kind)) {
+        (true, None) => Outcome::Stored,
+        (false, Some(kind)) => Outcome::failed(kind, f.error),
+        _ => {
+            return Err(format!(
+                "result for {}/{} has error {:?} with failure kind {}",
+                f.cluster, f.wal_name, f.error, f.error_kind
+            ))
+        }
+    };
+    Ok(FileReport {
+        wal_full_path: f.wal_full_path,
+        cluster: f.cluster,
+        wal_name: f.wal_name,
+        agent: Some(agent),
+        start: from_unix_nanos(f.start_unix_nanos),
+        end: from_unix_nanos(f.end_unix_nanos),
+        elapsed: Duration::from_nanos(f.elapsed_ns),
+        bytes: f.bytes,
+        outcome,
+        retries: f.retries,
+        verified: f.verified,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, SystemTime};
+
+    #[test]
+    fn reports_cross_the_wire_unchanged() {
+        let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        for outcome in [
+            Outcome::Stored,
+            Outcome::failed(FailureKind::Mismatch, "verification failed"),
+            Outcome::failed(FailureKind::Interrupted, "stopped"),
+        ] {
+            let sent = FileReport {
+                wal_full_path: "/d/000000010000000000000001".into(),
+                cluster: "c-a".into(),
+                wal_name: "000000010000000000000001".into(),
+                agent: Some("a".into()),
+                start,
+                end: start + Duration::from_millis(3),
+                elapsed: Duration::from_millis(3),
+                bytes: 16,
+                outcome,
+                retries: vec!["earlier".into()],
+                verified: false,
+            };
+            let back = file_report(file_result(&sent), "a".into()).unwrap();
+            assert_eq!(back, sent);
+        }
+        let mut odd = file_result(&FileReport {
+            outcome: Outcome::failed(FailureKind::Refused, "no"),
+            ..file_report(FileResult::default(), "a".into()).unwrap()
+        });
+        odd.error_kind = 0;
+        assert!(file_report(odd, "a".into())
+            .unwrap_err()
+            .contains("failure kind"));
+    }
+}
