@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use clap::Args;
 use tokio_util::sync::CancellationToken;
 
-use crate::{health, shard::Limits, AgentOptions};
+use crate::{health, spec::Limits, AgentOptions};
 use walplayer_klio::exit::Exit;
 use walplayer_klio::flags::KlioArgs;
 use walplayer_klio::tls;

@@ -8,8 +8,8 @@
 //! - [`session`]: one run on the control stream: register, prepare the
 //!   shard, hold at the start barrier, play through the common pipeline and
 //!   stream every report back.
-//! - [`shard`]: which files this agent plays, as which clusters, and the
-//!   bounds it checks every assignment against.
+//! - [`spec`]: an assignment checked once against the agent's bounds.
+//! - [`shard`]: which files this agent plays, as which clusters.
 //! - [`health`]: gRPC health for Kubernetes probes.
 //! - [`cli`]: the agent's flags and start-up (shared by `walplayer-agent`
 //!   and `walplayer agent`).
@@ -18,6 +18,7 @@ pub mod cli;
 pub mod health;
 pub mod session;
 pub mod shard;
+pub mod spec;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -50,7 +51,7 @@ pub struct AgentOptions {
     /// Klio settings, resolved again for every run (certificates rotate).
     pub klio: KlioArgs,
     pub control_tls: Option<ClientTls>,
-    pub limits: shard::Limits,
+    pub limits: spec::Limits,
     pub health: Option<health::Health>,
 }
 

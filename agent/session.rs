@@ -24,14 +24,19 @@ use walplayer_klio::upload::UploadSettings;
 use walplayer_klio::wire;
 
 use crate::shard::{self, Shard};
+use crate::spec::{ShardSource, ShardSpec};
 use crate::AgentOptions;
 use walplayer_proto::control::agent_message::Body as Up;
 use walplayer_proto::control::control_client::ControlClient;
 use walplayer_proto::control::coordinator_message::Body as Down;
 use walplayer_proto::control::{
     AgentMessage, Assignment, Beat, ClusterHistogram, CoordinatorMessage, Failed, Finished, Ready,
-    Register, Source,
+    Register,
 };
+
+/// Furthest ahead a start instant may be: the coordinator starts runs a
+/// moment after every agent is ready, so more means a wrong clock.
+pub const MAX_START_AHEAD: Duration = Duration::from_secs(600);
 
 /// How often the agent beats during a run.
 pub const BEAT_EVERY: Duration = Duration::from_secs(1);
@@ -128,7 +133,7 @@ pub async fn run(
 }
 
 /// The directory a run generates into, removed however the run ends. Made
-/// only for an assignment that passed [`shard::check`], so its run id is a
+/// only for an assignment that passed [`ShardSpec::from_assignment`], so its run id is a
 /// plain name inside `runs/`.
 struct GeneratedDir(std::path::PathBuf);
 
@@ -189,29 +194,32 @@ async fn play_assignment(
         Err(e) => return fail(link, format!("agent {}: {e}", opts.name)).await,
     };
     let free = shard::free_bytes(&opts.data_dir);
-    if let Err(reason) = shard::check(a, &opts.limits, free, &klio.address) {
-        let reason = format!("agent {} refuses the assignment: {reason}", opts.name);
-        return fail(link, reason).await;
+    let spec = match ShardSpec::from_assignment(a, &opts.limits, free, &klio.address) {
+        Ok(spec) => spec,
+        Err(reason) => {
+            let reason = format!("agent {} refuses the assignment: {reason}", opts.name);
+            return fail(link, reason).await;
+        }
+    };
+    if let Some(address) = &spec.address {
+        klio.address = address.clone();
     }
-    if !a.address.is_empty() {
-        klio.address = a.address.clone();
-    }
-    let _generated = (a.source == Source::Generate as i32)
-        .then(|| GeneratedDir(shard::run_dir(&opts.data_dir, &a.run_id)));
-    let clusters = shard::cluster_names(&klio.cluster_name, &opts.name, a.clusters);
+    let _generated = matches!(spec.source, ShardSource::Generate { .. })
+        .then(|| GeneratedDir(shard::run_dir(&opts.data_dir, &spec.run_id)));
+    let clusters = shard::cluster_names(&klio.cluster_name, &opts.name, spec.clusters);
 
     // Prepare the shard (may generate gigabytes) while watching the stream.
     // The generator sees `stop` between pages; whatever ends the wait, it
     // is stopped and joined before the run directory is removed.
     let stop = shutdown.child_token();
     let mut preparing = {
-        let (a, dir, clusters, stop) = (
-            a.clone(),
+        let (spec, dir, clusters, stop) = (
+            spec.clone(),
             opts.data_dir.clone(),
             clusters.clone(),
             stop.clone(),
         );
-        tokio::task::spawn_blocking(move || shard::prepare(&a, &dir, &clusters, &stop))
+        tokio::task::spawn_blocking(move || shard::prepare(&spec, &dir, &clusters, &stop))
     };
     let prepared = watching(link, shutdown, &mut preparing).await;
     let shard = match prepared {
@@ -241,7 +249,7 @@ async fn play_assignment(
         Ok(e) => e,
         Err(reason) => return fail(link, format!("agent {}: {reason}", opts.name)).await,
     };
-    let clients = match watching(link, shutdown, endpoint.connect_jobs(a.jobs as usize)).await {
+    let clients = match watching(link, shutdown, endpoint.connect_jobs(spec.jobs.get())).await {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => return fail(link, format!("agent {}: {e}", opts.name)).await,
         Err(end) => return end,
@@ -260,24 +268,27 @@ async fn play_assignment(
         klio.address
     );
 
-    // The barrier: wait for Start, then for its instant.
+    // The barrier: wait for Start, then for its instant, still listening
+    // for an Abort or the coordinator going away.
     let start_at = match watching_start(link, shutdown).await {
         Ok(t) => t,
         Err(end) => return end,
     };
     if let Ok(wait) = start_at.duration_since(SystemTime::now()) {
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            _ = shutdown.cancelled() => return SessionEnd::Stopped,
+        if wait > MAX_START_AHEAD {
+            let reason = format!(
+                "agent {} refuses a start {} ahead (at most {} is sane): check the clocks of the coordinator and this agent",
+                opts.name,
+                humantime::format_duration(Duration::from_secs(wait.as_secs())),
+                humantime::format_duration(MAX_START_AHEAD)
+            );
+            return fail(link, reason).await;
+        }
+        if let Err(end) = watching(link, shutdown, tokio::time::sleep(wait)).await {
+            return end;
         }
     }
-    let settings = UploadSettings {
-        block_bytes: a.block_size_kib as usize * 1024,
-        timeout: Duration::from_millis(a.timeout_ms),
-        retries: a.retries,
-        verify: a.verify,
-    };
-    stream_run(link, shard, clients, settings, shutdown).await
+    stream_run(link, shard, clients, spec.upload, shutdown).await
 }
 
 async fn watching_start(

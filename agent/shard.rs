@@ -1,7 +1,6 @@
-//! Shard: the files one agent plays, as which clusters, from its
-//! assignment. Checks the assignment against the agent's own bounds first:
-//! the coordinator cannot make an agent read or write outside its data
-//! directory, or take on more than it allows.
+//! Shard: the files one agent plays, as which clusters, from its checked
+//! [`ShardSpec`]: generated into the run's own directory, or listed from the
+//! data directory, never anything outside it.
 
 use std::path::{Path, PathBuf};
 
@@ -9,40 +8,12 @@ use tokio_util::sync::CancellationToken;
 
 use walplayer_klio::pipeline::interleave;
 use walplayer_klio::upload::Work;
-use walplayer_proto::control::{Assignment, ClusterPlan, Source, Split};
+use walplayer_proto::control::{ClusterPlan, Split};
 use walplayer_wal::generate::{self, GenerateSpec, Payload};
 use walplayer_wal::source::{self, Segment};
-use walplayer_wal::walname::{
-    check_cluster_name, check_run_id, segment_bytes_from_mib, SegmentName,
-};
+use walplayer_wal::walname::{check_cluster_name, SegmentName};
 
-/// What an agent accepts from a coordinator.
-#[derive(Debug, Clone)]
-pub struct Limits {
-    /// Most files in one run, over all clusters.
-    pub max_files: u64,
-    /// Most bytes the agent may generate into its data directory.
-    pub max_generate_bytes: u64,
-    pub max_jobs: u32,
-    pub max_clusters: u32,
-    /// Longest per-file timeout, in milliseconds.
-    pub max_timeout_ms: u64,
-    /// Klio addresses the coordinator may choose besides the agent's own.
-    pub allowed_addresses: Vec<String>,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            max_files: 1_000_000,
-            max_generate_bytes: 1 << 40,
-            max_jobs: 256,
-            max_clusters: 1000,
-            max_timeout_ms: 24 * 3600 * 1000,
-            allowed_addresses: Vec::new(),
-        }
-    }
-}
+use crate::spec::{ShardSource, ShardSpec};
 
 /// Where an agent keeps what it generates for a run.
 pub fn run_dir(data_dir: &Path, run_id: &str) -> PathBuf {
@@ -60,99 +31,6 @@ pub fn cluster_names(base: &str, agent: &str, clusters: u32) -> Vec<String> {
         .collect()
 }
 
-/// Checks an assignment against `limits` and the free space of the data
-/// directory; the error says what is out of bounds.
-pub fn check(
-    a: &Assignment,
-    limits: &Limits,
-    free_bytes: u64,
-    own_address: &str,
-) -> Result<(), String> {
-    check_run_id(&a.run_id)?;
-    if a.agent_count == 0 || a.agent_index >= a.agent_count {
-        return Err(format!(
-            "agent index {} of {} agents is impossible",
-            a.agent_index, a.agent_count
-        ));
-    }
-    in_range(
-        "jobs",
-        a.jobs.into(),
-        limits.max_jobs.into(),
-        " (agent --max-jobs)",
-    )?;
-    in_range("block size in KiB", a.block_size_kib.into(), 8192, "")?;
-    in_range(
-        "clusters",
-        a.clusters.into(),
-        limits.max_clusters.into(),
-        " (agent --max-clusters)",
-    )?;
-    in_range(
-        "per-file timeout in ms",
-        a.timeout_ms,
-        limits.max_timeout_ms,
-        "",
-    )?;
-    if !a.address.is_empty()
-        && a.address != own_address
-        && !limits.allowed_addresses.contains(&a.address)
-    {
-        return Err(format!(
-            "the coordinator sends it to Klio at {}, but its configuration says {own_address}; start the agent with --allow-address {} to permit that",
-            a.address, a.address
-        ));
-    }
-    match Source::try_from(a.source) {
-        Ok(Source::Generate) => {
-            let segment = segment_bytes_from_mib(a.wal_size_mib)?;
-            if a.segments_per_cluster.len() != a.clusters as usize {
-                return Err(format!(
-                    "{} cluster lengths for {} clusters",
-                    a.segments_per_cluster.len(),
-                    a.clusters
-                ));
-            }
-            let files: u64 = a.segments_per_cluster.iter().sum();
-            if files > limits.max_files {
-                return Err(format!(
-                    "{files} files is more than this agent's --max-files {}",
-                    limits.max_files
-                ));
-            }
-            // Clusters share one generated set: the longest one is on disk.
-            let longest = a.segments_per_cluster.iter().copied().max().unwrap_or(0);
-            let bytes = longest.saturating_mul(segment);
-            let room = limits.max_generate_bytes.min(free_bytes / 10 * 9);
-            if bytes > room {
-                return Err(format!(
-                    "generating {longest} segments of {} MiB needs {bytes} bytes; this agent allows {room} (90% of its free space, at most --max-generate-bytes)",
-                    a.wal_size_mib
-                ));
-            }
-        }
-        Ok(Source::Dir) => {
-            if !matches!(
-                Split::try_from(a.split),
-                Ok(Split::Shard | Split::Replicate)
-            ) {
-                return Err("a directory run needs split shard or replicate".into());
-            }
-        }
-        _ => return Err(format!("unknown source {}", a.source)),
-    }
-    Ok(())
-}
-
-/// `value` must be in 1..=`max`; the error names the setting and, in
-/// `bound`, where the limit comes from.
-fn in_range(name: &str, value: u64, max: u64, bound: &str) -> Result<(), String> {
-    if value == 0 || value > max {
-        return Err(format!("{name} {value} is outside 1..={max}{bound}"));
-    }
-    Ok(())
-}
-
 /// An agent's prepared shard: work in upload order, and the plan the
 /// coordinator tracks it by.
 #[derive(Debug, Default)]
@@ -167,7 +45,7 @@ pub struct Shard {
 /// Blocking; `clusters` are this agent's cluster names. Generation ends
 /// within a batch of pages once `stop` is cancelled.
 pub fn prepare(
-    a: &Assignment,
+    spec: &ShardSpec,
     data_dir: &Path,
     clusters: &[String],
     stop: &CancellationToken,
@@ -175,22 +53,40 @@ pub fn prepare(
     for c in clusters {
         check_cluster_name(c)?;
     }
-    match Source::try_from(a.source) {
-        Ok(Source::Generate) => prepare_generated(a, data_dir, clusters, stop),
-        Ok(Source::Dir) => prepare_dir(a, data_dir, clusters),
-        _ => Err(format!("unknown source {}", a.source)),
+    match &spec.source {
+        ShardSource::Generate {
+            segment_bytes,
+            segments_per_cluster,
+            gzip,
+        } => {
+            let generated = Generated {
+                segment_bytes: *segment_bytes,
+                segments_per_cluster,
+                gzip: *gzip,
+            };
+            prepare_generated(spec, &generated, data_dir, clusters, stop)
+        }
+        ShardSource::Dir { split } => prepare_dir(spec, *split, data_dir, clusters),
     }
 }
 
+/// What a generated shard holds.
+struct Generated<'a> {
+    segment_bytes: u64,
+    segments_per_cluster: &'a [u64],
+    gzip: bool,
+}
+
 fn prepare_generated(
-    a: &Assignment,
+    spec: &ShardSpec,
+    g: &Generated<'_>,
     data_dir: &Path,
     clusters: &[String],
     stop: &CancellationToken,
 ) -> Result<Shard, String> {
-    let segment_bytes = segment_bytes_from_mib(a.wal_size_mib)?;
-    let longest = a.segments_per_cluster.iter().copied().max().unwrap_or(0);
-    let dir = run_dir(data_dir, &a.run_id);
+    let segment_bytes = g.segment_bytes;
+    let longest = g.segments_per_cluster.iter().copied().max().unwrap_or(0);
+    let dir = run_dir(data_dir, &spec.run_id);
     let spec = GenerateSpec {
         dir: dir.clone(),
         count: longest,
@@ -198,7 +94,7 @@ fn prepare_generated(
         timeline: 1,
         start_lsn: 0,
         pg_version: generate::PgVersion::default(),
-        gzip: a.gzip,
+        gzip: g.gzip,
         system_id: generate::DEFAULT_SYSTEM_ID,
     };
     let mut files = Vec::new();
@@ -223,14 +119,14 @@ fn prepare_generated(
                 path,
                 wal_name,
                 size: segment_bytes,
-                gzip: a.gzip,
+                gzip: g.gzip,
             }
         })
         .collect();
     let first = SegmentName::containing(1, 0, segment_bytes).to_string();
     let mut per_cluster = Vec::new();
     let mut shard = Shard::default();
-    for (cluster, &count) in clusters.iter().zip(&a.segments_per_cluster) {
+    for (cluster, &count) in clusters.iter().zip(g.segments_per_cluster) {
         let work: Vec<Work> = segments[..count as usize]
             .iter()
             .map(|s| Work {
@@ -252,18 +148,33 @@ fn prepare_generated(
     Ok(shard)
 }
 
-fn prepare_dir(a: &Assignment, data_dir: &Path, clusters: &[String]) -> Result<Shard, String> {
+fn prepare_dir(
+    spec: &ShardSpec,
+    split: Split,
+    data_dir: &Path,
+    clusters: &[String],
+) -> Result<Shard, String> {
     let listing = source::list(data_dir).map_err(|e| e.to_string())?;
-    let mine: Vec<Segment> = match Split::try_from(a.split) {
-        Ok(Split::Replicate) => listing.segments,
+    let mine: Vec<Segment> = match split {
+        Split::Replicate => listing.segments,
         _ => listing
             .segments
             .into_iter()
             .enumerate()
-            .filter(|(i, _)| *i as u64 % a.agent_count as u64 == a.agent_index as u64)
+            .filter(|(i, _)| *i as u64 % spec.agent_count as u64 == spec.agent_index as u64)
             .map(|(_, s)| s)
             .collect(),
     };
+    let files = (mine.len() as u64).saturating_mul(clusters.len() as u64);
+    if files > spec.max_files {
+        return Err(format!(
+            "{} files in {} for {} clusters make {files} uploads, more than this agent's --max-files {}",
+            mine.len(),
+            data_dir.display(),
+            clusters.len(),
+            spec.max_files
+        ));
+    }
     let mut shard = Shard {
         skipped: listing.skipped.len() as u64,
         ..Shard::default()
@@ -309,68 +220,12 @@ pub fn free_bytes(dir: &Path) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::spec::tests::assignment;
+    use crate::spec::Limits;
+    use walplayer_proto::control::{Assignment, Source};
 
-    fn assignment() -> Assignment {
-        Assignment {
-            run_id: "r1".into(),
-            agent_index: 0,
-            agent_count: 2,
-            source: Source::Generate as i32,
-            split: Split::Shard as i32,
-            segments_per_cluster: vec![3, 2],
-            wal_size_mib: 1,
-            gzip: false,
-            clusters: 2,
-            jobs: 2,
-            block_size_kib: 64,
-            timeout_ms: 1000,
-            address: String::new(),
-            verify: false,
-            retries: 0,
-        }
-    }
-
-    #[test]
-    fn out_of_bounds_assignments_are_refused_with_a_reason() {
-        let limits = Limits::default();
-        assert!(check(&assignment(), &limits, 1 << 40, "own:1").is_ok());
-        type Mutation = Box<dyn Fn(&mut Assignment)>;
-        let cases: Vec<(Mutation, &str)> = vec![
-            (
-                Box::new(|a| a.run_id = "../x".into()),
-                "safe directory name",
-            ),
-            (Box::new(|a| a.jobs = 0), "jobs"),
-            (Box::new(|a| a.jobs = 100_000), "--max-jobs"),
-            (Box::new(|a| a.block_size_kib = 9000), "block size"),
-            (Box::new(|a| a.wal_size_mib = 3), "1, 2, 4"),
-            (
-                Box::new(|a| a.segments_per_cluster = vec![2_000_000, 0]),
-                "--max-files",
-            ),
-            (
-                Box::new(|a| a.address = "elsewhere:1".into()),
-                "--allow-address elsewhere:1",
-            ),
-            (Box::new(|a| a.agent_index = 5), "impossible"),
-        ];
-        for (mutate, needle) in cases {
-            let mut a = assignment();
-            mutate(&mut a);
-            let e = check(&a, &limits, 1 << 40, "own:1").unwrap_err();
-            assert!(e.contains(needle), "{needle}: {e}");
-        }
-        let e = check(&assignment(), &limits, 1 << 20, "own:1").unwrap_err();
-        assert!(e.contains("free space"), "{e}");
-        let mut a = assignment();
-        a.address = "own:1".into();
-        assert!(check(&a, &limits, 1 << 40, "own:1").is_ok());
-        a.address = "other:2".into();
-        let allowed = Limits {
-            allowed_addresses: vec!["other:2".into()],
-            ..Limits::default()
-        };
-        assert!(check(&a, &allowed, 1 << 40, "own:1").is_ok());
+    fn spec(a: &Assignment) -> ShardSpec {
+        ShardSpec::from_assignment(a, &Limits::default(), 1 << 40, "own:1").unwrap()
     }
 
     #[test]
@@ -379,7 +234,7 @@ mod tests {
         let clusters = cluster_names("pg", "a0", 2);
         assert_eq!(clusters, ["pg-a0-0", "pg-a0-1"]);
         let shard = prepare(
-            &assignment(),
+            &spec(&assignment()),
             dir.path(),
             &clusters,
             &CancellationToken::new(),
@@ -428,12 +283,17 @@ mod tests {
         a.source = Source::Dir as i32;
         a.clusters = 1;
         let names = |a: &Assignment| -> Vec<String> {
-            prepare(a, dir.path(), &["c".to_string()], &CancellationToken::new())
-                .unwrap()
-                .work
-                .iter()
-                .map(|w| w.segment.wal_name.clone())
-                .collect()
+            prepare(
+                &spec(a),
+                dir.path(),
+                &["c".to_string()],
+                &CancellationToken::new(),
+            )
+            .unwrap()
+            .work
+            .iter()
+            .map(|w| w.segment.wal_name.clone())
+            .collect()
         };
         let first = names(&a);
         a.agent_index = 1;
@@ -442,5 +302,32 @@ mod tests {
         assert!(first.iter().all(|n| !second.contains(n)));
         a.split = Split::Replicate as i32;
         assert_eq!(names(&a).len(), 5);
+    }
+
+    #[test]
+    fn a_directory_shard_beyond_max_files_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        for i in 0..10 {
+            std::fs::write(
+                dir.path().join(format!("0000000100000000000000{i:02X}")),
+                b"x",
+            )
+            .unwrap();
+        }
+        let mut a = assignment();
+        a.source = Source::Dir as i32;
+        a.split = Split::Replicate as i32;
+        a.clusters = 200;
+        let limits = Limits {
+            max_files: 10,
+            ..Limits::default()
+        };
+        let spec = ShardSpec::from_assignment(&a, &limits, 1 << 40, "own:1").unwrap();
+        let clusters: Vec<String> = (0..200).map(|i| format!("c-{i}")).collect();
+        let e = prepare(&spec, dir.path(), &clusters, &CancellationToken::new()).unwrap_err();
+        assert!(
+            e.contains("2000 uploads") && e.contains("--max-files 10"),
+            "{e}"
+        );
     }
 }

@@ -206,7 +206,8 @@ async fn play_round(endpoint: &KlioEndpoint, files: &[Segment], jobs: usize) -> 
         })
         .collect();
     let settings = UploadSettings {
-        block_bytes: BLOCK_BYTES,
+        block: walplayer::klio::settings::BlockSize::from_kib((BLOCK_BYTES / 1024) as u64)
+            .expect("a constant Klio block size"),
         timeout: PHASE_DEADLINE,
         retries: 0,
         verify: false,

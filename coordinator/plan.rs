@@ -3,6 +3,7 @@
 //! Agents are ordered by name, so the same agents always get the same
 //! shards. Generated workloads are divided as evenly as whole files allow.
 
+use walplayer_klio::settings::{Jobs, UploadSettings};
 use walplayer_proto::control::{Assignment, Source, Split};
 
 /// How many files a generated workload has.
@@ -23,13 +24,11 @@ pub struct Workload {
     pub gzip: bool,
     pub split: Split,
     pub clusters_per_agent: u32,
-    pub jobs: u32,
-    pub block_size_kib: u32,
-    pub timeout_ms: u64,
+    /// Per agent.
+    pub jobs: Jobs,
+    pub upload: UploadSettings,
     /// Klio address every agent uses instead of its own, if set.
     pub address: Option<String>,
-    pub verify: bool,
-    pub retries: u32,
 }
 
 /// Splits `total` into `parts` shares differing by at most one.
@@ -65,12 +64,12 @@ pub fn assignments(run_id: &str, agents: usize, w: &Workload) -> Vec<Assignment>
             wal_size_mib: w.wal_size_mib,
             gzip: w.gzip,
             clusters: w.clusters_per_agent,
-            jobs: w.jobs,
-            block_size_kib: w.block_size_kib,
-            timeout_ms: w.timeout_ms,
+            jobs: w.jobs.get() as u32,
+            block_size_kib: w.upload.block.kib(),
+            timeout_ms: u64::try_from(w.upload.timeout.as_millis()).unwrap_or(u64::MAX),
             address: w.address.clone().unwrap_or_default(),
-            verify: w.verify,
-            retries: w.retries,
+            verify: w.upload.verify,
+            retries: w.upload.retries,
         })
         .collect()
 }
@@ -78,6 +77,7 @@ pub fn assignments(run_id: &str, agents: usize, w: &Workload) -> Vec<Assignment>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use walplayer_klio::settings::BlockSize;
 
     fn workload(length: Length, clusters: u32) -> Workload {
         Workload {
@@ -87,12 +87,14 @@ mod tests {
             gzip: false,
             split: Split::Shard,
             clusters_per_agent: clusters,
-            jobs: 2,
-            block_size_kib: 2048,
-            timeout_ms: 1000,
+            jobs: Jobs::new(2, Jobs::MAX).unwrap(),
+            upload: UploadSettings {
+                block: BlockSize::DEFAULT,
+                timeout: std::time::Duration::from_secs(1),
+                retries: 0,
+                verify: false,
+            },
             address: None,
-            verify: false,
-            retries: 0,
         }
     }
 

@@ -20,6 +20,7 @@ use walplayer_klio::exit::Exit;
 use walplayer_klio::output::{check_writable, open_output, write_summary};
 use walplayer_klio::progress::Progress as _;
 use walplayer_klio::report::{FileReport, JsonLines};
+use walplayer_klio::settings::Jobs;
 use walplayer_klio::stats::{Stats, Totals};
 use walplayer_klio::tls;
 use walplayer_klio::upload::{UploadSettings, Work};
@@ -31,7 +32,7 @@ use crate::progress::Progress;
 #[derive(Debug, Clone)]
 pub struct PlayOptions {
     pub dir: PathBuf,
-    pub jobs: usize,
+    pub jobs: Jobs,
     pub upload: UploadSettings,
     pub klio: KlioConfig,
     pub output: Option<PathBuf>,
@@ -63,7 +64,7 @@ struct SummaryFile<'a> {
     address: &'a str,
     cluster: &'a str,
     jobs: usize,
-    block_size_kib: usize,
+    block_size_kib: u32,
 }
 
 /// Where `play`'s reports go: JSON lines, the progress display and a
@@ -109,7 +110,7 @@ pub async fn play(opts: PlayOptions, shutdown: CancellationToken) -> Result<Play
     )?;
     let endpoint = KlioEndpoint::new(&opts.klio.address, tls).map_err(anyhow::Error::msg)?;
     let clients = tokio::select! {
-        clients = endpoint.connect_jobs(opts.jobs) => clients.map_err(anyhow::Error::msg)?,
+        clients = endpoint.connect_jobs(opts.jobs.get()) => clients.map_err(anyhow::Error::msg)?,
         _ = shutdown.cancelled() => anyhow::bail!("interrupted while connecting to {}", endpoint.address()),
     };
     // Everything that would fail every file is checked: this run starts,
@@ -151,8 +152,8 @@ pub async fn play(opts: PlayOptions, shutdown: CancellationToken) -> Result<Play
             interrupted,
             address: &opts.klio.address,
             cluster: &opts.klio.cluster_name,
-            jobs: opts.jobs,
-            block_size_kib: opts.upload.block_bytes / 1024,
+            jobs: opts.jobs.get(),
+            block_size_kib: opts.upload.block.kib(),
         };
         write_summary(path, &doc)?;
     }

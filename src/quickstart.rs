@@ -14,6 +14,7 @@ use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 
 use walplayer_klio::exit::Exit;
+use walplayer_klio::settings::{BlockSize, Jobs, UploadSettings};
 
 use crate::certs::{self, CertSpec, MintedCerts};
 use crate::progress::Progress;
@@ -142,12 +143,15 @@ fn coordinator_options(
             gzip: false,
             split: Split::Shard,
             clusters_per_agent: args.clusters_per_agent,
-            jobs: args.jobs,
-            block_size_kib: 2048,
-            timeout_ms: 120_000,
+            jobs: Jobs::new(args.jobs.into(), Jobs::MAX)
+                .map_err(|e| anyhow::anyhow!("--jobs: {e}"))?,
+            upload: UploadSettings {
+                block: BlockSize::DEFAULT,
+                timeout: Duration::from_secs(120),
+                retries: 2,
+                verify: true,
+            },
             address: None,
-            verify: true,
-            retries: 2,
         },
         output: Some(root.join("results.json")),
         summary: Some(root.join("summary.json")),

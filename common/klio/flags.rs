@@ -9,8 +9,7 @@ use std::time::Duration;
 use clap::Args;
 
 use crate::config::{self, ConfigError, Key, KlioConfig, Layer};
-use crate::endpoint::MAX_BLOCK_BYTES;
-use crate::upload::UploadSettings;
+use crate::settings::{BlockSize, Jobs, UploadSettings, MAX_RETRIES};
 
 /// Default per-file timeout.
 pub const DEFAULT_TIMEOUT: &str = "5m";
@@ -73,16 +72,16 @@ impl KlioArgs {
 #[derive(Debug, Clone, Args)]
 pub struct UploadArgs {
     /// Parallel uploads, each on its own connection
-    #[arg(short, long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
-    pub jobs: u32,
+    #[arg(short, long, default_value_t = Jobs::ONE, value_parser = Jobs::parse)]
+    pub jobs: Jobs,
     /// Block size in KiB sent per request (1 to 8192)
-    #[arg(long, value_name = "KIB", default_value_t = 2048, value_parser = clap::value_parser!(u32).range(1..=(MAX_BLOCK_BYTES as i64 / 1024)))]
-    pub block_size: u32,
+    #[arg(long, value_name = "KIB", default_value_t = BlockSize::DEFAULT, value_parser = BlockSize::parse_kib)]
+    pub block_size: BlockSize,
     /// Longest one file may take before it fails (e.g. 30s, 5m)
     #[arg(long, value_name = "DURATION", default_value = DEFAULT_TIMEOUT, value_parser = parse_duration)]
     pub timeout: Duration,
     /// Further attempts after a failure that may pass (connection lost, server unavailable, timeout)
-    #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u32).range(0..=100))]
+    #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u32).range(0..=MAX_RETRIES as i64))]
     pub retries: u32,
     /// Read every stored file back with Get and compare it with what was sent
     #[arg(long)]
@@ -92,7 +91,7 @@ pub struct UploadArgs {
 impl UploadArgs {
     pub fn settings(&self) -> UploadSettings {
         UploadSettings {
-            block_bytes: self.block_size as usize * 1024,
+            block: self.block_size,
             timeout: self.timeout,
             retries: self.retries,
             verify: self.verify,

@@ -16,6 +16,7 @@
 //!   channel, either side.
 //! - [`endpoint`]: connections to a Klio WAL server, with its limits.
 //! - [`upload`]: one Put stream per file, retries; [`verify`]: read-back.
+//! - [`settings`]: block size, jobs and upload settings as validated types.
 //! - [`output`]: result and summary files.
 //! - [`progress`]: what a progress display is told.
 
@@ -28,6 +29,7 @@ pub mod output;
 pub mod pipeline;
 pub mod progress;
 pub mod report;
+pub mod settings;
 pub mod stats;
 pub mod tls;
 pub mod transport;

@@ -18,19 +18,7 @@ use crate::verify;
 use walplayer_proto::klio::PutRequest;
 use walplayer_wal::source::Segment;
 
-/// How every file of a run is uploaded.
-#[derive(Debug, Clone)]
-pub struct UploadSettings {
-    /// Payload bytes per PutRequest.
-    pub block_bytes: usize,
-    /// Longest one attempt may take, verification included.
-    pub timeout: Duration,
-    /// Further attempts after a failure that may be passing (connection
-    /// lost, server unavailable, timeout).
-    pub retries: u32,
-    /// Read every stored file back and compare it with what was sent.
-    pub verify: bool,
-}
+pub use crate::settings::UploadSettings;
 
 /// One file to upload, as one cluster.
 #[derive(Debug, Clone)]
@@ -211,7 +199,7 @@ async fn send(
         let (segment, cluster, block, digest) = (
             segment.clone(),
             work.cluster.clone(),
-            settings.block_bytes,
+            settings.block.bytes(),
             settings.verify,
         );
         tokio::task::spawn_blocking(move || read_blocks(&segment, &cluster, block, digest, tx))

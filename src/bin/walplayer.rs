@@ -234,7 +234,7 @@ async fn run_play(args: PlayArgs, shutdown: CancellationToken) -> Exit {
     };
     let opts = play::PlayOptions {
         dir: args.dir,
-        jobs: args.upload.jobs as usize,
+        jobs: args.upload.jobs,
         upload: args.upload.settings(),
         klio,
         output: args.output.output,

@@ -235,7 +235,7 @@ async fn verification_names_the_first_differing_byte() {
         cluster: "v".into(),
     };
     let settings = UploadSettings {
-        block_bytes: 64 << 10,
+        block: walplayer::klio::settings::BlockSize::from_kib(64).unwrap(),
         timeout: std::time::Duration::from_secs(30),
         retries: 0,
         verify: true,
