@@ -107,7 +107,11 @@ async fn control_channel_refuses_agents_without_a_certificate_of_its_ca() {
     // Refused, each gives up (--once: exit 3, the coordinator lost).
     for mut agent in [plain, foreign] {
         assert_eq!(agent.wait(LIMIT).code(), Some(3), "{}", agent.text());
-        assert!(agent.text().contains("lost the coordinator"), "{}", agent.text());
+        assert!(
+            agent.text().contains("lost the coordinator"),
+            "{}",
+            agent.text()
+        );
     }
 
     // None of them registered: the run is still waiting for its agent,
@@ -336,7 +340,10 @@ async fn a_file_reported_twice_is_merged_and_counted_once() {
         files_skipped: 0,
     }))
     .await;
-    assert!(next(&mut down).await.is_none(), "the session ends after Finished");
+    assert!(
+        next(&mut down).await.is_none(),
+        "the session ends after Finished"
+    );
     let status = tokio::task::spawn_blocking(move || {
         let status = coord.wait(LIMIT);
         (status, coord.text())
@@ -345,9 +352,9 @@ async fn a_file_reported_twice_is_merged_and_counted_once() {
     .unwrap();
     assert_eq!(status.0.code(), Some(0), "{}", status.1);
     assert!(
-        status
-            .1
-            .contains("agent raw reported walplayer-raw/000000010000000000000000 twice; counted once"),
+        status.1.contains(
+            "agent raw reported walplayer-raw/000000010000000000000000 twice; counted once"
+        ),
         "{}",
         status.1
     );

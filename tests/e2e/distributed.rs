@@ -148,7 +148,10 @@ fn barrier_holds_and_every_file_appears_exactly_once() {
     let mut b = c.agent("node-1", &addr, &["--once"]);
     // The third agent comes once the first two have registered: they must
     // wait for it.
-    coord.wait_lines(&["agent node-0 registered", "agent node-1 registered"], LIMIT);
+    coord.wait_lines(
+        &["agent node-0 registered", "agent node-1 registered"],
+        LIMIT,
+    );
     let mut d = c.agent("node-2", &addr, &["--once"]);
     assert_eq!(coord.wait(LIMIT).code(), Some(0), "{}", coord.text());
     for agent in [&mut a, &mut b, &mut d] {
@@ -351,7 +354,11 @@ fn killed_agent_is_lost_its_files_named_and_the_rest_finish() {
         .map(|l| l["walName"].as_str().unwrap().to_string())
         .collect();
     let planned = wal_names_under(&c.env.path("agent-victim"));
-    assert_eq!(planned.len(), 60, "the victim generated its shard: {planned:?}");
+    assert_eq!(
+        planned.len(),
+        60,
+        "the victim generated its shard: {planned:?}"
+    );
     let never: Vec<&String> = planned.iter().filter(|n| !sent.contains(*n)).collect();
     assert_eq!(never.len() as u64, 60 - reported);
     let unreported = v["unreported"].as_array().unwrap();
@@ -400,7 +407,10 @@ fn killed_coordinator_stops_agents_in_bounded_time() {
         once.text()
     );
     let stored = c.stored().len();
-    assert!(stored < 400, "the agent stopped instead of finishing the run");
+    assert!(
+        stored < 400,
+        "the agent stopped instead of finishing the run"
+    );
 
     // A long-lived agent goes back to waiting instead of exiting, and its
     // uploads stop: the sink gets nothing more from it.
@@ -427,7 +437,11 @@ fn killed_coordinator_stops_agents_in_bounded_time() {
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(c.sink_state(), waiting, "the sink got more after the loss");
     assert!(
-        waiting.keys().filter(|n| n.contains("walplayer-stay")).count() < 400,
+        waiting
+            .keys()
+            .filter(|n| n.contains("walplayer-stay"))
+            .count()
+            < 400,
         "the agent stopped instead of finishing the run"
     );
     let mut stay = stay;
@@ -514,7 +528,11 @@ fn directory_runs_shard_or_replicate() {
                 "{split}: {agent} uploads as its own cluster"
             );
             let distinct: BTreeSet<&String> = names.iter().collect();
-            assert_eq!(distinct.len(), names.len(), "{split}: {agent} sent a file twice");
+            assert_eq!(
+                distinct.len(),
+                names.len(),
+                "{split}: {agent} sent a file twice"
+            );
             // What the sink holds for the agent's cluster is what it reported.
             let stored: BTreeSet<String> = c
                 .stored()
@@ -524,7 +542,11 @@ fn directory_runs_shard_or_replicate() {
                 .collect();
             assert_eq!(stored, names.iter().cloned().collect(), "{split}: {agent}");
             if split == "replicate" {
-                assert_eq!(distinct, source.iter().collect(), "replicate: {agent} plays every file");
+                assert_eq!(
+                    distinct,
+                    source.iter().collect(),
+                    "replicate: {agent} plays every file"
+                );
             } else {
                 assert!(!names.is_empty(), "shard: {agent} got a share");
             }
@@ -532,7 +554,10 @@ fn directory_runs_shard_or_replicate() {
         }
         if split == "shard" {
             all_names.sort();
-            assert_eq!(all_names, source, "shard: every file exactly once over both agents");
+            assert_eq!(
+                all_names, source,
+                "shard: every file exactly once over both agents"
+            );
         }
     }
 }

@@ -374,7 +374,11 @@ fn interrupt_stops_starting_files_and_writes_summary() {
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .filter(|n| !n.ends_with(".partial"))
         .collect();
-    assert_eq!(stored.len(), 2, "only the finished files are stored: {stored:?}");
+    assert_eq!(
+        stored.len(),
+        2,
+        "only the finished files are stored: {stored:?}"
+    );
     let s = read_json(&summary);
     assert_eq!(s["interrupted"], true);
     assert_eq!(s["filesOk"], 2);

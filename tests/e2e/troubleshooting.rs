@@ -311,11 +311,33 @@ fn every_row_of_the_troubleshooting_table() {
 #[test]
 fn the_check_treats_dots_as_anything_and_semicolons_as_line_breaks() {
     let printed = "WARN skipping ./notes/a: not a WAL file name\nno WAL files in ./notes: nothing to send\n  [possible values: a, b]";
-    assert_eq!(shows(printed, "skipping ./notes/a: not a WAL file name; no WAL files in ./notes: nothing to send"), None);
-    assert_eq!(shows(printed, "skipping ...: not a WAL file name; ... nothing to send"), None);
-    assert_eq!(shows(printed, "nothing to send; skipping"), Some("skipping"), "order matters");
-    assert_eq!(shows(printed, "no WAL files in ./other"), Some("no WAL files in ./other"));
-    assert_eq!(shows(printed, "nothing to send [possible values: a, b]"), None);
+    assert_eq!(
+        shows(
+            printed,
+            "skipping ./notes/a: not a WAL file name; no WAL files in ./notes: nothing to send"
+        ),
+        None
+    );
+    assert_eq!(
+        shows(
+            printed,
+            "skipping ...: not a WAL file name; ... nothing to send"
+        ),
+        None
+    );
+    assert_eq!(
+        shows(printed, "nothing to send; skipping"),
+        Some("skipping"),
+        "order matters"
+    );
+    assert_eq!(
+        shows(printed, "no WAL files in ./other"),
+        Some("no WAL files in ./other")
+    );
+    assert_eq!(
+        shows(printed, "nothing to send [possible values: a, b]"),
+        None
+    );
 }
 
 /// The documented table is the tested one. After changing [`ROWS`], write
