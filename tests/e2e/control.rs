@@ -244,6 +244,27 @@ async fn next(
         .and_then(|m| m.body)
 }
 
+#[test]
+fn coordinator_silent_at_the_end_is_not_taken_for_a_finished_run() {
+    let c = Cluster::new();
+    let (coord, addr) = c.coordinator(&["--agents", "1", "--length", "3", "--wal-size", "1"]);
+    let mut agent = c.agent("last", &addr, &["--once"]);
+    // Stopped once it has released the barrier: the agent uploads its 3
+    // files and sends Finished into a connection nobody reads.
+    coord.wait_line("start barrier released", LIMIT);
+    freeze(&coord.child);
+    assert_eq!(
+        agent.wait(Duration::from_secs(60)).code(),
+        Some(3),
+        "{}",
+        agent.text()
+    );
+    let log = agent.text();
+    assert!(log.contains("lost the coordinator"), "{log}");
+    assert!(!log.contains("run finished"), "{log}");
+    drop(coord);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_reported_twice_is_merged_and_counted_once() {
     use walplayer::common::stats::{encode_histogram, new_histogram};
