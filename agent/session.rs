@@ -415,12 +415,26 @@ async fn stream_run(
     if shutdown.is_cancelled() {
         return SessionEnd::Stopped;
     }
-    // Wait (bounded) for the coordinator to close, so Finished is delivered.
-    let _ = tokio::time::timeout(Duration::from_secs(10), async {
-        while link.recv().await.is_ok() {}
+    // The coordinator closes the session once it has taken Finished: only
+    // that clean close says the results arrived. A broken or silent link
+    // (a coordinator killed or stopped near the end) is the coordinator lost.
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match link.down.message().await {
+                Ok(Some(_)) => {}
+                Ok(None) => return Ok(()),
+                Err(status) => return Err(status_text(&status)),
+            }
+        }
     })
     .await;
-    SessionEnd::Finished
+    match closed {
+        Ok(Ok(())) => SessionEnd::Finished,
+        Ok(Err(why)) => SessionEnd::CoordinatorLost(format!("after Finished: {why}")),
+        Err(_) => SessionEnd::CoordinatorLost(
+            "the coordinator did not confirm Finished within 10s".into(),
+        ),
+    }
 }
 
 async fn finish(

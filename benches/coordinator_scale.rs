@@ -19,8 +19,9 @@
 //! bench itself quickly (the numbers then mean little).
 
 #[path = "support/mod.rs"]
+#[allow(dead_code)]
 mod support;
-use support::{status_kib, walplayer_binary};
+use support::{smoke, status_kib, walplayer_binary};
 
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader};
@@ -129,7 +130,7 @@ fn run() -> Result<()> {
         "coordinator scale: simulated agents over {CONNECTIONS} HTTP/2 connections on loopback; \
          coordinator's peak RSS (VmHWM) and CPU (user + system, from wait4)"
     );
-    let smoke = std::env::var_os("WALPLAYER_BENCH_SMOKE").is_some();
+    let smoke = smoke();
     let mut measured: Vec<Measured> = Vec::new();
     for case in &CASES {
         let case = &Case {

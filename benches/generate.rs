@@ -4,12 +4,19 @@
 //! Filesystems: `/dev/shm` if present, the temporary directory, and
 //! `WALPLAYER_BENCH_DIR` if set. `WALPLAYER_BENCH_SEGMENTS` (default 32)
 //! sets how many 16 MiB segments each round writes. Prints medians of
-//! alternating rounds; asserts nothing about time.
+//! alternating rounds; asserts nothing about time, but checks after each
+//! round that what was timed wrote exactly the expected segments.
+//! `WALPLAYER_BENCH_SMOKE=1`: 2 segments, one round (CI runs it so).
 
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+
+#[path = "support/mod.rs"]
+#[allow(dead_code)]
+mod support;
+use support::{rounds, segments};
 
 use walplayer::wal::generate::{generate, write_segment, GenerateSpec, Payload, PgVersion};
 use walplayer::wal::walname::{SegmentName, MIB};
@@ -19,10 +26,7 @@ const ROUNDS: usize = 5;
 const CHUNK: usize = MIB as usize;
 
 fn main() {
-    let segments: u64 = std::env::var("WALPLAYER_BENCH_SEGMENTS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(32);
+    let segments = segments(32, 2);
     let payload = Payload::synthetic();
     let template = |dir: PathBuf| GenerateSpec {
         dir,
@@ -49,9 +53,10 @@ fn main() {
     for fs_root in filesystems {
         let root = fs_root.join(format!("walplayer-bench-{}", std::process::id()));
         let (mut baseline, mut generated) = (Vec::new(), Vec::new());
-        for _ in 0..ROUNDS {
+        for _ in 0..rounds(ROUNDS) {
             let dir = root.join("baseline");
             baseline.push(time(|| write_plain(&dir, &expected)));
+            verify(&dir, &expected);
             remove(&dir);
             let dir = root.join("generate");
             let spec = template(dir.clone());
@@ -64,6 +69,7 @@ fn main() {
                 )
                 .expect("generate");
             }));
+            verify(&dir, &expected);
             remove(&dir);
         }
         remove(&root);
@@ -107,6 +113,36 @@ fn write_plain(dir: &Path, segments: &[(String, Vec<u8>)]) {
         for chunk in data.chunks(CHUNK) {
             file.write_all(chunk).expect("write baseline file");
         }
+    }
+}
+
+/// Panics unless `dir` holds exactly the `expected` segments, byte for
+/// byte: a round that wrote something else measured nothing.
+fn verify(dir: &Path, expected: &[(String, Vec<u8>)]) {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .expect("read the round's directory")
+        .map(|e| {
+            e.expect("directory entry")
+                .file_name()
+                .into_string()
+                .unwrap()
+        })
+        .collect();
+    names.sort();
+    let wanted: Vec<&String> = expected.iter().map(|(n, _)| n).collect();
+    assert_eq!(
+        names.iter().collect::<Vec<_>>(),
+        wanted,
+        "{}",
+        dir.display()
+    );
+    for (name, data) in expected {
+        let written = fs::read(dir.join(name)).expect("read a written segment");
+        assert!(
+            written == *data,
+            "{}/{name} differs from the expected segment",
+            dir.display()
+        );
     }
 }
 

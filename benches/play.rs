@@ -14,11 +14,12 @@
 //! `WALPLAYER_BENCH_SEGMENTS` (default 64) sets how many 16 MiB segments a
 //! speed round sends. WAL lives on `/dev/shm` when present, so the disk is
 //! not what is measured. Asserts that every byte arrived, never anything
-//! about time; every phase has a deadline.
+//! about time; every phase has a deadline. `WALPLAYER_BENCH_SMOKE=1`: 2
+//! segments, one round, small memory runs, to run the checks (CI does).
 
 #[path = "support/mod.rs"]
 mod support;
-use support::{status_kib, walplayer_binary};
+use support::{rounds, segments, smoke, status_kib, walplayer_binary};
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -68,6 +69,8 @@ const MEMORY_CASES: [MemoryCase; 4] = [
     (2000, 1, &[(4, 2048)]),
     (16, 64, &[(4, 2048)]),
 ];
+/// The memory runs of a smoke run: the same code, a few small files.
+const SMOKE_MEMORY_CASES: [MemoryCase; 2] = [(0, 1, &[(2, 256)]), (8, 1, &[(2, 256)])];
 
 fn main() {
     walplayer::alloc::tune();
@@ -80,10 +83,7 @@ fn main() {
 }
 
 fn run() -> Result<()> {
-    let segments: u64 = std::env::var("WALPLAYER_BENCH_SEGMENTS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(64);
+    let segments = segments(64, 2);
     let root = if Path::new("/dev/shm").is_dir() {
         PathBuf::from("/dev/shm")
     } else {
@@ -98,9 +98,10 @@ fn run() -> Result<()> {
     generate_wal(&wal, segments, SEGMENT_BYTES)?;
     let files = source::list(&wal)?.segments;
     println!(
-        "play: {segments} segments of 16 MiB in {}, block {} KiB, median of {ROUNDS} alternating rounds",
+        "play: {segments} segments of 16 MiB in {}, block {} KiB, median of {} alternating rounds",
         root.display(),
-        BLOCK_BYTES / 1024
+        BLOCK_BYTES / 1024,
+        rounds(ROUNDS)
     );
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -156,7 +157,7 @@ async fn speed(certs: &MintedCerts, files: &[Segment]) -> Result<()> {
     let totals = deadline("stopping the sink", async { Ok(sink.await??) }).await?;
     deadline("stopping the raw server", async { Ok(raw.accept.await?) }).await?;
     rounds?;
-    let runs = (ROUNDS * JOBS.len()) as u64;
+    let runs = (support::rounds(ROUNDS) * JOBS.len()) as u64;
     let total: u64 = files.iter().map(|s| s.size).sum();
     let stored = totals.bytes.load(std::sync::atomic::Ordering::Relaxed);
     ensure!(
@@ -176,7 +177,7 @@ async fn compare(
     let mib = files.iter().map(|s| s.size).sum::<u64>() as f64 / MIB as f64;
     for jobs in JOBS {
         let (mut played, mut baseline) = (Vec::new(), Vec::new());
-        for round in 1..=ROUNDS {
+        for round in 1..=rounds(ROUNDS) {
             let phase = format!("raw rustls -j{jobs}, round {round}");
             baseline.push(deadline(&phase, raw_round(raw, client_tls, files, jobs)).await?);
             let phase = format!("play -j{jobs}, round {round}");
@@ -375,6 +376,8 @@ async fn discard(acceptor: TlsAcceptor, tcp: TcpStream) -> std::io::Result<u64> 
 /// different jobs and block sizes.
 fn memory(certs: &MintedCerts, scratch: &Path) -> Result<()> {
     let Some(bin) = walplayer_binary() else {
+        // A smoke run is there to run every check: a skip would hide one.
+        ensure!(!smoke(), "memory: no walplayer binary next to this bench");
         println!(
             "memory: skipped: no walplayer binary next to this bench; build it with \
              `cargo build --release --bins` and run again"
@@ -384,7 +387,12 @@ fn memory(certs: &MintedCerts, scratch: &Path) -> Result<()> {
     let sink = SinkProcess::start(&bin, certs, scratch)?;
     println!("memory: peak RSS of walplayer play (growth = over the empty directory's run)");
     let (mut empty_kib, mut reference) = (None, None);
-    for (count, mib, runs) in MEMORY_CASES {
+    let cases: &[MemoryCase] = if smoke() {
+        &SMOKE_MEMORY_CASES
+    } else {
+        &MEMORY_CASES
+    };
+    for &(count, mib, runs) in cases {
         let dir = scratch.join(format!("memory-{count}x{mib}"));
         std::fs::create_dir_all(&dir)?;
         generate_wal(&dir, count, mib * MIB)?;

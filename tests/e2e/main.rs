@@ -7,8 +7,10 @@
 mod util;
 
 mod bad_input;
+mod control;
 mod distributed;
 mod faults;
+mod guarantees;
 mod multihost;
 mod play;
 mod postgres;

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use crate::proxy::{Mode, Proxy, Trip};
 use crate::util::*;
 
 #[test]
@@ -293,6 +294,19 @@ fn sink_killed_mid_run_ends_the_run_with_a_summary() {
     assert_eq!(status.code(), Some(1));
     let lines = json_lines(&std::fs::read_to_string(&output).unwrap());
     assert_eq!(lines.len(), 60, "every file is reported");
+    let names: std::collections::BTreeSet<_> = lines
+        .iter()
+        .map(|l| l["walName"].as_str().unwrap())
+        .collect();
+    let generated: std::collections::BTreeSet<_> = std::fs::read_dir(&wal)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        generated.iter().map(String::as_str).collect(),
+        "each of the 60 files once"
+    );
     let ok = lines.iter().filter(|l| l["error"] == "").count();
     assert!((3..60).contains(&ok), "{ok} ok");
     let s = read_json(&summary);
@@ -306,30 +320,69 @@ fn sink_killed_mid_run_ends_the_run_with_a_summary() {
     }
 }
 
+/// Client-to-server bytes that carry the probe and two 1 MiB files with
+/// their TLS and HTTP/2 framing, and end halfway through the third file
+/// (as in `faults::play`).
+const TWO_AND_A_HALF_FILES: u64 = 5 << 19;
+
 #[test]
 fn interrupt_stops_starting_files_and_writes_summary() {
     let env = TestEnv::new();
-    let wal = env.generate("wal", 200, 1, &[]);
-    let sink = env.sink(&env.path("data"), &[]);
+    let wal = env.generate("wal", 20, 1, &[]);
+    let data = env.path("data");
+    let sink = env.sink(&data, &[]);
+    // The network stalls halfway through the third file: it is in flight,
+    // for as long as the test wants, when Ctrl-C comes.
+    let proxy = Proxy::start(
+        &sink.address,
+        Mode::After(TWO_AND_A_HALF_FILES, Trip::Stall),
+    );
     let output = env.path("out.json");
     let summary = env.path("summary.json");
-    let mut child = env.spawn_play(&wal, &sink.address, &["--block-size", "8"]);
+    let mut child = env.spawn_play(&wal, &proxy.address, &["-j", "1", "--block-size", "256"]);
     wait_for_lines(&output, 2, Duration::from_secs(60));
+    wait_until("the third file stalled", Duration::from_secs(60), || {
+        proxy.mode() == Mode::Stall
+    });
     signal(&child, libc::SIGINT);
     let status = wait_bounded(&mut child, Duration::from_secs(30));
     assert_eq!(status.code(), Some(130));
+
     let lines = json_lines(&std::fs::read_to_string(&output).unwrap());
-    assert!(
-        lines.len() >= 2 && lines.len() < 200,
-        "{} lines",
-        lines.len()
+    let names: Vec<&str> = lines
+        .iter()
+        .map(|l| l["walName"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "000000010000000000000000",
+            "000000010000000000000001",
+            "000000010000000000000002"
+        ],
+        "one record each for the two stored files and the one in flight, none for the 17 never started"
+    );
+    assert_eq!(lines[0]["error"], "");
+    assert_eq!(lines[1]["error"], "");
+    assert_eq!(
+        lines[2]["error"],
+        "interrupted: the run was stopped before this file finished"
+    );
+    assert_eq!(lines[2]["bytes"], 0);
+    let stored: Vec<_> = std::fs::read_dir(data.join("walplayer"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| !n.ends_with(".partial"))
+        .collect();
+    assert_eq!(
+        stored.len(),
+        2,
+        "only the finished files are stored: {stored:?}"
     );
     let s = read_json(&summary);
     assert_eq!(s["interrupted"], true);
-    assert_eq!(
-        s["filesOk"].as_u64().unwrap() + s["filesFailed"].as_u64().unwrap(),
-        lines.len() as u64
-    );
+    assert_eq!(s["filesOk"], 2);
+    assert_eq!(s["filesFailed"], 1);
 }
 
 #[test]
@@ -345,7 +398,7 @@ fn sink_restarted_mid_run_is_retried_and_every_file_reported_once() {
     wait_for_lines(&output, 3, Duration::from_secs(60));
     sink.child.kill().unwrap();
     let _ = sink.child.wait();
-    std::thread::sleep(Duration::from_millis(800));
+    wait_refused(&address, Duration::from_secs(30));
     // The same address and storage come back.
     let _sink2 = env.sink(&data, &["--listen", &address]);
     let status = wait_bounded(&mut child, Duration::from_secs(120));

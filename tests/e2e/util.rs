@@ -339,6 +339,23 @@ impl Logged {
         }
     }
 
+    /// Waits (bounded) until every one of `needles` has been in a stderr
+    /// line, in any order.
+    pub fn wait_lines(&self, needles: &[&str], limit: Duration) {
+        let mut left: Vec<&str> = needles.to_vec();
+        let deadline = Instant::now() + limit;
+        while !left.is_empty() {
+            let wait = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(wait) {
+                Ok(line) => left.retain(|n| !line.contains(n)),
+                Err(_) => panic!(
+                    "no lines with {left:?} within {limit:?}; log:\n{}",
+                    self.text()
+                ),
+            }
+        }
+    }
+
     pub fn text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -353,6 +370,27 @@ impl Drop for Logged {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Polls `done` until it holds, failing the test with `what` past `limit`.
+pub fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Waits (bounded) until nothing accepts connections at `address` any
+/// more (connections are refused), e.g. after a server was killed.
+pub fn wait_refused(address: &str, limit: Duration) {
+    let addr: std::net::SocketAddr = address.parse().expect("host:port");
+    wait_until(&format!("{address} refusing connections"), limit, || {
+        matches!(
+            std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused
+        )
+    });
 }
 
 /// Waits (bounded) until the JSON-lines file `path` holds `n` lines.
