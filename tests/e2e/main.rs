@@ -7,6 +7,7 @@
 mod util;
 
 mod bad_input;
+mod cancel;
 mod control;
 mod distributed;
 mod faults;
