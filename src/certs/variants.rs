@@ -29,7 +29,7 @@ pub enum ServerVariant {
 }
 
 /// Mint a broken server certificate into `out/{tls.crt,tls.key,ca.crt}`,
-/// signed by the CA that [`mint`] wrote into `dir`.
+/// signed by the CA that [`mint`](super::mint) wrote into `dir`.
 ///
 /// `spec` gives the hosts (for [`ServerVariant::Expired`]), the lifetime (for
 /// [`ServerVariant::WrongHost`]) and `force`; its other fields are unused.
@@ -66,7 +66,8 @@ pub fn mint_server_variant(
     Ok(files)
 }
 
-/// Read back the CA written by [`mint`] and check its key matches its certificate.
+/// Read back the CA written by [`mint`](super::mint) and check its key
+/// matches its certificate.
 fn load_ca(files: &TlsFiles) -> Result<(Issuer<'static, KeyPair>, String), CertsError> {
     let read = |path: &Path| {
         fs::read_to_string(path).map_err(|source| CertsError::Read {
