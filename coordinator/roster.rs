@@ -313,3 +313,123 @@ fn common_prefix<'a>(names: &[&'a str]) -> Option<&'a str> {
     let first = (*prefixes.first()?)?;
     prefixes.iter().all(|p| p == &Some(first)).then_some(first)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::Length;
+    use tokio::sync::mpsc;
+    use walplayer_klio::settings::{BlockSize, Jobs, UploadSettings};
+    use walplayer_proto::control::{Source, Split};
+
+    type Uplink = mpsc::Receiver<Result<CoordinatorMessage, tonic::Status>>;
+
+    fn register(name: &str) -> Register {
+        Register {
+            name: name.into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            ..Default::default()
+        }
+    }
+
+    fn join(roster: &mut Roster, conn: u64, name: &str) -> Uplink {
+        let (down, rx) = mpsc::channel(8);
+        assert_eq!(roster.refusal(&register(name), "r", true), None);
+        roster.add(conn, name.into(), down);
+        rx
+    }
+
+    fn names(roster: &Roster) -> Vec<&str> {
+        roster.in_order().iter().map(|a| a.name.as_str()).collect()
+    }
+
+    fn workload() -> Workload {
+        Workload {
+            source: Source::Generate,
+            length: Length::Total(6),
+            wal_size_mib: 16,
+            gzip: false,
+            split: Split::Shard,
+            clusters_per_agent: 1,
+            jobs: Jobs::new(1, Jobs::MAX).unwrap(),
+            upload: UploadSettings {
+                block: BlockSize::DEFAULT,
+                timeout: Duration::from_secs(1),
+                retries: 0,
+                verify: false,
+            },
+            address: None,
+        }
+    }
+
+    #[test]
+    fn refuses_other_versions_taken_names_and_late_agents() {
+        let mut roster = Roster::new(2);
+        let _a = join(&mut roster, 0, "a");
+        let mut old = register("b");
+        old.version = "0.0.1".into();
+        let e = roster.refusal(&old, "r", true).unwrap();
+        assert!(e.contains("runs walplayer 0.0.1"), "{e}");
+        let e = roster.refusal(&register("a"), "r", true).unwrap();
+        assert!(e.contains("already registered"), "{e}");
+        let e = roster.refusal(&register("b"), "r", false).unwrap();
+        assert!(e.contains("run r already has its 2 agents"), "{e}");
+        assert!(roster.refusal(&register("bad/name"), "r", true).is_some());
+    }
+
+    #[test]
+    fn lists_by_registration_then_assigns_in_name_order() {
+        let mut roster = Roster::new(3);
+        let mut c = join(&mut roster, 4, "c");
+        let mut a = join(&mut roster, 7, "a");
+        let mut b = join(&mut roster, 9, "b");
+        assert_eq!(names(&roster), ["c", "a", "b"]);
+        assert!(roster.is_full());
+        roster.assign("r", &workload());
+        assert_eq!(names(&roster), ["a", "b", "c"]);
+        for (rx, index) in [(&mut a, 0), (&mut b, 1), (&mut c, 2)] {
+            match rx.try_recv().unwrap().unwrap().body {
+                Some(Down::Assignment(x)) => assert_eq!(x.agent_index, index),
+                other => panic!("expected an assignment, got {other:?}"),
+            }
+        }
+        assert_eq!(roster.get(9).unwrap().state, State::Preparing);
+        assert_eq!(roster.not_ready(), ["a", "b", "c"]);
+    }
+
+    #[test]
+    fn start_skew_spans_the_first_start_each_agent_reported() {
+        let mut roster = Roster::new(2);
+        let _a = join(&mut roster, 0, "a");
+        let _b = join(&mut roster, 1, "b");
+        assert_eq!(roster.start_skew(), 0);
+        roster.get_mut(0).unwrap().started_at(1_000);
+        roster.get_mut(0).unwrap().started_at(9_000);
+        roster.get_mut(1).unwrap().finish(1_500);
+        assert_eq!(roster.start_skew(), 500);
+        assert_eq!(roster.get(1).unwrap().state_text(), "finished");
+        assert!(!roster.all_done());
+        roster.lose_all("gone");
+        assert!(roster.all_done() && roster.any_lost());
+        assert_eq!(roster.get(0).unwrap().state_text(), "lost: gone");
+    }
+
+    #[test]
+    fn names_the_missing_statefulset_ordinals() {
+        let mut roster = Roster::new(4);
+        let _x = join(&mut roster, 0, "walplayer-agent-2");
+        let _y = join(&mut roster, 1, "walplayer-agent-0");
+        assert_eq!(
+            roster.missing(Duration::from_secs(120)),
+            "only 2 of 4 agents registered within 2m (--register-timeout); \
+             registered: walplayer-agent-2, walplayer-agent-0; \
+             missing (by StatefulSet ordinal): walplayer-agent-1, walplayer-agent-3"
+        );
+        let _z = join(&mut roster, 2, "other");
+        assert!(!roster.missing(Duration::from_secs(1)).contains("missing"));
+        assert_eq!(
+            Roster::new(1).missing(Duration::from_secs(1)),
+            "only 0 of 1 agents registered within 1s (--register-timeout); registered: none"
+        );
+    }
+}
