@@ -5,15 +5,23 @@
 //! - this module: options, binding the control port, and running one run
 //!   to its summary.
 //! - [`service`]: the gRPC control service; turns sessions into events.
-//! - [`run`]: the run loop that owns all state: registration, shards, the
-//!   start barrier, results, lost agents.
+//! - [`run`]: the run loop: the phases (registration, preparation, the
+//!   run), what ends them, and the failure; it owns the three below.
+//! - `roster`: the agents, by session: who may join, shards in name
+//!   order, the start barrier, aborts, lost agents, who is missing.
+//! - `results`: what the agents reported: counts per agent and cluster,
+//!   the merged histogram, the JSON lines output, the progress display.
+//! - `clock`: the phase deadlines, the start instant, the abort grace.
 //! - [`plan`]: how a workload splits into one assignment per agent.
 //! - [`track`]: which files each cluster must report, one bit per file.
 //! - [`summary`]: the merged summary, per agent and per cluster.
 //! - [`cli`]: the coordinator's flags and their validation.
 
 pub mod cli;
+mod clock;
 pub mod plan;
+mod results;
+mod roster;
 pub mod run;
 pub mod service;
 pub mod summary;

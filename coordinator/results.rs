@@ -1,0 +1,209 @@
+//! Results of a run: the files each agent planned and reported, the
+//! counts per agent and per cluster, the merged histogram, the JSON lines
+//! output and the progress display, and the summary built from them.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::Path;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+
+use crate::summary::{AgentSummary, ClusterSummary, Tally};
+use crate::track::{Mark, Tracker};
+use walplayer_klio::output::open_output;
+use walplayer_klio::progress::Progress;
+use walplayer_klio::report::JsonLines;
+use walplayer_klio::stats::{decode_histogram, new_histogram, Latency, Stats, Totals};
+use walplayer_klio::wire;
+use walplayer_proto::control::{FileResult, Finished, Ready};
+
+/// The counts of one agent or cluster, and its latency once it finished.
+#[derive(Default)]
+struct Counts {
+    tally: Tally,
+    latency: Option<Latency>,
+}
+
+struct ClusterEntry {
+    agent: String,
+    counts: Counts,
+}
+
+pub(crate) struct Results {
+    tracker: Tracker,
+    received: Stats,
+    /// The agents' own histograms, merged as they finish.
+    merged: Histogram<u64>,
+    agents: HashMap<String, Counts>,
+    clusters: HashMap<String, ClusterEntry>,
+    /// Opened (emptying the previous run's file) when the barrier opens.
+    output: Option<JsonLines<Box<dyn Write + Send>>>,
+    write_error: Option<String>,
+    progress: Box<dyn Progress>,
+}
+
+impl Results {
+    pub(crate) fn new(progress: Box<dyn Progress>) -> Results {
+        Results {
+            tracker: Tracker::default(),
+            received: Stats::default(),
+            merged: new_histogram(),
+            agents: HashMap::new(),
+            clusters: HashMap::new(),
+            output: None,
+            write_error: None,
+            progress,
+        }
+    }
+
+    /// Takes the plan `agent` sent with Ready.
+    pub(crate) fn plan(&mut self, agent: &str, ready: &Ready) -> Result<(), String> {
+        self.tracker.plan(agent, &ready.clusters)?;
+        for plan in &ready.clusters {
+            let entry = ClusterEntry {
+                agent: agent.to_string(),
+                counts: Counts::default(),
+            };
+            self.clusters.insert(plan.cluster.clone(), entry);
+        }
+        self.progress.add_total(ready.files, ready.bytes);
+        Ok(())
+    }
+
+    /// Opens the JSON lines output, emptying the previous run's file.
+    pub(crate) fn open_output(&mut self, path: Option<&Path>) -> anyhow::Result<()> {
+        self.output = Some(JsonLines::new(open_output(path)?));
+        Ok(())
+    }
+
+    /// Counts one file `agent` reported; returns the error that makes the
+    /// run fail, if writing the output just failed.
+    pub(crate) fn file(&mut self, agent: &str, f: FileResult) -> Option<String> {
+        if !self.counts(agent, &f) {
+            return None;
+        }
+        let (start_ns, end_ns) = (f.start_unix_nanos, f.end_unix_nanos);
+        let report = match wire::file_report(f, agent.to_string()) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!("agent {agent} sent an unusable result, not counted: {e}");
+                return None;
+            }
+        };
+        let failed = self.write(&report);
+        self.received.record(&report);
+        let counts = self.agents.entry(agent.to_string()).or_default();
+        counts.tally.record(&report, start_ns, end_ns);
+        if let Some(c) = self.clusters.get_mut(&report.cluster) {
+            c.counts.tally.record(&report, start_ns, end_ns);
+        }
+        self.progress.file_done(report.bytes, !report.ok());
+        failed
+    }
+
+    /// Whether a reported file counts: not when it was reported before.
+    fn counts(&mut self, agent: &str, f: &FileResult) -> bool {
+        match self.tracker.mark(agent, &f.cluster, &f.wal_name) {
+            Mark::First => true,
+            Mark::Duplicate => {
+                tracing::warn!(
+                    "agent {agent} reported {}/{} twice; counted once",
+                    f.cluster,
+                    f.wal_name
+                );
+                false
+            }
+            Mark::Unplanned => {
+                tracing::warn!(
+                    "agent {agent} reported {}/{}, which was not in its plan",
+                    f.cluster,
+                    f.wal_name
+                );
+                true
+            }
+        }
+    }
+
+    /// Writes a JSON line unless writing failed before; returns a new
+    /// write error.
+    fn write(&mut self, report: &walplayer_klio::report::FileReport) -> Option<String> {
+        let (None, Some(output)) = (&self.write_error, self.output.as_mut()) else {
+            return None;
+        };
+        let e = output.write(report).err()?;
+        let why = format!("cannot write results: {e}");
+        self.write_error = Some(why.clone());
+        Some(why)
+    }
+
+    /// Takes the histograms and skipped count `agent` sent with Finished.
+    pub(crate) fn finished(&mut self, agent: &str, f: &Finished) {
+        match decode_histogram(&f.histogram) {
+            Ok(h) => {
+                self.agents.entry(agent.to_string()).or_default().latency = Some(Latency::of(&h));
+                let _ = self.merged.add(&h);
+            }
+            Err(e) => tracing::warn!("agent {agent} sent an unreadable histogram: {e}"),
+        }
+        for c in &f.clusters {
+            if let (Some(entry), Ok(h)) = (
+                self.clusters.get_mut(&c.cluster),
+                decode_histogram(&c.histogram),
+            ) {
+                entry.counts.latency = Some(Latency::of(&h));
+            }
+        }
+        self.received.files_skipped += f.files_skipped;
+    }
+
+    pub(crate) fn tick(&mut self) {
+        self.progress.tick();
+    }
+
+    pub(crate) fn finish_progress(&mut self) {
+        self.progress.finish();
+    }
+
+    /// The run's totals over `wall`. `lost`: some agent was lost; `ran`:
+    /// the barrier opened.
+    pub(crate) fn totals(&self, wall: Duration, lost: bool, ran: bool) -> Totals {
+        let mut stats = self.received.clone();
+        // Percentiles come from the agents' own histograms when every agent
+        // sent one; they equal the received ones, which cover lost agents.
+        if !lost && self.merged.len() == stats.latency.len() {
+            stats.latency = self.merged.clone();
+        } else if !lost && ran {
+            tracing::warn!(
+                "agents' histograms hold {} files but {} results arrived; using the results",
+                self.merged.len(),
+                stats.latency.len()
+            );
+        }
+        Totals::new(&stats, wall)
+    }
+
+    /// One agent's line; the files it never reported count only if the
+    /// run started (`ran`).
+    pub(crate) fn agent_summary(&self, agent: &str, state: String, ran: bool) -> AgentSummary {
+        let unreported = if ran {
+            self.tracker.unreported(agent)
+        } else {
+            Vec::new()
+        };
+        let none = Counts::default();
+        let c = self.agents.get(agent).unwrap_or(&none);
+        AgentSummary::new(agent, state, &c.tally, c.latency, unreported)
+    }
+
+    /// Every cluster's line, by name.
+    pub(crate) fn cluster_summaries(&self) -> Vec<ClusterSummary> {
+        let mut clusters: Vec<ClusterSummary> = self
+            .clusters
+            .iter()
+            .map(|(name, c)| ClusterSummary::new(name, &c.agent, &c.counts.tally, c.counts.latency))
+            .collect();
+        clusters.sort_by(|a, b| a.cluster.cmp(&b.cluster));
+        clusters
+    }
+}
