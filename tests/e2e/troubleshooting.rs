@@ -302,6 +302,12 @@ const ROWS: &[Row] = &[
     row("quickstart", "out of range", "walplayer quickstart --wal-size 3", "walplayer quickstart --wal-size 3", 2,
         "--wal-size: WAL segment size 3 MB is not one PostgreSQL accepts", &["--wal-size", "1, 2, 4"],
         "a power of two from 1 to 1024"),
+    // The container check (tests/container) sees the read-only case itself;
+    // here a missing --work-dir fails the same way.
+    row("quickstart", "nowhere to write", "walplayer quickstart (in a container whose root file system is read-only)", "walplayer quickstart --work-dir {missing}", 2,
+        "cannot create a temporary directory in /tmp (from the default, as TMPDIR is not set); give a writable directory with --work-dir DIR or the TMPDIR environment variable: Read-only file system (os error 30)",
+        &["cannot create a temporary directory in", "give a writable directory with --work-dir DIR or the TMPDIR environment variable"],
+        "`--work-dir` a writable volume with room for the files twice, such as an agent pod's `/data`"),
 ];
 
 /// The files and servers the rows refer to, in one test directory.
