@@ -47,6 +47,11 @@ pub struct QuickstartArgs {
     /// Keep the temporary directory (certificates, results, stored WAL, logs) and print its path
     #[arg(long)]
     pub keep: bool,
+    /// Make the temporary directory in DIR (default: $TMPDIR, else /tmp).
+    /// Needs room for every file twice (generated and stored): with a
+    /// read-only root file system, point it at a writable volume
+    #[arg(long, value_name = "DIR")]
+    pub work_dir: Option<PathBuf>,
 }
 
 /// Agent processes, killed if still running when dropped.
@@ -58,10 +63,24 @@ struct Agents(Vec<Child>);
 pub async fn run(args: QuickstartArgs, shutdown: CancellationToken) -> Result<Exit> {
     let segment_bytes =
         segment_bytes_from_mib(args.wal_size).map_err(|e| anyhow::anyhow!("--wal-size: {e}"))?;
+    let parent = args.work_dir.clone().unwrap_or_else(std::env::temp_dir);
     let tmp = tempfile::Builder::new()
         .prefix("walplayer-quickstart-")
-        .tempdir()
-        .context("cannot create a temporary directory")?;
+        .tempdir_in(&parent)
+        .with_context(|| {
+            format!(
+                "cannot create a temporary directory in {} (from {}); give a writable directory \
+                 with --work-dir DIR or the TMPDIR environment variable",
+                parent.display(),
+                if args.work_dir.is_some() {
+                    "--work-dir"
+                } else if std::env::var_os("TMPDIR").is_some() {
+                    "TMPDIR"
+                } else {
+                    "the default, as TMPDIR is not set"
+                }
+            )
+        })?;
     let root = tmp.path();
     eprintln!("quickstart: working in {}", root.display());
     let minted = certs::mint(&root.join("certs"), &CertSpec::default())?;

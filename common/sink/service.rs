@@ -1,9 +1,13 @@
 //! The sink's WAL service: Put and Get with every rule of the protocol.
 //!
-//! A Put stream writes `<data>/<cluster>/<wal>.partial`, flushing (and with
-//! `--fsync block`, fsyncing) after every block, and renames it to its final
-//! name when exactly `segment_size` bytes arrived. Every rejected stream is
-//! logged with its reason and counted.
+//! Each Put stream writes its own `<data>/<cluster>/<wal>~<n>` (`~` is
+//! outside Klio's name alphabet, so no WAL name reaches it), flushing (and
+//! with `--fsync block`, fsyncing) after every block, refuses the first byte
+//! past `segment_size`, and renames the file to its final name, atomically,
+//! when exactly `segment_size` bytes arrived: a stored file is always one
+//! stream's complete bytes. A short stream is kept as `<wal>~partial`; a
+//! rejected or aborted one leaves nothing. Every rejected stream is logged
+//! with its reason and counted.
 //!
 //! For tests, a [`FaultPlan`](crate::faults::FaultPlan) makes the service
 //! misbehave (see [`crate::faults`]).
@@ -80,6 +84,8 @@ pub struct WalService {
     read_only: bool,
     totals: Arc<SinkTotals>,
     faults: Option<Faults>,
+    /// Numbers each stream's temporary file.
+    streams: AtomicU64,
 }
 
 impl WalService {
@@ -91,6 +97,7 @@ impl WalService {
             read_only,
             totals: Arc::default(),
             faults: None,
+            streams: AtomicU64::new(0),
         }
     }
 
@@ -163,38 +170,83 @@ impl StreamId {
     }
 }
 
-/// The file being written by one stream.
+/// Separates a WAL name from the rest of a temporary file's name: `~` is
+/// outside Klio's name alphabet, so no uploaded WAL (`X.partial` included)
+/// can ever collide with a file the sink is still writing.
+const TEMP_MARK: char = '~';
+
+/// The file one stream writes: `<cluster>/<wal>~<stream>`, its own however
+/// many streams upload the same name at once. Completing it is one atomic
+/// rename to `<cluster>/<wal>`; a stream that ends short is kept as
+/// `<cluster>/<wal>~partial`; a rejected or aborted stream leaves nothing.
 struct Target {
-    file: File,
-    partial: PathBuf,
-    done: PathBuf,
+    file: Option<File>,
+    temp: PathBuf,
+    cluster_dir: PathBuf,
+    wal: String,
     fsync: bool,
 }
 
 impl Target {
-    fn create(dir: &Path, id: &StreamId, fsync: Fsync) -> std::io::Result<Target> {
+    fn create(dir: &Path, id: &StreamId, stream: u64, fsync: Fsync) -> std::io::Result<Target> {
         let cluster_dir = dir.join(&id.cluster);
         std::fs::create_dir_all(&cluster_dir)?;
-        let partial = cluster_dir.join(format!("{}.partial", id.wal));
-        let file = File::create(&partial)?;
+        let temp = cluster_dir.join(format!("{}{TEMP_MARK}{stream}", id.wal));
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&temp)?;
         Ok(Target {
-            file,
-            partial,
-            done: cluster_dir.join(&id.wal),
+            file: Some(file),
+            temp,
+            cluster_dir,
+            wal: id.wal.clone(),
             fsync: fsync == Fsync::Block,
         })
     }
 
     async fn write(mut self, block: bytes::Bytes) -> std::io::Result<Target> {
         tokio::task::spawn_blocking(move || {
-            self.file.write_all(&block)?;
+            let file = self.file.as_mut().expect("an open target has its file");
+            file.write_all(&block)?;
             if self.fsync {
-                self.file.sync_data()?;
+                file.sync_data()?;
             }
             Ok(self)
         })
         .await
         .map_err(std::io::Error::other)?
+    }
+
+    /// Stores the stream's bytes under the WAL name, replacing any earlier
+    /// copy whole.
+    fn complete(self) -> std::io::Result<PathBuf> {
+        let done = self.cluster_dir.join(&self.wal);
+        self.rename_to(&done)?;
+        Ok(done)
+    }
+
+    /// Keeps a short stream's bytes for inspection, outside the WAL names.
+    fn keep_partial(self) -> std::io::Result<()> {
+        let kept = self.cluster_dir.join(format!("{}{TEMP_MARK}partial", self.wal));
+        self.rename_to(&kept)
+    }
+
+    fn rename_to(mut self, to: &Path) -> std::io::Result<()> {
+        drop(self.file.take());
+        std::fs::rename(&self.temp, to)
+    }
+}
+
+impl Drop for Target {
+    /// A target dropped before it was renamed belongs to a stream that was
+    /// rejected or aborted: it must leave nothing behind.
+    fn drop(&mut self) {
+        if self.file.take().is_some() {
+            if let Err(e) = std::fs::remove_file(&self.temp) {
+                tracing::warn!("cannot remove {}: {e}", self.temp.display());
+            }
+        }
     }
 }
 
@@ -235,12 +287,15 @@ impl WalService {
                 None => {
                     let first = StreamId::of(&msg).map_err(PutFailure::Rejected)?;
                     if let Storage::Disk { dir, fsync } = &self.storage {
-                        target = Some(Target::create(dir, &first, *fsync).map_err(|e| {
-                            PutFailure::Rejected(Status::internal(format!(
-                                "cannot create {}/{}.partial: {e}",
-                                first.cluster, first.wal
-                            )))
-                        })?);
+                        let stream = self.streams.fetch_add(1, Ordering::Relaxed);
+                        target = Some(Target::create(dir, &first, stream, *fsync).map_err(
+                            |e| {
+                                PutFailure::Rejected(Status::internal(format!(
+                                    "cannot create a file for {}/{}: {e}",
+                                    first.cluster, first.wal
+                                )))
+                            },
+                        )?);
                     }
                     id = Some(first);
                 }
@@ -253,6 +308,17 @@ impl WalService {
                 ))));
             }
             let len = msg.wal_block.len() as u64;
+            let size = id.as_ref().map_or(0, |id| id.size);
+            if *written + len > size {
+                return Err(PutFailure::Rejected(Status::invalid_argument(format!(
+                    "the stream sent {} bytes, more than its segment_size of {size}: refused at the first byte past it",
+                    *written + len
+                ))));
+            }
+            if len == 0 {
+                // Nothing to write, so nothing to sync.
+                continue;
+            }
             if let Some(t) = target.take() {
                 target = Some(t.write(msg.wal_block).await.map_err(|e| {
                     PutFailure::Rejected(Status::internal(format!("cannot write block: {e}")))
@@ -264,17 +330,28 @@ impl WalService {
         let Some(id) = id else {
             return Ok(None);
         };
-        if fault.is_some_and(|f| f.short_writes()) {
-            return Ok(Some((id, PutEnd::ShortWrite)));
-        }
-        if *written != id.size {
-            return Ok(Some((id, PutEnd::Partial)));
+        let short_write = fault.is_some_and(|f| f.short_writes());
+        if short_write || *written != id.size {
+            if let Some(t) = target {
+                t.keep_partial().map_err(|e| {
+                    PutFailure::Rejected(Status::internal(format!(
+                        "cannot keep the partial {}/{}: {e}",
+                        id.cluster, id.wal
+                    )))
+                })?;
+            }
+            let end = if short_write {
+                PutEnd::ShortWrite
+            } else {
+                PutEnd::Partial
+            };
+            return Ok(Some((id, end)));
         }
         if let Some(t) = target {
-            std::fs::rename(&t.partial, &t.done).map_err(|e| {
+            t.complete().map_err(|e| {
                 PutFailure::Rejected(Status::internal(format!(
-                    "cannot complete {}: {e}",
-                    t.done.display()
+                    "cannot complete {}/{}: {e}",
+                    id.cluster, id.wal
                 )))
             })?;
         }

@@ -292,6 +292,11 @@ pub const ROWS: &[Row] = &[
     row("quickstart", "out of range", "walplayer quickstart --wal-size 3", "walplayer quickstart --wal-size 3", 2,
         "--wal-size: WAL segment size 3 MB is not one PostgreSQL accepts",
         "a power of two from 1 to 1024"),
+    // The container check (tests/container) sees the read-only root itself;
+    // here a missing --work-dir fails the same way.
+    row("quickstart", "nowhere to write", "walplayer quickstart (in a container whose root file system is read-only)", "walplayer quickstart --work-dir {missing}", 2,
+        "cannot create a temporary directory in ... give a writable directory with --work-dir DIR or the TMPDIR environment variable: ...",
+        "`--work-dir` a writable volume with room for the files twice, such as an agent pod's `/data`"),
 ];
 
 /// The README's troubleshooting table, made from [`ROWS`].
