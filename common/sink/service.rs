@@ -228,7 +228,9 @@ impl Target {
 
     /// Keeps a short stream's bytes for inspection, outside the WAL names.
     fn keep_partial(self) -> std::io::Result<()> {
-        let kept = self.cluster_dir.join(format!("{}{TEMP_MARK}partial", self.wal));
+        let kept = self
+            .cluster_dir
+            .join(format!("{}{TEMP_MARK}partial", self.wal));
         self.rename_to(&kept)
     }
 
@@ -288,14 +290,13 @@ impl WalService {
                     let first = StreamId::of(&msg).map_err(PutFailure::Rejected)?;
                     if let Storage::Disk { dir, fsync } = &self.storage {
                         let stream = self.streams.fetch_add(1, Ordering::Relaxed);
-                        target = Some(Target::create(dir, &first, stream, *fsync).map_err(
-                            |e| {
+                        target =
+                            Some(Target::create(dir, &first, stream, *fsync).map_err(|e| {
                                 PutFailure::Rejected(Status::internal(format!(
                                     "cannot create a file for {}/{}: {e}",
                                     first.cluster, first.wal
                                 )))
-                            },
-                        )?);
+                            })?);
                     }
                     id = Some(first);
                 }

@@ -12,6 +12,7 @@ mod control;
 mod distributed;
 mod faults;
 mod guarantees;
+mod hostile;
 mod multihost;
 mod play;
 mod postgres;

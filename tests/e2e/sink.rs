@@ -93,9 +93,18 @@ async fn complete_partial_and_read_back() {
     .unwrap();
     assert_eq!(written, 6);
     assert_eq!(std::fs::read(data.join(WAL)).unwrap(), b"abcdef");
-    assert!(!data.join(format!("{WAL}.partial")).exists());
+    let names = |dir: &std::path::Path| -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(names(&data), [WAL], "a complete upload leaves only the WAL");
 
-    // Fewer bytes than segment_size: reported, and the file stays partial.
+    // Fewer bytes than segment_size: reported, and kept partial under a
+    // name no WAL name can take.
     let short = "000000010000000000000002";
     assert_eq!(
         put(&mut s.client, vec![block("c1", short, 10, b"abc")])
@@ -103,8 +112,12 @@ async fn complete_partial_and_read_back() {
             .unwrap(),
         3
     );
-    assert!(data.join(format!("{short}.partial")).exists());
+    assert_eq!(
+        std::fs::read(data.join(format!("{short}~partial"))).unwrap(),
+        b"abc"
+    );
     assert!(!data.join(short).exists());
+    assert!(!data.join(format!("{short}.partial")).exists());
 
     // No block at all: written_size 0.
     assert_eq!(put(&mut s.client, vec![]).await.unwrap(), 0);

@@ -1,0 +1,4 @@
+//! Hostile peers, speaking the wire protocols directly: what they send must
+//! never make a wrong file count as stored.
+
+mod sink;

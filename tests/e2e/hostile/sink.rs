@@ -1,0 +1,208 @@
+//! A hostile or unlucky client of the sink: names that look like the sink's
+//! own temporary files, two streams for one WAL name, more bytes than
+//! declared. The stored file is always exactly one stream's complete bytes.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use walplayer::certs::{self, CertSpec};
+use walplayer::klio::endpoint::{Client, KlioEndpoint};
+use walplayer::klio::tls;
+use walplayer::proto::klio::PutRequest;
+use walplayer::sink::{self, Fsync, Sink, SinkSettings};
+
+const X: &str = "000000010000000000000007";
+
+struct Sunk {
+    data: PathBuf,
+    endpoint: KlioEndpoint,
+    stop: CancellationToken,
+    _dir: tempfile::TempDir,
+}
+
+async fn sink() -> Sunk {
+    let dir = tempfile::tempdir().unwrap();
+    let minted = certs::mint(&dir.path().join("certs"), &CertSpec::default()).unwrap();
+    let data = dir.path().join("data");
+    let settings = SinkSettings {
+        tls: tls::server_config(&minted.server.cert, &minted.server.key, &minted.server.ca)
+            .unwrap(),
+        storage: sink::storage(Some(data.clone()), Fsync::None),
+        read_only: false,
+    };
+    let bound = Sink::bind(SocketAddr::from(([127, 0, 0, 1], 0)), settings)
+        .await
+        .unwrap();
+    let addr = bound.local_addr().to_string();
+    let stop = CancellationToken::new();
+    tokio::spawn(bound.serve(stop.clone()));
+    let client_tls =
+        tls::client_config(&minted.client.ca, &minted.client.cert, &minted.client.key).unwrap();
+    let endpoint = KlioEndpoint::new(&addr, client_tls).unwrap();
+    Sunk {
+        data,
+        endpoint,
+        stop,
+        _dir: dir,
+    }
+}
+
+fn block(wal: &str, size: u64, data: &[u8]) -> PutRequest {
+    PutRequest {
+        cluster_name: "c".into(),
+        wal_name: wal.into(),
+        wal_block: Bytes::copy_from_slice(data),
+        segment_size: size,
+        send_to_tier2: false,
+    }
+}
+
+/// A Put stream the test feeds block by block.
+struct OpenPut {
+    tx: mpsc::Sender<PutRequest>,
+    call: tokio::task::JoinHandle<Result<u64, tonic::Status>>,
+}
+
+fn open(client: &Client) -> OpenPut {
+    let (tx, rx) = mpsc::channel(4);
+    let mut client = client.clone();
+    let call = tokio::spawn(async move {
+        client
+            .put(ReceiverStream::new(rx))
+            .await
+            .map(|r| r.into_inner().written_size)
+    });
+    OpenPut { tx, call }
+}
+
+impl OpenPut {
+    async fn send(&self, m: PutRequest) {
+        self.tx.send(m).await.unwrap();
+    }
+
+    async fn close(self) -> Result<u64, tonic::Status> {
+        drop(self.tx);
+        self.call.await.unwrap()
+    }
+}
+
+fn names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+async fn put(client: &mut Client, msgs: Vec<PutRequest>) -> Result<u64, tonic::Status> {
+    client
+        .put(tokio_stream::iter(msgs))
+        .await
+        .map(|r| r.into_inner().written_size)
+}
+
+/// Issue item: `X.partial` is itself a WAL name; the sink's files in
+/// progress must never be mistaken for it, nor it for them.
+#[tokio::test]
+async fn a_wal_named_like_a_partial_file_is_its_own_file() {
+    let s = sink().await;
+    let mut client = s.endpoint.connect().await.unwrap();
+    let partial = format!("{X}.partial");
+    assert_eq!(
+        put(&mut client, vec![block(&partial, 4, b"PPPP")])
+            .await
+            .unwrap(),
+        4
+    );
+    // X, sent while X.partial exists, and X.partial again while X is open.
+    let x = open(&client);
+    x.send(block(X, 8, b"xxxx")).await;
+    assert_eq!(
+        put(&mut client, vec![block(&partial, 3, b"QQQ")])
+            .await
+            .unwrap(),
+        3
+    );
+    x.send(block(X, 8, b"yyyy")).await;
+    assert_eq!(x.close().await.unwrap(), 8);
+    let c = s.data.join("c");
+    assert_eq!(std::fs::read(c.join(X)).unwrap(), b"xxxxyyyy");
+    assert_eq!(std::fs::read(c.join(&partial)).unwrap(), b"QQQ");
+    assert_eq!(
+        names(&c),
+        [X.to_string(), partial],
+        "no file of the sink's own is left"
+    );
+    s.stop.cancel();
+}
+
+/// Two streams for one WAL name: whichever completes last is stored, whole;
+/// the bytes of the two never mix, and a rejected stream touches nothing.
+#[tokio::test]
+async fn two_streams_for_one_name_never_mix() {
+    let s = sink().await;
+    let client = s.endpoint.connect().await.unwrap();
+    let a = open(&client);
+    let b = open(&client);
+    a.send(block(X, 8, b"AAAA")).await;
+    b.send(block(X, 8, b"BBBB")).await;
+    b.send(block(X, 8, b"bbbb")).await;
+    assert_eq!(b.close().await.unwrap(), 8);
+    let c = s.data.join("c");
+    assert_eq!(std::fs::read(c.join(X)).unwrap(), b"BBBBbbbb");
+    // A third stream, rejected half-way (incoherent size), leaves nothing.
+    let bad = open(&client);
+    bad.send(block(X, 8, b"ZZZZ")).await;
+    bad.send(block(X, 9, b"ZZZZ")).await;
+    let refused = bad.close().await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+    assert_eq!(std::fs::read(c.join(X)).unwrap(), b"BBBBbbbb");
+    a.send(block(X, 8, b"aaaa")).await;
+    assert_eq!(a.close().await.unwrap(), 8);
+    assert_eq!(
+        std::fs::read(c.join(X)).unwrap(),
+        b"AAAAaaaa",
+        "the last to complete wins, whole"
+    );
+    assert_eq!(names(&c), [X.to_string()]);
+    s.stop.cancel();
+}
+
+/// Bytes past the declared `segment_size` are refused at the first one,
+/// naming both numbers; nothing is stored.
+#[tokio::test]
+async fn bytes_past_segment_size_are_refused() {
+    let s = sink().await;
+    let mut client = s.endpoint.connect().await.unwrap();
+    let refused = put(&mut client, vec![block(X, 10, &[7u8; 100])])
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert!(
+        refused.message().contains("100 bytes") && refused.message().contains("segment_size of 10"),
+        "{}",
+        refused.message()
+    );
+    // One byte declared, then a flood: refused at the second block.
+    let flood = open(&client);
+    flood.send(block(X, 1, b"1")).await;
+    for _ in 0..3 {
+        if flood.tx.send(block(X, 1, &[0u8; 1 << 20])).await.is_err() {
+            break;
+        }
+    }
+    let refused = flood.close().await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+    assert!(
+        names(&s.data.join("c")).is_empty(),
+        "nothing stored or left"
+    );
+    s.stop.cancel();
+}
