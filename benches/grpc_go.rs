@@ -29,6 +29,8 @@
 //! files), `WALPLAYER_BENCH_ROUNDS` (default 5), `WALPLAYER_BENCH_SMOKE=1`
 //! (a few files, one round, small memory runs: checks the bench in seconds),
 //! `WALPLAYER_BENCH_PARTS=speed,memory` (default both),
+//! `WALPLAYER_BENCH_BEFORE=PATH` (another `walplayer` binary, played in the
+//! same rounds: a change's before and after),
 //! `WALPLAYER_BENCH_GOPATH` (default: `$GOPATH`, else Debian's
 //! `/usr/share/gocode`).
 
@@ -127,6 +129,7 @@ fn run() -> Result<()> {
         go: go_bench,
         certs,
         home: scratch.path().to_path_buf(),
+        before: std::env::var_os("WALPLAYER_BENCH_BEFORE").map(PathBuf::from),
     };
     let mut servers = vec![
         Server::start(&bins, ServerKind::Walplayer, scratch.path())?,
@@ -192,6 +195,21 @@ struct Bins {
     certs: MintedCerts,
     /// HOME for walplayer, so no ~/.klio.yaml is read.
     home: PathBuf,
+    /// `WALPLAYER_BENCH_BEFORE`: a `walplayer` binary to compare with.
+    before: Option<PathBuf>,
+}
+
+impl Bins {
+    /// The clients of every round: walplayer first, the grpc-go players
+    /// last (the ratios are printed against each of them).
+    fn clients(&self) -> Vec<ClientKind> {
+        let mut clients = vec![ClientKind::Walplayer];
+        if self.before.is_some() {
+            clients.push(ClientKind::WalplayerBefore);
+        }
+        clients.extend([ClientKind::Go, ClientKind::GoAes256]);
+        clients
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -212,6 +230,9 @@ impl ServerKind {
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum ClientKind {
     Walplayer,
+    /// Another `walplayer` binary (`WALPLAYER_BENCH_BEFORE`): a change's
+    /// before and after, measured in the same rounds.
+    WalplayerBefore,
     Go,
     /// The grpc-go player held to TLS 1.2 with ECDHE-ECDSA-AES256-GCM: Go's
     /// TLS 1.3 client prefers AES-128-GCM and cannot be told otherwise,
@@ -223,6 +244,7 @@ impl ClientKind {
     fn name(self) -> &'static str {
         match self {
             ClientKind::Walplayer => "walplayer play",
+            ClientKind::WalplayerBefore => "play (before)",
             ClientKind::Go => "grpc-go player",
             ClientKind::GoAes256 => "grpc-go, AES-256",
         }
@@ -243,7 +265,7 @@ impl Server {
         let log = scratch.join(format!("{kind:?}-server.log"));
         let mut cmd = match kind {
             ServerKind::Walplayer => {
-                let mut cmd = walplayer(bins);
+                let mut cmd = walplayer(bins, false);
                 cmd.args(["sink", "--listen", LOOPBACK, "--discard", "--fsync", "none"])
                     .arg("--tls-cert")
                     .arg(&s.cert)
@@ -331,9 +353,13 @@ impl Drop for Server {
     }
 }
 
-/// `walplayer` with no Klio settings inherited.
-fn walplayer(bins: &Bins) -> Command {
-    let mut cmd = Command::new(&bins.walplayer);
+/// `walplayer` (or the `before` binary) with no Klio settings inherited.
+fn walplayer(bins: &Bins, before: bool) -> Command {
+    let bin = match (&bins.before, before) {
+        (Some(bin), true) => bin,
+        _ => &bins.walplayer,
+    };
+    let mut cmd = Command::new(bin);
     cmd.env("HOME", &bins.home).env_remove("RUST_LOG");
     for var in [
         "CLIENT_CLUSTER_NAME",
@@ -374,8 +400,8 @@ fn play(bins: &Bins, run: &Play, scratch: &Path) -> Result<Measured> {
     let (out, log) = (scratch.join("client.out"), scratch.join("client.log"));
     let summary = scratch.join("summary.json");
     let mut cmd = match run.client {
-        ClientKind::Walplayer => {
-            let mut cmd = walplayer(bins);
+        ClientKind::Walplayer | ClientKind::WalplayerBefore => {
+            let mut cmd = walplayer(bins, run.client == ClientKind::WalplayerBefore);
             cmd.arg("play")
                 .arg(run.dir)
                 .args(["--cluster-name", CLUSTER, "--address", &run.server.address])
@@ -445,13 +471,13 @@ fn play(bins: &Bins, run: &Play, scratch: &Path) -> Result<Measured> {
                 .and_then(|l| l.split_whitespace().next())
                 .map(str::to_string)
         }),
-        (ServerKind::Walplayer, ClientKind::Walplayer) => {
+        (ServerKind::Walplayer, ClientKind::Walplayer | ClientKind::WalplayerBefore) => {
             Some("TLS13_AES_256_GCM_SHA384 (rustls both ends)".to_string())
         }
         _ => None,
     };
     match run.client {
-        ClientKind::Walplayer => {
+        ClientKind::Walplayer | ClientKind::WalplayerBefore => {
             let doc: serde_json::Value = serde_json::from_str(&text(&summary))?;
             ensure!(
                 doc["filesOk"] == run.files && doc["filesFailed"] == 0,
@@ -598,8 +624,6 @@ fn linked_wal(dir: &Path, count: u64, bytes: u64) -> Result<()> {
 
 // ---------------------------------------------------------------- speed
 
-const CLIENTS: [ClientKind; 3] = [ClientKind::Walplayer, ClientKind::Go, ClientKind::GoAes256];
-
 fn speed(bins: &Bins, servers: &[Server], knobs: &Knobs, scratch: &Path) -> Result<()> {
     let n = knobs.segments;
     let (large, small) = (scratch.join("wal-16"), scratch.join("wal-4"));
@@ -620,18 +644,19 @@ fn speed(bins: &Bins, servers: &[Server], knobs: &Knobs, scratch: &Path) -> Resu
             (&large, n)
         };
         // [server][client] -> runs
-        let mut runs = vec![vec![Vec::<Measured>::new(); CLIENTS.len()]; servers.len()];
+        let clients = bins.clients();
+        let mut runs = vec![vec![Vec::<Measured>::new(); clients.len()]; servers.len()];
         for round in 0..knobs.rounds {
             // Alternate the order, so neither side always goes first.
             let mut order: Vec<(usize, usize)> = (0..servers.len())
-                .flat_map(|s| (0..CLIENTS.len()).map(move |c| (s, c)))
+                .flat_map(|s| (0..clients.len()).map(move |c| (s, c)))
                 .collect();
             if round % 2 == 1 {
                 order.reverse();
             }
             for (s, c) in order {
                 let run = Play {
-                    client: CLIENTS[c],
+                    client: clients[c],
                     server: &servers[s],
                     dir,
                     files,
@@ -646,7 +671,7 @@ fn speed(bins: &Bins, servers: &[Server], knobs: &Knobs, scratch: &Path) -> Resu
             .iter()
             .map(|per_client| per_client.iter().map(|r| Summary::of(r, bytes)).collect())
             .collect();
-        print!("{}", speed_table(jobs, servers, &table));
+        print!("{}", speed_table(jobs, servers, &clients, &table));
     }
     std::fs::remove_dir_all(&large)?;
     std::fs::remove_dir_all(&small)?;
@@ -677,7 +702,12 @@ impl Summary {
     }
 }
 
-fn speed_table(jobs: usize, servers: &[Server], t: &[Vec<Summary>]) -> String {
+fn speed_table(
+    jobs: usize,
+    servers: &[Server],
+    clients: &[ClientKind],
+    t: &[Vec<Summary>],
+) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "-j {jobs}:");
     let _ = writeln!(
@@ -686,7 +716,7 @@ fn speed_table(jobs: usize, servers: &[Server], t: &[Vec<Summary>]) -> String {
         "client", "server", "MiB/s", "client s/GiB", "server s/GiB"
     );
     for (s, server) in servers.iter().enumerate() {
-        for (c, client) in CLIENTS.iter().enumerate() {
+        for (c, client) in clients.iter().enumerate() {
             let m = &t[s][c];
             let _ = writeln!(
                 out,
@@ -702,12 +732,12 @@ fn speed_table(jobs: usize, servers: &[Server], t: &[Vec<Summary>]) -> String {
     }
     // Clients against the same server: walplayer over each grpc-go player.
     for (s, server) in servers.iter().enumerate() {
-        for c in 1..CLIENTS.len() {
+        for c in 1..clients.len() {
             let (w, g) = (&t[s][0], &t[s][c]);
             let _ = writeln!(
                 out,
                 "  play / {} against the {}: throughput {:.2}x, client CPU per GiB {:.2}x",
-                CLIENTS[c].name(),
+                clients[c].name(),
                 server.kind.name(),
                 w.mib_s / g.mib_s,
                 w.client_s_gib / g.client_s_gib
@@ -715,7 +745,7 @@ fn speed_table(jobs: usize, servers: &[Server], t: &[Vec<Summary>]) -> String {
         }
     }
     // Servers with the same client: walplayer sink over the grpc-go server.
-    for (c, client) in CLIENTS.iter().enumerate() {
+    for (c, client) in clients.iter().enumerate() {
         let (w, g) = (&t[0][c], &t[1][c]);
         let _ = writeln!(
             out,
@@ -739,7 +769,12 @@ fn memory(bins: &Bins, sink: &Server, knobs: &Knobs, scratch: &Path) -> Result<(
     );
     let empty = scratch.join("memory-empty");
     std::fs::create_dir_all(&empty)?;
-    for client in [ClientKind::Walplayer, ClientKind::Go] {
+    let mut players = vec![ClientKind::Walplayer];
+    if bins.before.is_some() {
+        players.push(ClientKind::WalplayerBefore);
+    }
+    players.push(ClientKind::Go);
+    for client in players {
         let run = Play {
             client,
             server: sink,
