@@ -2,8 +2,9 @@
 //! sent; retries with backoff; optional read-back verification.
 //!
 //! A blocking reader thread fills blocks of the chosen size and hands them
-//! to the gRPC stream through a channel of one, so a job never holds more
-//! than a couple of blocks in memory, whatever the file size.
+//! to the gRPC stream through a channel of one. It reads a block only once
+//! the channel has room for it, so a job holds the block being read or
+//! waiting, and the one tonic is encoding, whatever the file size.
 
 use std::io::Read;
 use std::time::{Duration, Instant, SystemTime};
@@ -261,7 +262,20 @@ fn read_blocks(
     };
     let mut hasher = digest.then(|| ring::digest::Context::new(&ring::digest::SHA256));
     let mut sent = 0u64;
+    // Blocking threads of the pool run inside the runtime's context.
+    let runtime = tokio::runtime::Handle::current();
     loop {
+        // Wait for room before reading, not after: a block read ahead while
+        // the previous one still waits in the channel is one more block per
+        // job held in memory, for no gain (the read is much faster than
+        // the send).
+        let Ok(slot) = runtime.block_on(tx.clone().reserve_owned()) else {
+            // The call ended (the server answered early); it has the say.
+            return Ok(Sent {
+                bytes: sent,
+                digest: None,
+            });
+        };
         let mut buf = Vec::with_capacity(block);
         let n = match (&mut input).take(block as u64).read_to_end(&mut buf) {
             Ok(n) => n,
@@ -284,13 +298,7 @@ fn read_blocks(
             segment_size: segment.size,
             send_to_tier2: false,
         };
-        if tx.blocking_send(request).is_err() {
-            // The call ended (the server answered early); it has the say.
-            return Ok(Sent {
-                bytes: sent,
-                digest: None,
-            });
-        }
+        drop(slot.send(request));
         if n < block {
             break;
         }
