@@ -47,9 +47,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 
-use walplayer::common::certs::{self, CertSpec, MintedCerts};
-use walplayer::common::generate::{generate, GenerateSpec, Payload, PgVersion};
-use walplayer::common::walname::MIB;
+use walplayer::certs::{self, CertSpec, MintedCerts};
+use walplayer::wal::generate::{generate, GenerateSpec, Payload, PgVersion};
+use walplayer::wal::walname::MIB;
 
 const CLUSTER: &str = certs::DEFAULT_CLUSTER;
 const LOOPBACK: &str = "127.0.0.1:0";
@@ -600,7 +600,12 @@ fn generate_wal(dir: &Path, count: u64, segment_bytes: u64) -> Result<()> {
         gzip: false,
         system_id: 7_400_000_000_000_000_000,
     };
-    generate(&spec, &Payload::synthetic(), &mut |_, _| ())?;
+    generate(
+        &spec,
+        &Payload::synthetic(),
+        &tokio_util::sync::CancellationToken::new(),
+        &mut |_, _| (),
+    )?;
     Ok(())
 }
 
