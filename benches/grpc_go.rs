@@ -35,6 +35,7 @@
 //! `/usr/share/gocode`).
 
 #[path = "support/mod.rs"]
+#[allow(dead_code)]
 mod support;
 use support::{status_kib, walplayer_binary};
 

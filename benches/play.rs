@@ -18,6 +18,7 @@
 //! segments, one round, small memory runs, to run the checks (CI does).
 
 #[path = "support/mod.rs"]
+#[allow(dead_code)]
 mod support;
 use support::{rounds, segments, smoke, status_kib, walplayer_binary};
 
