@@ -70,7 +70,7 @@ impl Cluster {
             let cluster = cluster.unwrap().path();
             for f in std::fs::read_dir(&cluster).unwrap() {
                 let name = f.unwrap().file_name().into_string().unwrap();
-                if !name.ends_with(".partial") {
+                if !name.contains('~') {
                     out.insert((
                         cluster.file_name().unwrap().to_str().unwrap().to_string(),
                         name,
@@ -426,7 +426,7 @@ fn killed_coordinator_stops_agents_in_bounded_time() {
     // A file whose last block was already on its way may still complete.
     let completed_after: Vec<_> = waiting
         .iter()
-        .filter(|(name, _)| !name.ends_with(".partial") && !at_loss.contains_key(*name))
+        .filter(|(name, _)| !name.contains('~') && !at_loss.contains_key(*name))
         .collect();
     assert!(
         completed_after.len() <= 1,

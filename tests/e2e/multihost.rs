@@ -224,7 +224,7 @@ fn stored(data: &Path) -> Vec<(String, String)> {
         let cluster_name = cluster.file_name().unwrap().to_str().unwrap().to_string();
         for f in std::fs::read_dir(&cluster).unwrap() {
             let name = f.unwrap().file_name().into_string().unwrap();
-            if !name.ends_with(".partial") {
+            if !name.contains('~') {
                 out.push((cluster_name.clone(), name));
             }
         }
