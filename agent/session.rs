@@ -208,38 +208,9 @@ async fn play_assignment(
         .then(|| GeneratedDir(shard::run_dir(&opts.data_dir, &spec.run_id)));
     let clusters = shard::cluster_names(&klio.cluster_name, &opts.name, spec.clusters);
 
-    // Prepare the shard (may generate gigabytes) while watching the stream.
-    // The generator sees `stop` between pages; whatever ends the wait, it
-    // is stopped and joined before the run directory is removed.
-    let stop = shutdown.child_token();
-    let mut preparing = {
-        let (spec, dir, clusters, stop) = (
-            spec.clone(),
-            opts.data_dir.clone(),
-            clusters.clone(),
-            stop.clone(),
-        );
-        tokio::task::spawn_blocking(move || shard::prepare(&spec, &dir, &clusters, &stop))
-    };
-    let prepared = watching(link, shutdown, &mut preparing).await;
-    let shard = match prepared {
-        Ok(Ok(Ok(shard))) => shard,
-        Ok(Ok(Err(reason))) => {
-            return fail(
-                link,
-                format!("agent {} cannot prepare its shard: {reason}", opts.name),
-            )
-            .await
-        }
-        Ok(Err(e)) => {
-            return fail(link, format!("agent {}: preparing failed: {e}", opts.name)).await
-        }
-        Err(end) => {
-            stop.cancel();
-            let _ = preparing.await;
-            tracing::info!("stopped preparing the shard: {end:?}");
-            return end;
-        }
+    let shard = match prepare_shard(opts, link, &spec, clusters, shutdown).await {
+        Ok(shard) => shard,
+        Err(end) => return end,
     };
 
     let endpoint = match tls::client_config(&klio.server_ca, &klio.client_cert, &klio.client_key)
@@ -289,6 +260,38 @@ async fn play_assignment(
         }
     }
     stream_run(link, shard, clients, spec.upload, shutdown).await
+}
+
+/// Prepares the shard (may generate gigabytes) while watching the stream.
+/// The generator sees a stop token between pages; whatever ends the wait,
+/// it is stopped and joined before the caller removes the run directory.
+async fn prepare_shard(
+    opts: &AgentOptions,
+    link: &mut Link,
+    spec: &ShardSpec,
+    clusters: Vec<String>,
+    shutdown: &CancellationToken,
+) -> Result<Shard, SessionEnd> {
+    let stop = shutdown.child_token();
+    let mut preparing = {
+        let (spec, dir, stop) = (spec.clone(), opts.data_dir.clone(), stop.clone());
+        tokio::task::spawn_blocking(move || shard::prepare(&spec, &dir, &clusters, &stop))
+    };
+    match watching(link, shutdown, &mut preparing).await {
+        Ok(Ok(Ok(shard))) => Ok(shard),
+        Ok(Ok(Err(reason))) => Err(fail(
+            link,
+            format!("agent {} cannot prepare its shard: {reason}", opts.name),
+        )
+        .await),
+        Ok(Err(e)) => Err(fail(link, format!("agent {}: preparing failed: {e}", opts.name)).await),
+        Err(end) => {
+            stop.cancel();
+            let _ = preparing.await;
+            tracing::info!("stopped preparing the shard: {end:?}");
+            Err(end)
+        }
+    }
 }
 
 async fn watching_start(
