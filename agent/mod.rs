@@ -198,12 +198,11 @@ pub async fn run(opts: AgentOptions, shutdown: CancellationToken) -> Exit {
             .max_encoding_message_size(64 << 20);
         let end = session::run(&opts, client, shutdown.clone()).await;
         match &end {
-            SessionEnd::Finished => {
-                tracing::info!("run finished; waiting for the next one");
-                if opts.once {
-                    return Exit::Ok;
-                }
+            SessionEnd::Finished if opts.once => {
+                tracing::info!("run finished");
+                return Exit::Ok;
             }
+            SessionEnd::Finished => tracing::info!("run finished; waiting for the next one"),
             SessionEnd::Refused(reason) => {
                 tracing::warn!("the coordinator refused this agent: {reason}");
                 if opts.once {

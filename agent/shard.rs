@@ -120,6 +120,7 @@ fn prepare_generated(
                 wal_name,
                 size: segment_bytes,
                 gzip: g.gzip,
+                unreadable: None,
             }
         })
         .collect();
@@ -154,7 +155,10 @@ fn prepare_dir(
     data_dir: &Path,
     clusters: &[String],
 ) -> Result<Shard, String> {
-    let listing = source::list(data_dir).map_err(|e| e.to_string())?;
+    let listing = source::list(data_dir, source::Links::Refuse).map_err(|e| e.to_string())?;
+    for skipped in &listing.skipped {
+        tracing::warn!("skipping {}: {}", skipped.path.display(), skipped.reason);
+    }
     let mine: Vec<Segment> = match split {
         Split::Replicate => listing.segments,
         _ => listing

@@ -97,7 +97,7 @@ fn run() -> Result<()> {
     let certs = certs::mint(&scratch.path().join("certs"), &CertSpec::default())?;
     let wal = scratch.path().join("wal");
     generate_wal(&wal, segments, SEGMENT_BYTES)?;
-    let files = source::list(&wal)?.segments;
+    let files = source::list(&wal, source::Links::Follow)?.segments;
     println!(
         "play: {segments} segments of 16 MiB in {}, block {} KiB, median of {} alternating rounds",
         root.display(),

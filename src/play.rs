@@ -61,6 +61,8 @@ struct SummaryFile<'a> {
     #[serde(flatten)]
     totals: &'a Totals,
     interrupted: bool,
+    /// Files a stop kept from starting: with the others, every file found.
+    files_not_started: u64,
     address: &'a str,
     cluster: &'a str,
     jobs: usize,
@@ -94,7 +96,7 @@ impl Destination for Lines {
 /// Runs `play`. Errors are the up-front kind (exit status 2); failed files
 /// are in the outcome.
 pub async fn play(opts: PlayOptions, shutdown: CancellationToken) -> Result<PlayOutcome> {
-    let listing = source::list(&opts.dir)?;
+    let listing = source::list(&opts.dir, source::Links::Follow)?;
     for skipped in &listing.skipped {
         tracing::warn!("skipping {}: {}", skipped.path.display(), skipped.reason);
     }
@@ -119,6 +121,7 @@ pub async fn play(opts: PlayOptions, shutdown: CancellationToken) -> Result<Play
         out: JsonLines::new(open_output(opts.output.as_deref())?),
         progress: Progress::new(opts.quiet, listing.segments.len() as u64, listing.bytes()),
     };
+    let found = listing.segments.len() as u64;
     let skipped = Stats {
         files_skipped: listing.skipped.len() as u64,
         ..Stats::default()
@@ -145,11 +148,16 @@ pub async fn play(opts: PlayOptions, shutdown: CancellationToken) -> Result<Play
     lines.progress.finish();
     let totals = Totals::new(&driven.stats, started.elapsed());
     let interrupted = shutdown.is_cancelled();
+    let not_started = found.saturating_sub(driven.stats.files_done());
     eprint!("{}", totals.to_text());
+    if not_started > 0 {
+        eprintln!("{not_started} files not started: the run was stopped first");
+    }
     if let Some(path) = &opts.summary {
         let doc = SummaryFile {
             totals: &totals,
             interrupted,
+            files_not_started: not_started,
             address: &opts.klio.address,
             cluster: &opts.klio.cluster_name,
             jobs: opts.jobs.get(),

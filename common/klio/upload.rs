@@ -190,6 +190,9 @@ async fn send(
     settings: &UploadSettings,
 ) -> Result<Sent, Failure> {
     let segment = &work.segment;
+    if let Some(why) = &segment.unreadable {
+        return Err(Failure::local(format!("{why}; nothing was sent")));
+    }
     if segment.size == 0 {
         return Err(Failure::local(
             "file is empty: Klio needs a non-zero segment_size, nothing was sent",

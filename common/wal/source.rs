@@ -20,6 +20,9 @@ pub struct Segment {
     /// Uncompressed size: the `segment_size` of every block.
     pub size: u64,
     pub gzip: bool,
+    /// Why the file cannot be sent, found while listing it: a file with a
+    /// WAL name is never skipped, it fails with its own record.
+    pub unreadable: Option<String>,
 }
 
 impl Segment {
@@ -98,7 +101,7 @@ pub enum SourceError {
 }
 
 /// Lists `dir`: WAL files in name order, everything else skipped.
-pub fn list(dir: &Path) -> Result<Listing, SourceError> {
+pub fn list(dir: &Path, links: Links) -> Result<Listing, SourceError> {
     match std::fs::metadata(dir) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(SourceError::Missing(dir.to_path_buf()))
@@ -124,7 +127,7 @@ pub fn list(dir: &Path) -> Result<Listing, SourceError> {
     entries.sort();
     let mut listing = Listing::default();
     for path in entries {
-        match classify(&path) {
+        match classify(&path, links) {
             Entry::Directory => {}
             Entry::Segment(s) => listing.segments.push(s),
             Entry::Skip(reason) => listing.skipped.push(Skipped { path, reason }),
@@ -139,7 +142,27 @@ enum Entry {
     Skip(String),
 }
 
-fn classify(path: &Path) -> Entry {
+/// Whether a listing follows symbolic links.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Links {
+    /// Follow them, as `play` does with links a user placed.
+    Follow,
+    /// Never follow them: an agent reads nothing outside its data directory.
+    Refuse,
+}
+
+fn classify(path: &Path, links: Links) -> Entry {
+    if links == Links::Refuse {
+        match std::fs::symlink_metadata(path) {
+            Ok(m) if m.file_type().is_symlink() => {
+                return Entry::Skip(
+                    "a symbolic link: an agent reads nothing outside its --data-dir".into(),
+                )
+            }
+            Ok(_) => {}
+            Err(e) => return Entry::Skip(format!("cannot read it: {e}")),
+        }
+    }
     let meta = match std::fs::metadata(path) {
         Ok(m) => m,
         Err(e) => return Entry::Skip(format!("cannot read it: {e}")),
@@ -160,19 +183,20 @@ fn classify(path: &Path) -> Entry {
     if !is_wal_name(wal_name) {
         return Entry::Skip("not a WAL file name".into());
     }
-    let size = if gzip {
+    let (size, unreadable) = if gzip {
         match gzip_trailer_size(path) {
-            Ok(size) => size,
-            Err(e) => return Entry::Skip(format!("not a usable gzip file: {e}")),
+            Ok(size) => (size, None),
+            Err(e) => (0, Some(format!("not a usable gzip file: {e}"))),
         }
     } else {
-        meta.len()
+        (meta.len(), None)
     };
     Entry::Segment(Segment {
         path: path.to_path_buf(),
         wal_name: wal_name.to_string(),
         size,
         gzip,
+        unreadable,
     })
 }
 
@@ -222,7 +246,7 @@ mod tests {
         gz.write_all(&[7u8; 5000]).unwrap();
         std::fs::write(d.join("000000010000000000000003.gz"), gz.finish().unwrap()).unwrap();
 
-        let l = list(d).unwrap();
+        let l = list(d, Links::Follow).unwrap();
         let names: Vec<_> = l.segments.iter().map(|s| s.wal_name.as_str()).collect();
         assert_eq!(
             names,
@@ -299,7 +323,7 @@ mod tests {
             let path = dir.path().join("000000010000000000000001.gz");
             std::fs::write(&path, &bytes).unwrap();
             let trailer = gzip_trailer_size(&path);
-            let l = list(dir.path()).unwrap();
+            let l = list(dir.path(), Links::Follow).unwrap();
             prop_assert_eq!(l.segments.len() + l.skipped.len(), 1);
             if let Ok(size) = trailer {
                 prop_assert_eq!(l.segments[0].size, size);
@@ -319,9 +343,9 @@ mod tests {
             let intact = damages.is_empty();
             std::fs::write(&path, &damaged).unwrap();
             let _ = gzip_trailer_size(&path);
-            let _ = list(dir.path()).unwrap();
+            let _ = list(dir.path(), Links::Follow).unwrap();
             let mut out = Vec::new();
-            let segment = Segment { path: path.clone(), wal_name: String::new(), size: 0, gzip: true };
+            let segment = Segment { path: path.clone(), wal_name: String::new(), size: 0, gzip: true, unreadable: None };
             let read = segment.open().and_then(|mut r| r.read_to_end(&mut out));
             if intact {
                 prop_assert!(read.is_ok());
@@ -338,7 +362,7 @@ mod tests {
             for name in names.iter().filter(|n| !n.is_empty()) {
                 std::fs::write(dir.path().join(name), b"x").unwrap();
             }
-            let l = list(dir.path()).unwrap();
+            let l = list(dir.path(), Links::Follow).unwrap();
             for s in &l.segments {
                 prop_assert!(is_wal_name(&s.wal_name), "{}", s.wal_name);
             }
@@ -348,11 +372,49 @@ mod tests {
     #[test]
     fn bad_directories_are_named() {
         let dir = tempfile::tempdir().unwrap();
-        let e = list(&dir.path().join("nope")).unwrap_err().to_string();
+        let e = list(&dir.path().join("nope"), Links::Follow)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("does not exist") && e.contains("nope"), "{e}");
         let f = dir.path().join("f");
         std::fs::write(&f, b"").unwrap();
-        assert!(list(&f).unwrap_err().to_string().contains("is a file"));
-        assert!(list(dir.path()).unwrap().segments.is_empty());
+        assert!(list(&f, Links::Follow)
+            .unwrap_err()
+            .to_string()
+            .contains("is a file"));
+        assert!(list(dir.path(), Links::Follow).unwrap().segments.is_empty());
+    }
+
+    #[test]
+    fn a_wal_named_file_that_cannot_be_read_is_a_segment_that_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("00000001000000000000000B.gz"), b"garbage").unwrap();
+        let l = list(dir.path(), Links::Follow).unwrap();
+        assert!(l.skipped.is_empty(), "a WAL name is never skipped");
+        assert_eq!(l.segments.len(), 1);
+        let why = l.segments[0].unreadable.as_deref().unwrap();
+        assert!(why.contains("not a usable gzip file"), "{why}");
+    }
+
+    #[test]
+    fn an_agent_listing_never_follows_a_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let secret = outside.path().join("secret");
+        std::fs::write(&secret, b"not yours").unwrap();
+        std::os::unix::fs::symlink(&secret, dir.path().join("000000010000000000000001")).unwrap();
+        let refused = list(dir.path(), Links::Refuse).unwrap();
+        assert!(refused.segments.is_empty());
+        assert!(
+            refused.skipped[0].reason.contains("symbolic link"),
+            "{:?}",
+            refused.skipped
+        );
+        let followed = list(dir.path(), Links::Follow).unwrap();
+        assert_eq!(
+            followed.segments.len(),
+            1,
+            "play follows links a user placed"
+        );
     }
 }

@@ -75,7 +75,7 @@ struct GenerateArgs {
 
 #[derive(clap::Args)]
 struct PlayArgs {
-    /// Directory holding the WAL files
+    /// Directory holding the WAL files (symbolic links in it are followed: they are yours)
     dir: PathBuf,
     #[command(flatten)]
     upload: UploadArgs,

@@ -384,6 +384,10 @@ fn interrupt_stops_starting_files_and_writes_summary() {
     assert_eq!(s["interrupted"], true);
     assert_eq!(s["filesOk"], 2);
     assert_eq!(s["filesFailed"], 1);
+    assert_eq!(
+        s["filesNotStarted"], 17,
+        "the counts add up to the 20 files found"
+    );
 }
 
 #[test]

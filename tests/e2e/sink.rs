@@ -244,6 +244,7 @@ async fn verification_names_the_first_differing_byte() {
             wal_name: WAL.into(),
             size: content.len() as u64,
             gzip: false,
+            unreadable: None,
         },
         cluster: "v".into(),
     };
