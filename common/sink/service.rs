@@ -13,13 +13,12 @@
 //! misbehave (see [`crate::faults`]).
 
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
+use tokio::io::AsyncReadExt;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -113,6 +112,9 @@ impl WalService {
         self.totals.clone()
     }
 }
+
+/// Bytes per Get message.
+const GET_BLOCK: usize = 1 << 20;
 
 /// The identity every message of one stream repeats.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -431,7 +433,8 @@ impl Wal for WalService {
         }))
     }
 
-    type GetStream = ReceiverStream<Result<GetResult, Status>>;
+    type GetStream =
+        std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<GetResult, Status>> + Send>>;
 
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<Self::GetStream>, Status> {
         let GetRequest {
@@ -445,7 +448,7 @@ impl Wal for WalService {
             ));
         };
         let path = dir.join(&cluster_name).join(&wal_name);
-        let mut file = File::open(&path).map_err(|e| match e.kind() {
+        let file = File::open(&path).map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => {
                 Status::not_found(format!("no WAL file {wal_name} for cluster {cluster_name}"))
             }
@@ -456,26 +459,25 @@ impl Wal for WalService {
             .map_err(|e| Status::internal(format!("cannot stat {cluster_name}/{wal_name}: {e}")))?
             .len();
         self.totals.reads.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = mpsc::channel(2);
-        tokio::task::spawn_blocking(move || loop {
-            let mut block = vec![0u8; 1 << 20];
-            let n = match file.read(&mut block) {
-                Ok(0) => return,
-                Ok(n) => n,
-                Err(e) => {
-                    let _ = tx.blocking_send(Err(Status::internal(format!("read failed: {e}"))));
-                    return;
+        // A stream, not a task: each block is read when the client wants
+        // it, so a client that never reads holds no thread, only its file.
+        let file = tokio::fs::File::from_std(file);
+        let blocks = futures_util::stream::unfold(Some(file), move |file| async move {
+            let mut file = file?;
+            let mut block = vec![0u8; GET_BLOCK];
+            match file.read(&mut block).await {
+                Ok(0) => None,
+                Ok(n) => {
+                    block.truncate(n);
+                    let result = GetResult {
+                        wal_block: block.into(),
+                        segment_size: size,
+                    };
+                    Some((Ok(result), Some(file)))
                 }
-            };
-            block.truncate(n);
-            let result = GetResult {
-                wal_block: block.into(),
-                segment_size: size,
-            };
-            if tx.blocking_send(Ok(result)).is_err() {
-                return;
+                Err(e) => Some((Err(Status::internal(format!("read failed: {e}"))), None)),
             }
         });
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(Response::new(Box::pin(blocks)))
     }
 }

@@ -206,3 +206,40 @@ async fn bytes_past_segment_size_are_refused() {
     );
     s.stop.cancel();
 }
+
+/// Get streams whose client never reads hold no thread of the sink: a
+/// well-behaved upload still goes through while 600 of them are open
+/// (before, each held a blocking thread, and the pool of 512 ran out).
+#[tokio::test]
+async fn unread_get_streams_do_not_lock_out_an_upload() {
+    let s = sink().await;
+    let mut client = s.endpoint.connect().await.unwrap();
+    let big = vec![5u8; 4 << 20];
+    let blocks: Vec<PutRequest> = big.chunks(1 << 20).map(|c| block(X, 4 << 20, c)).collect();
+    assert_eq!(put(&mut client, blocks).await.unwrap(), 4 << 20);
+    // 600 readers over a few connections, none of which reads a byte.
+    let mut readers = Vec::new();
+    let mut held = Vec::new();
+    for _ in 0..6 {
+        readers.push(s.endpoint.connect().await.unwrap());
+    }
+    for i in 0..600 {
+        let n = readers.len();
+        let reader = &mut readers[i % n];
+        let request = walplayer::proto::klio::GetRequest {
+            cluster_name: "c".into(),
+            wal_name: X.into(),
+        };
+        held.push(reader.get(request).await.unwrap().into_inner());
+    }
+    let y = "000000010000000000000008";
+    let upload = put(&mut client, vec![block(y, 3, b"abc")]);
+    let written = tokio::time::timeout(std::time::Duration::from_secs(30), upload)
+        .await
+        .expect("a good upload is not locked out by unread Get streams")
+        .unwrap();
+    assert_eq!(written, 3);
+    assert_eq!(std::fs::read(s.data.join("c").join(y)).unwrap(), b"abc");
+    drop(held);
+    s.stop.cancel();
+}
