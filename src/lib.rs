@@ -16,7 +16,7 @@
 //! - this crate, the CLI: the binaries in `src/bin`, and the commands that
 //!   are only user interface: [`play`], [`quickstart`], [`certs`], the
 //!   [`progress`] display, logging and signals ([`cli`]), allocator tuning
-//!   ([`alloc`]).
+//!   ([`alloc`]) and the open-files limit ([`limits`]).
 
 pub use walplayer_agent as agent;
 pub use walplayer_coordinator as coordinator;
@@ -28,6 +28,7 @@ pub use walplayer_wal as wal;
 pub mod alloc;
 pub mod certs;
 pub mod cli;
+pub mod limits;
 pub mod play;
 pub mod progress;
 pub mod quickstart;

@@ -15,6 +15,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use rustls::ServerConfig;
 use tokio::net::TcpListener;
@@ -22,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
 
 pub use faults::{Fault, FaultArgs, FaultPlan};
-pub use service::{Fsync, SinkTotals, Storage, WalService};
+pub use service::{Fsync, SinkTotals, Storage, WalService, DEFAULT_IDLE_TIMEOUT};
 use walplayer_klio::endpoint::MAX_MESSAGE_BYTES;
 use walplayer_klio::transport::{self, CONNECTION_WINDOW, STREAM_WINDOW};
 use walplayer_proto::klio::wal_server::WalServer;
@@ -30,6 +31,10 @@ use walplayer_proto::klio::wal_server::WalServer;
 /// Largest HTTP/2 frame the sink accepts: fewer, larger DATA frames for
 /// multi-MiB blocks (16 KiB, the HTTP/2 default, costs a frame per TLS record).
 const MAX_FRAME: u32 = 1 << 20;
+
+/// Most streams one connection may hold open at once: a client that opens
+/// more waits, instead of holding the sink's memory and files.
+const MAX_STREAMS_PER_CONNECTION: u32 = 1024;
 
 /// Everything the sink needs to run.
 pub struct SinkSettings {
@@ -44,6 +49,7 @@ pub struct Sink {
     listener: TcpListener,
     settings: SinkSettings,
     faults: Option<FaultPlan>,
+    idle: Duration,
 }
 
 impl Sink {
@@ -54,12 +60,20 @@ impl Sink {
             listener,
             settings,
             faults: None,
+            idle: DEFAULT_IDLE_TIMEOUT,
         })
     }
 
     /// Makes the service inject `plan` into Put streams (tests only).
     pub fn with_faults(mut self, plan: Option<FaultPlan>) -> Sink {
         self.faults = plan;
+        self
+    }
+
+    /// Refuses Put streams silent for longer than `idle` (default 5 min,
+    /// the client's own default timeout).
+    pub fn with_idle_timeout(mut self, idle: Duration) -> Sink {
+        self.idle = idle;
         self
     }
 
@@ -75,7 +89,8 @@ impl Sink {
         self,
         shutdown: CancellationToken,
     ) -> Result<Arc<SinkTotals>, tonic::transport::Error> {
-        let mut service = WalService::new(self.settings.storage, self.settings.read_only);
+        let mut service = WalService::new(self.settings.storage, self.settings.read_only)
+            .with_idle_timeout(self.idle);
         if let Some(plan) = self.faults {
             service = service.with_faults(plan, shutdown.clone());
         }
@@ -96,6 +111,10 @@ impl Sink {
             .initial_stream_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)
             .max_frame_size(MAX_FRAME)
+            .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
+            // A peer that vanished without closing is found and dropped.
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
             .tcp_nodelay(true)
             .add_service(
                 WalServer::new(service)

@@ -17,6 +17,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::io::AsyncReadExt;
 use tokio_util::sync::CancellationToken;
@@ -85,7 +86,13 @@ pub struct WalService {
     faults: Option<Faults>,
     /// Numbers each stream's temporary file.
     streams: AtomicU64,
+    /// Longest wait for a stream's next message.
+    idle: Duration,
 }
+
+/// How long a Put stream may stay silent before it is refused: the
+/// client's own default `--timeout`, so a healthy client never meets it.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 
 impl WalService {
     /// A service storing into `storage`; a `read_only` one refuses every
@@ -97,6 +104,7 @@ impl WalService {
             totals: Arc::default(),
             faults: None,
             streams: AtomicU64::new(0),
+            idle: DEFAULT_IDLE_TIMEOUT,
         }
     }
 
@@ -104,6 +112,12 @@ impl WalService {
     /// released when `shutdown` is cancelled.
     pub fn with_faults(mut self, plan: FaultPlan, shutdown: CancellationToken) -> WalService {
         self.faults = Some(Faults::new(plan, shutdown));
+        self
+    }
+
+    /// Refuses Put streams silent for longer than `idle`.
+    pub fn with_idle_timeout(mut self, idle: Duration) -> WalService {
+        self.idle = idle;
         self
     }
 
@@ -271,7 +285,17 @@ impl WalService {
         let mut id: Option<StreamId> = None;
         let mut target: Option<Target> = None;
         let mut fault = None;
-        while let Some(msg) = stream.message().await.map_err(PutFailure::Aborted)? {
+        loop {
+            let next = tokio::time::timeout(self.idle, stream.message()).await;
+            let Ok(next) = next else {
+                return Err(PutFailure::Rejected(Status::deadline_exceeded(format!(
+                    "no message for {}: an idle stream is closed (sink --idle-timeout)",
+                    humantime::format_duration(self.idle)
+                ))));
+            };
+            let Some(msg) = next.map_err(PutFailure::Aborted)? else {
+                break;
+            };
             if self.read_only {
                 return Err(PutFailure::Rejected(Status::failed_precondition(
                     "server is read-only",

@@ -26,6 +26,7 @@ fn main() -> ExitCode {
     walplayer::alloc::tune();
     let args = Args::parse();
     init_logging(true);
+    walplayer::limits::raise_open_files();
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime starts");
     let shutdown = CancellationToken::new();
     let exit = runtime.block_on(with_signals(

@@ -111,6 +111,9 @@ struct SinkArgs {
     /// Refuse every upload with FAILED_PRECONDITION, as a read-only Klio does
     #[arg(long)]
     read_only: bool,
+    /// Refuse a Put stream that sends nothing for this long (a client's default --timeout)
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = walplayer::klio::flags::parse_duration)]
+    idle_timeout: std::time::Duration,
     #[command(flatten)]
     faults: sink::FaultArgs,
 }
@@ -140,6 +143,7 @@ fn main() -> ExitCode {
         cli.command,
         Command::Sink(_) | Command::Coordinator(_) | Command::Agent(_)
     ));
+    walplayer::limits::raise_open_files();
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime starts");
     let shutdown = CancellationToken::new();
     let exit = runtime.block_on(with_signals(
@@ -265,7 +269,9 @@ async fn run_sink(args: SinkArgs, shutdown: CancellationToken) -> Exit {
         read_only: args.read_only,
     };
     let bound = match sink::Sink::bind(args.listen, settings).await {
-        Ok(s) => s.with_faults(args.faults.plan()),
+        Ok(s) => s
+            .with_faults(args.faults.plan())
+            .with_idle_timeout(args.idle_timeout),
         Err(e) => return usage_error(anyhow::anyhow!("cannot listen on {}: {e}", args.listen)),
     };
     println!("listening on {}", bound.local_addr());

@@ -25,6 +25,10 @@ struct Sunk {
 }
 
 async fn sink() -> Sunk {
+    sink_idle(sink::DEFAULT_IDLE_TIMEOUT).await
+}
+
+async fn sink_idle(idle: std::time::Duration) -> Sunk {
     let dir = tempfile::tempdir().unwrap();
     let minted = certs::mint(&dir.path().join("certs"), &CertSpec::default()).unwrap();
     let data = dir.path().join("data");
@@ -39,7 +43,7 @@ async fn sink() -> Sunk {
         .unwrap();
     let addr = bound.local_addr().to_string();
     let stop = CancellationToken::new();
-    tokio::spawn(bound.serve(stop.clone()));
+    tokio::spawn(bound.with_idle_timeout(idle).serve(stop.clone()));
     let client_tls =
         tls::client_config(&minted.client.ca, &minted.client.cert, &minted.client.key).unwrap();
     let endpoint = KlioEndpoint::new(&addr, client_tls).unwrap();
@@ -241,5 +245,38 @@ async fn unread_get_streams_do_not_lock_out_an_upload() {
     assert_eq!(written, 3);
     assert_eq!(std::fs::read(s.data.join("c").join(y)).unwrap(), b"abc");
     drop(held);
+    s.stop.cancel();
+}
+
+/// A Put stream that goes silent is refused after the idle timeout, and
+/// leaves nothing; a stream that keeps sending is not affected.
+#[tokio::test]
+async fn an_idle_put_stream_is_refused_and_leaves_nothing() {
+    let s = sink_idle(std::time::Duration::from_millis(500)).await;
+    let client = s.endpoint.connect().await.unwrap();
+    let silent = open(&client);
+    silent.send(block(X, 8, b"abcd")).await;
+    let refused = tokio::time::timeout(std::time::Duration::from_secs(30), silent.call)
+        .await
+        .expect("the sink ends an idle stream by itself")
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::DeadlineExceeded, "{refused:?}");
+    assert!(
+        refused.message().contains("idle-timeout"),
+        "{}",
+        refused.message()
+    );
+    assert!(
+        names(&s.data.join("c")).is_empty(),
+        "nothing stored or left"
+    );
+    // Blocks arriving faster than the timeout keep a stream alive.
+    let busy = open(&client);
+    for part in [b"ab", b"cd", b"ef", b"gh"] {
+        busy.send(block(X, 8, part)).await;
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(busy.close().await.unwrap(), 8);
     s.stop.cancel();
 }
