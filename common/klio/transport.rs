@@ -75,7 +75,6 @@ pub async fn connect(
         .parse()
         .map_err(|e| format!("{address}: not a usable address: {e}"))?;
     let mut endpoint = Endpoint::from(uri)
-        .connect_timeout(CONNECT_TIMEOUT)
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .tcp_nodelay(true);
@@ -89,17 +88,24 @@ pub async fn connect(
     let connector = tower::service_fn(move |_: Uri| {
         let (target, tls) = (target.clone(), tls.clone());
         async move {
-            let tcp = TcpStream::connect(&target).await?;
-            tune_socket(&tcp);
-            let stream = match tls {
-                Some(tls) => {
-                    let s = TlsConnector::from(tls.config)
-                        .connect(tls.server_name, tcp)
-                        .await?;
-                    Stream::ClientTls(Box::new(s))
-                }
-                None => Stream::Plain(tcp),
+            // Our own bound on TCP connect and TLS handshake, so a timeout
+            // is known by its kind, not by a library's words.
+            let dial = async {
+                let tcp = TcpStream::connect(&target).await?;
+                tune_socket(&tcp);
+                Ok::<_, std::io::Error>(match tls {
+                    Some(tls) => {
+                        let s = TlsConnector::from(tls.config)
+                            .connect(tls.server_name, tcp)
+                            .await?;
+                        Stream::ClientTls(Box::new(s))
+                    }
+                    None => Stream::Plain(tcp),
+                })
             };
+            let stream = tokio::time::timeout(CONNECT_TIMEOUT, dial)
+                .await
+                .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
             Ok::<_, std::io::Error>(TokioIo::new(stream))
         }
     });
@@ -107,15 +113,26 @@ pub async fn connect(
         .connect_with_connector(connector)
         .await
         .map_err(|e| {
-            let text = error_chain(&e);
-            if text.contains("deadline has elapsed") {
-                format!(
-                    "no answer within {CONNECT_TIMEOUT:?} (TCP connect and TLS handshake): {text}"
-                )
+            if timed_out(&e) {
+                format!("timed out: no answer within {CONNECT_TIMEOUT:?} (TCP connect and TLS handshake)")
             } else {
-                text
+                error_chain(&e)
             }
         })
+}
+
+/// Whether `e` or a cause under it is our connect timeout.
+fn timed_out(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::TimedOut {
+                return true;
+            }
+        }
+        cause = c.source();
+    }
+    false
 }
 
 fn tune_socket(tcp: &TcpStream) {
