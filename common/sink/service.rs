@@ -23,7 +23,7 @@ use tokio::io::AsyncReadExt;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::faults::{FaultPlan, Faults};
+use crate::faults::{Fault, FaultPlan, Faults};
 use walplayer_klio::endpoint::MAX_BLOCK_BYTES;
 use walplayer_proto::klio::wal_server::Wal;
 use walplayer_proto::klio::{GetRequest, GetResult, PutRequest, PutResult};
@@ -282,108 +282,135 @@ impl WalService {
         stream: &mut Streaming<PutRequest>,
         written: &mut u64,
     ) -> Result<Option<(StreamId, PutEnd)>, PutFailure> {
-        let mut id: Option<StreamId> = None;
-        let mut target: Option<Target> = None;
-        let mut fault = None;
-        loop {
-            let next = tokio::time::timeout(self.idle, stream.message()).await;
-            let Ok(next) = next else {
-                return Err(PutFailure::Rejected(Status::deadline_exceeded(format!(
-                    "no message for {}: an idle stream is closed (sink --idle-timeout)",
-                    humantime::format_duration(self.idle)
-                ))));
-            };
-            let Some(msg) = next.map_err(PutFailure::Aborted)? else {
-                break;
-            };
+        let mut open: Option<Open> = None;
+        while let Some(msg) = self.next_message(stream).await? {
             if self.read_only {
                 return Err(PutFailure::Rejected(Status::failed_precondition(
                     "server is read-only",
                 )));
             }
-            if id.is_none() {
-                if let Some(faults) = &self.faults {
-                    fault = faults.next_stream();
-                    if let Some(f) = fault {
-                        if let Some(status) = faults.strike_early(f).await {
-                            return Err(PutFailure::Injected(status));
-                        }
-                    }
+            let o = match &mut open {
+                None => open.insert(self.open(&msg).await?),
+                Some(o) => {
+                    o.id.check_coherent(&msg).map_err(PutFailure::Rejected)?;
+                    o
                 }
-            }
-            match &id {
-                None => {
-                    let first = StreamId::of(&msg).map_err(PutFailure::Rejected)?;
-                    if let Storage::Disk { dir, fsync } = &self.storage {
-                        let stream = self.streams.fetch_add(1, Ordering::Relaxed);
-                        target =
-                            Some(Target::create(dir, &first, stream, *fsync).map_err(|e| {
-                                PutFailure::Rejected(Status::internal(format!(
-                                    "cannot create a file for {}/{}: {e}",
-                                    first.cluster, first.wal
-                                )))
-                            })?);
-                    }
-                    id = Some(first);
-                }
-                Some(id) => id.check_coherent(&msg).map_err(PutFailure::Rejected)?,
-            }
-            if msg.wal_block.len() > MAX_BLOCK_BYTES {
-                return Err(PutFailure::Rejected(Status::invalid_argument(format!(
-                    "block of {} bytes exceeds the largest block payload ({MAX_BLOCK_BYTES} bytes)",
-                    msg.wal_block.len()
-                ))));
-            }
-            let len = msg.wal_block.len() as u64;
-            let size = id.as_ref().map_or(0, |id| id.size);
-            if *written + len > size {
-                return Err(PutFailure::Rejected(Status::invalid_argument(format!(
-                    "the stream sent {} bytes, more than its segment_size of {size}: refused at the first byte past it",
-                    *written + len
-                ))));
-            }
+            };
+            let len = check_block(&msg, *written, o.id.size)?;
             if len == 0 {
                 // Nothing to write, so nothing to sync.
                 continue;
             }
-            if let Some(t) = target.take() {
-                target = Some(t.write(msg.wal_block).await.map_err(|e| {
+            if let Some(t) = o.target.take() {
+                o.target = Some(t.write(msg.wal_block).await.map_err(|e| {
                     PutFailure::Rejected(Status::internal(format!("cannot write block: {e}")))
                 })?);
             }
             *written += len;
             self.totals.bytes.fetch_add(len, Ordering::Relaxed);
         }
-        let Some(id) = id else {
-            return Ok(None);
+        match open {
+            Some(o) => o.close(*written).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// The stream's next message; a stream silent for the idle timeout is
+    /// refused.
+    async fn next_message(
+        &self,
+        stream: &mut Streaming<PutRequest>,
+    ) -> Result<Option<PutRequest>, PutFailure> {
+        match tokio::time::timeout(self.idle, stream.message()).await {
+            Ok(next) => next.map_err(PutFailure::Aborted),
+            Err(_) => Err(PutFailure::Rejected(Status::deadline_exceeded(format!(
+                "no message for {}: an idle stream is closed (sink --idle-timeout)",
+                humantime::format_duration(self.idle)
+            )))),
+        }
+    }
+
+    /// Takes a stream's first message: its fault (tests only), its identity
+    /// and the file it writes.
+    async fn open(&self, first: &PutRequest) -> Result<Open, PutFailure> {
+        let mut fault = None;
+        if let Some(faults) = &self.faults {
+            fault = faults.next_stream();
+            if let Some(f) = fault {
+                if let Some(status) = faults.strike_early(f).await {
+                    return Err(PutFailure::Injected(status));
+                }
+            }
+        }
+        let id = StreamId::of(first).map_err(PutFailure::Rejected)?;
+        let mut target = None;
+        if let Storage::Disk { dir, fsync } = &self.storage {
+            let stream = self.streams.fetch_add(1, Ordering::Relaxed);
+            target = Some(Target::create(dir, &id, stream, *fsync).map_err(|e| {
+                PutFailure::Rejected(Status::internal(format!(
+                    "cannot create a file for {}/{}: {e}",
+                    id.cluster, id.wal
+                )))
+            })?);
+        }
+        Ok(Open { id, target, fault })
+    }
+}
+
+/// A stream after its first message.
+struct Open {
+    id: StreamId,
+    target: Option<Target>,
+    fault: Option<Fault>,
+}
+
+impl Open {
+    /// The client closed its side after `written` bytes: complete the file,
+    /// or keep what came as partial.
+    fn close(self, written: u64) -> Result<(StreamId, PutEnd), PutFailure> {
+        let Open { id, target, fault } = self;
+        let internal = |what: &str, e: std::io::Error| {
+            PutFailure::Rejected(Status::internal(format!(
+                "cannot {what} {}/{}: {e}",
+                id.cluster, id.wal
+            )))
         };
         let short_write = fault.is_some_and(|f| f.short_writes());
-        if short_write || *written != id.size {
+        if short_write || written != id.size {
             if let Some(t) = target {
-                t.keep_partial().map_err(|e| {
-                    PutFailure::Rejected(Status::internal(format!(
-                        "cannot keep the partial {}/{}: {e}",
-                        id.cluster, id.wal
-                    )))
-                })?;
+                t.keep_partial()
+                    .map_err(|e| internal("keep the partial", e))?;
             }
             let end = if short_write {
                 PutEnd::ShortWrite
             } else {
                 PutEnd::Partial
             };
-            return Ok(Some((id, end)));
+            return Ok((id, end));
         }
         if let Some(t) = target {
-            t.complete().map_err(|e| {
-                PutFailure::Rejected(Status::internal(format!(
-                    "cannot complete {}/{}: {e}",
-                    id.cluster, id.wal
-                )))
-            })?;
+            t.complete().map_err(|e| internal("complete", e))?;
         }
-        Ok(Some((id, PutEnd::Complete)))
+        Ok((id, PutEnd::Complete))
     }
+}
+
+/// Checks one message's block against Klio's limit and the declared size;
+/// returns its length.
+fn check_block(msg: &PutRequest, written: u64, size: u64) -> Result<u64, PutFailure> {
+    let len = msg.wal_block.len() as u64;
+    if msg.wal_block.len() > MAX_BLOCK_BYTES {
+        return Err(PutFailure::Rejected(Status::invalid_argument(format!(
+            "block of {len} bytes exceeds the largest block payload ({MAX_BLOCK_BYTES} bytes)"
+        ))));
+    }
+    if written + len > size {
+        return Err(PutFailure::Rejected(Status::invalid_argument(format!(
+            "the stream sent {} bytes, more than its segment_size of {size}: refused at the first byte past it",
+            written + len
+        ))));
+    }
+    Ok(len)
 }
 
 enum PutFailure {
