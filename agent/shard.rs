@@ -273,16 +273,19 @@ mod tests {
             .exists());
     }
 
+    /// A data directory of `n` one-byte WAL files.
+    fn wal_dir(n: u8) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        for i in 0..n {
+            let name = format!("0000000100000000000000{i:02X}");
+            std::fs::write(dir.path().join(name), b"x").unwrap();
+        }
+        dir
+    }
+
     #[test]
     fn directory_shards_split_files_between_agents() {
-        let dir = tempfile::tempdir().unwrap();
-        for i in 0..5 {
-            std::fs::write(
-                dir.path().join(format!("0000000100000000000000{i:02X}")),
-                b"x",
-            )
-            .unwrap();
-        }
+        let dir = wal_dir(5);
         let mut a = assignment();
         a.source = Source::Dir as i32;
         a.clusters = 1;
@@ -310,14 +313,7 @@ mod tests {
 
     #[test]
     fn a_directory_shard_beyond_max_files_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        for i in 0..10 {
-            std::fs::write(
-                dir.path().join(format!("0000000100000000000000{i:02X}")),
-                b"x",
-            )
-            .unwrap();
-        }
+        let dir = wal_dir(10);
         let mut a = assignment();
         a.source = Source::Dir as i32;
         a.split = Split::Replicate as i32;
