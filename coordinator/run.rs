@@ -206,7 +206,11 @@ impl Run {
         if self.roster.get(conn).map(|a| &a.state) != Some(&State::Preparing) {
             return;
         }
-        if let Err(e) = self.results.plan(&name, &ready) {
+        let checked = match self.roster.get(conn).and_then(|a| a.assignment.as_ref()) {
+            Some(a) => crate::plan::check_plans(&name, a, &ready.clusters),
+            None => Err("no assignment was sent to it".to_string()),
+        };
+        if let Err(e) = checked.and_then(|()| self.results.plan(&name, &ready)) {
             self.fail(
                 Exit::Usage,
                 format!("agent {name} sent an unusable plan: {e}"),
