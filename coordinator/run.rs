@@ -23,6 +23,9 @@ use walplayer_klio::report::unix_nanos;
 use walplayer_proto::control::agent_message::Body as Up;
 use walplayer_proto::control::{FileResult, Finished, Ready, Register, Start};
 
+/// Protocol violations after which an agent is dropped.
+pub const MAX_VIOLATIONS: u64 = 100;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     Registering,
@@ -183,21 +186,28 @@ impl Run {
         match body {
             Up::Ready(ready) => self.ready(conn, name, ready),
             Up::Failed(f) => {
+                let reason = walplayer_klio::stats::bounded(&f.reason);
                 if let Some(agent) = self.roster.get_mut(conn) {
-                    agent.lose(format!("failed: {}", f.reason));
+                    agent.lose(format!("failed: {reason}"));
                 }
                 self.fail(
                     Exit::Usage,
-                    format!("agent {name} cannot run its assignment: {}", f.reason),
+                    format!("agent {name} cannot run its assignment: {reason}"),
                 );
             }
-            Up::File(file) => self.file(&name, file),
+            Up::File(file) => {
+                self.file(&name, file);
+                self.drop_if_hostile(conn, &name);
+            }
             Up::Beat(beat) => {
                 if let Some(agent) = self.roster.get_mut(conn) {
                     agent.started_at(beat.started_unix_nanos);
                 }
             }
-            Up::Finished(f) => self.finished(conn, name, f),
+            Up::Finished(f) => {
+                self.finished(conn, name.clone(), f);
+                self.drop_if_hostile(conn, &name);
+            }
             Up::Register(_) => {}
         }
     }
@@ -248,7 +258,32 @@ impl Run {
         }
     }
 
+    /// Drops an agent once it broke the protocol [`MAX_VIOLATIONS`] times.
+    fn drop_if_hostile(&mut self, conn: u64, name: &str) {
+        let n = self.results.violations(name);
+        if n < MAX_VIOLATIONS {
+            return;
+        }
+        if let Some(agent) = self.roster.get_mut(conn).filter(|a| a.active()) {
+            agent.lose(format!("dropped after {n} protocol violations"));
+        }
+    }
+
     fn finished(&mut self, conn: u64, name: String, f: Finished) {
+        // Once per run: a second Finished (or one before the start) would
+        // count its skipped files again.
+        let state = self.roster.get(conn).map(|a| &a.state);
+        if !matches!(state, Some(State::Running | State::Lost(_))) {
+            let state = self.roster.get(conn).map(|a| a.state_text());
+            self.results.violation(
+                &name,
+                &format!(
+                    "sent Finished while {}",
+                    state.unwrap_or_else(|| "unknown".into())
+                ),
+            );
+            return;
+        }
         self.results.finished(&name, &f);
         if let Some(agent) = self.roster.get_mut(conn) {
             agent.finish(f.started_unix_nanos);
