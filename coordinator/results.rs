@@ -135,6 +135,11 @@ impl Results {
         }
     }
 
+    /// Files planned by every agent.
+    pub(crate) fn planned(&self) -> u64 {
+        self.tracker.planned()
+    }
+
     /// Counts a protocol violation of `agent`; nothing of it is counted.
     pub(crate) fn violation(&mut self, agent: &str, what: &str) {
         let counts = self.agents.entry(agent.to_string()).or_default();

@@ -26,6 +26,19 @@ use walplayer_proto::control::{FileResult, Finished, Ready, Register, Start};
 /// Protocol violations after which an agent is dropped.
 pub const MAX_VIOLATIONS: u64 = 100;
 
+/// The shortest default `--run-timeout`.
+pub const MIN_RUN_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+
+/// Time the default `--run-timeout` allows per planned file.
+pub const RUN_TIMEOUT_PER_FILE: Duration = Duration::from_secs(5);
+
+/// The `--run-timeout` of a run of `files` files when none is given: the
+/// longer of [`MIN_RUN_TIMEOUT`] and [`RUN_TIMEOUT_PER_FILE`] per file.
+pub fn default_run_timeout(files: u64) -> Duration {
+    let per_file = RUN_TIMEOUT_PER_FILE.saturating_mul(u32::try_from(files).unwrap_or(u32::MAX));
+    MIN_RUN_TIMEOUT.max(per_file)
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     Registering,
@@ -48,6 +61,8 @@ pub(crate) struct Run {
     roster: Roster,
     results: Results,
     clock: Clock,
+    /// The run's `--run-timeout`, once the barrier opened.
+    run_timeout: Duration,
     failure: Option<(Exit, String)>,
 }
 
@@ -60,6 +75,7 @@ impl Run {
             roster: Roster::new(opts.agents),
             results: Results::new(progress),
             clock: Clock::new(opts.register_timeout),
+            run_timeout: Duration::ZERO,
             failure: None,
             opts,
         }
@@ -245,7 +261,12 @@ impl Run {
             start_unix_nanos: unix_nanos(at),
         });
         self.phase = Phase::Running;
-        self.clock.start_after(self.opts.barrier_delay);
+        let limit = self
+            .opts
+            .run_timeout
+            .unwrap_or_else(|| default_run_timeout(self.results.planned()));
+        self.run_timeout = limit;
+        self.clock.start_after(self.opts.barrier_delay, limit);
         tracing::info!(
             "every agent is ready: start barrier released for {}",
             walplayer_klio::report::rfc3339(at)
@@ -311,6 +332,12 @@ impl Run {
                 );
                 self.fail(Exit::Lost, reason);
             }
+            Phase::Running if self.clock.past_run_deadline(now) => {
+                self.roster.lose_all(&format!(
+                    "did not finish within {} of the start (--run-timeout)",
+                    humantime::format_duration(self.run_timeout)
+                ));
+            }
             Phase::Running => self.roster.lose_silent(now, self.opts.agent_timeout),
             _ => {}
         }
@@ -348,5 +375,18 @@ impl Run {
             exit,
             failure: self.failure.map(|(_, why)| why),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_run_timeout_is_30m_or_5s_per_file() {
+        assert_eq!(default_run_timeout(0), MIN_RUN_TIMEOUT);
+        assert_eq!(default_run_timeout(360), MIN_RUN_TIMEOUT);
+        assert_eq!(default_run_timeout(1_000), Duration::from_secs(5_000));
+        assert!(default_run_timeout(u64::MAX) >= Duration::from_secs(5 * u32::MAX as u64));
     }
 }
