@@ -1,4 +1,5 @@
 //! Hostile peers, speaking the wire protocols directly: what they send must
 //! never make a wrong file count as stored.
 
+mod coordinator;
 mod sink;
