@@ -50,6 +50,11 @@ pub struct CoordinatorArgs {
     /// An agent silent this long during the run is marked lost
     #[arg(long, value_name = "DURATION", default_value = "15s", value_parser = parse_duration)]
     pub agent_timeout: Duration,
+    /// Agents not finished this long after the start instant are lost (exit
+    /// 3), their results kept [default: the longer of 30m and 5s per planned
+    /// file, reckoned when every agent is ready]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub run_timeout: Option<Duration>,
     /// Delay between releasing the start barrier and the common start instant
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
     pub barrier_delay: Duration,
@@ -130,6 +135,7 @@ impl CoordinatorArgs {
             ready_timeout: self.ready_timeout,
             agent_timeout: self.agent_timeout,
             barrier_delay: self.barrier_delay,
+            run_timeout: self.run_timeout,
             workload: Workload {
                 source,
                 length,

@@ -12,6 +12,8 @@ pub(crate) struct Clock {
     /// The common start instant, once the barrier opened.
     started: Option<Instant>,
     interrupted: Option<Instant>,
+    /// Agents must have finished by this instant (`--run-timeout`).
+    run_deadline: Option<Instant>,
 }
 
 impl Clock {
@@ -21,6 +23,7 @@ impl Clock {
             deadline: Instant::now() + register_timeout,
             started: None,
             interrupted: None,
+            run_deadline: None,
         }
     }
 
@@ -34,9 +37,17 @@ impl Clock {
         now > self.deadline
     }
 
-    /// The barrier opened: the run starts `delay` from now.
-    pub(crate) fn start_after(&mut self, delay: Duration) {
-        self.started = Some(Instant::now() + delay);
+    /// The barrier opened: the run starts `delay` from now and must be
+    /// over `limit` after that.
+    pub(crate) fn start_after(&mut self, delay: Duration, limit: Duration) {
+        let start = Instant::now() + delay;
+        self.started = Some(start);
+        self.run_deadline = start.checked_add(limit);
+    }
+
+    /// Whether the run is past its `--run-timeout`.
+    pub(crate) fn past_run_deadline(&self, now: Instant) -> bool {
+        self.run_deadline.is_some_and(|d| now > d)
     }
 
     /// Time since the start instant (zero if the run never started).

@@ -61,6 +61,9 @@ pub struct CoordinatorOptions {
     pub agent_timeout: Duration,
     /// Time between releasing the barrier and the start instant.
     pub barrier_delay: Duration,
+    /// Agents not finished this long after the start instant are lost;
+    /// `None`: [`run::default_run_timeout`] of the planned files.
+    pub run_timeout: Option<Duration>,
     pub workload: plan::Workload,
     pub output: Option<PathBuf>,
     pub summary: Option<PathBuf>,

@@ -4,7 +4,7 @@
 //! shards. Generated workloads are divided as evenly as whole files allow.
 
 use walplayer_klio::settings::{Jobs, UploadSettings};
-use walplayer_proto::control::{Assignment, Source, Split};
+use walplayer_proto::control::{Assignment, ClusterPlan, Source, Split};
 
 /// How many files a generated workload has.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,6 +74,55 @@ pub fn assignments(run_id: &str, agents: usize, w: &Workload) -> Vec<Assignment>
         .collect()
 }
 
+/// Checks the plans `agent` sent with Ready against the assignment it was
+/// sent: one plan per assigned cluster, named as the agent names its
+/// clusters (`<base>-<agent>` or `<base>-<agent>-<i>`, one base), and for
+/// generated runs the assigned number of segments of the assigned size.
+/// Checked before anything is kept, so a plan cannot make the coordinator
+/// hold more than its assignment allows.
+pub fn check_plans(agent: &str, a: &Assignment, plans: &[ClusterPlan]) -> Result<(), String> {
+    if plans.len() != a.clusters as usize {
+        return Err(format!(
+            "{} cluster plans for an assignment of {} clusters",
+            plans.len(),
+            a.clusters
+        ));
+    }
+    let mut base: Option<&str> = None;
+    for (i, plan) in plans.iter().enumerate() {
+        let suffix = if a.clusters == 1 {
+            format!("-{agent}")
+        } else {
+            format!("-{agent}-{i}")
+        };
+        let prefix = plan
+            .cluster
+            .strip_suffix(&suffix)
+            .filter(|p| !p.is_empty() && base.is_none_or(|b| b == *p))
+            .ok_or_else(|| {
+                format!(
+                    "cluster plan {i} is named {:?}, not <base>{suffix} as this agent's clusters are",
+                    walplayer_klio::stats::bounded(&plan.cluster)
+                )
+            })?;
+        base = Some(prefix);
+        if a.source == Source::Generate as i32 {
+            let want = a.segments_per_cluster.get(i).copied().unwrap_or(0);
+            let bytes = a.wal_size_mib << 20;
+            if !plan.wal_names.is_empty() || plan.count != want || plan.segment_bytes != bytes {
+                return Err(format!(
+                    "cluster {} plans {} segments of {} bytes ({} named files), but was assigned {want} segments of {bytes} bytes",
+                    plan.cluster,
+                    plan.count,
+                    plan.segment_bytes,
+                    plan.wal_names.len()
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -114,6 +163,32 @@ mod tests {
         let a = assignments("r", 2, &workload(Length::PerAgent(5), 1));
         assert_eq!(a[0].segments_per_cluster, vec![5]);
         assert_eq!(a[1].segments_per_cluster, vec![5]);
+    }
+
+    #[test]
+    fn plans_must_match_the_assignment() {
+        let a = &assignments("r", 1, &workload(Length::Total(5), 2))[0];
+        let plan = |cluster: &str, count| ClusterPlan {
+            cluster: cluster.into(),
+            first_segment: "000000010000000000000000".into(),
+            count,
+            segment_bytes: 16 << 20,
+            wal_names: vec![],
+        };
+        let good = [plan("pg-a-0", 3), plan("pg-a-1", 2)];
+        assert_eq!(check_plans("a", a, &good), Ok(()));
+        let many: Vec<_> = (0..20_000).map(|i| plan(&format!("pg-a-{i}"), 1)).collect();
+        let e = check_plans("a", a, &many).unwrap_err();
+        assert!(
+            e.contains("20000 cluster plans for an assignment of 2"),
+            "{e}"
+        );
+        let e = check_plans("a", a, &[plan("pg-b-0", 3), plan("pg-b-1", 2)]).unwrap_err();
+        assert!(e.contains("not <base>-a-0"), "{e}");
+        let e = check_plans("a", a, &[plan("pg-a-0", 3), plan("qq-a-1", 2)]).unwrap_err();
+        assert!(e.contains("not <base>-a-1"), "{e}");
+        let e = check_plans("a", a, &[plan("pg-a-0", 3), plan("pg-a-1", 9)]).unwrap_err();
+        assert!(e.contains("assigned 2 segments"), "{e}");
     }
 
     #[test]

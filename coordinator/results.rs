@@ -14,7 +14,7 @@ use crate::track::{Mark, Tracker};
 use walplayer_klio::output::open_output;
 use walplayer_klio::progress::Progress;
 use walplayer_klio::report::JsonLines;
-use walplayer_klio::stats::{decode_histogram, new_histogram, Latency, Stats, Totals};
+use walplayer_klio::stats::{bounded, decode_histogram, new_histogram, Latency, Stats, Totals};
 use walplayer_klio::wire;
 use walplayer_proto::control::{FileResult, Finished, Ready};
 
@@ -23,7 +23,14 @@ use walplayer_proto::control::{FileResult, Finished, Ready};
 struct Counts {
     tally: Tally,
     latency: Option<Latency>,
+    /// Messages that broke the protocol: results for files never assigned
+    /// to the agent, histograms of clusters it does not own, impossible
+    /// counts. None of them is counted.
+    violations: u64,
 }
+
+/// Most files an agent may report skipped: as many as a cluster may plan.
+const MAX_SKIPPED: u64 = crate::track::MAX_PLANNED;
 
 struct ClusterEntry {
     agent: String,
@@ -87,7 +94,7 @@ impl Results {
         let report = match wire::file_report(f, agent.to_string()) {
             Ok(r) => r,
             Err(e) => {
-                tracing::warn!("agent {agent} sent an unusable result, not counted: {e}");
+                self.violation(agent, &format!("sent an unusable result: {e}"));
                 return None;
             }
         };
@@ -115,14 +122,37 @@ impl Results {
                 false
             }
             Mark::Unplanned => {
-                tracing::warn!(
-                    "agent {agent} reported {}/{}, which was not in its plan",
-                    f.cluster,
-                    f.wal_name
+                self.violation(
+                    agent,
+                    &format!(
+                        "reported {}/{}, which was not assigned to it",
+                        bounded(&f.cluster),
+                        bounded(&f.wal_name)
+                    ),
                 );
-                true
+                false
             }
         }
+    }
+
+    /// Files planned by every agent.
+    pub(crate) fn planned(&self) -> u64 {
+        self.tracker.planned()
+    }
+
+    /// Counts a protocol violation of `agent`; nothing of it is counted.
+    pub(crate) fn violation(&mut self, agent: &str, what: &str) {
+        let counts = self.agents.entry(agent.to_string()).or_default();
+        counts.violations += 1;
+        tracing::warn!(
+            "protocol violation {} of agent {agent}, not counted: {what}",
+            counts.violations
+        );
+    }
+
+    /// Protocol violations of `agent` so far.
+    pub(crate) fn violations(&self, agent: &str) -> u64 {
+        self.agents.get(agent).map_or(0, |c| c.violations)
     }
 
     /// Writes a JSON line unless writing failed before; returns a new
@@ -147,14 +177,35 @@ impl Results {
             Err(e) => tracing::warn!("agent {agent} sent an unreadable histogram: {e}"),
         }
         for c in &f.clusters {
-            if let (Some(entry), Ok(h)) = (
-                self.clusters.get_mut(&c.cluster),
-                decode_histogram(&c.histogram),
-            ) {
+            let Some(entry) = self
+                .clusters
+                .get_mut(&c.cluster)
+                .filter(|e| e.agent == agent)
+            else {
+                self.violation(
+                    agent,
+                    &format!(
+                        "sent the histogram of cluster {}, which is not its own",
+                        bounded(&c.cluster)
+                    ),
+                );
+                continue;
+            };
+            if let Ok(h) = decode_histogram(&c.histogram) {
                 entry.counts.latency = Some(Latency::of(&h));
             }
         }
-        self.received.files_skipped += f.files_skipped;
+        if f.files_skipped > MAX_SKIPPED {
+            self.violation(
+                agent,
+                &format!(
+                    "reported {} files skipped, more than the {MAX_SKIPPED} an agent may have",
+                    f.files_skipped
+                ),
+            );
+        } else {
+            self.received.files_skipped += f.files_skipped;
+        }
     }
 
     pub(crate) fn tick(&mut self) {
@@ -193,7 +244,7 @@ impl Results {
         };
         let none = Counts::default();
         let c = self.agents.get(agent).unwrap_or(&none);
-        AgentSummary::new(agent, state, &c.tally, c.latency, unreported)
+        AgentSummary::new(agent, state, &c.tally, c.latency, unreported, c.violations)
     }
 
     /// Every cluster's line, by name.

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use crate::plan::{self, Workload};
 use crate::service::Downlink;
 use walplayer_proto::control::coordinator_message::Body as Down;
-use walplayer_proto::control::{Abort, CoordinatorMessage, Refusal, Register, Start};
+use walplayer_proto::control::{Abort, Assignment, CoordinatorMessage, Refusal, Register, Start};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum State {
@@ -27,6 +27,8 @@ pub(crate) struct Agent {
     last_seen: Instant,
     /// When the agent actually started, from its beats or Finished.
     started_ns: Option<i64>,
+    /// What it was assigned; its Ready is checked against it.
+    pub(crate) assignment: Option<Assignment>,
 }
 
 impl Agent {
@@ -171,6 +173,7 @@ impl Roster {
             state: State::Registered,
             last_seen: Instant::now(),
             started_ns: None,
+            assignment: None,
         };
         self.agents.insert(conn, agent);
     }
@@ -192,7 +195,8 @@ impl Roster {
         self.assigned = true;
         let assignments = plan::assignments(run_id, self.agents.len(), workload);
         for (agent, assignment) in self.in_order_mut(|_| true).into_iter().zip(assignments) {
-            agent.send(Down::Assignment(assignment));
+            agent.send(Down::Assignment(assignment.clone()));
+            agent.assignment = Some(assignment);
             agent.state = State::Preparing;
         }
     }

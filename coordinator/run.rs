@@ -23,6 +23,22 @@ use walplayer_klio::report::unix_nanos;
 use walplayer_proto::control::agent_message::Body as Up;
 use walplayer_proto::control::{FileResult, Finished, Ready, Register, Start};
 
+/// Protocol violations after which an agent is dropped.
+pub const MAX_VIOLATIONS: u64 = 100;
+
+/// The shortest default `--run-timeout`.
+pub const MIN_RUN_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+
+/// Time the default `--run-timeout` allows per planned file.
+pub const RUN_TIMEOUT_PER_FILE: Duration = Duration::from_secs(5);
+
+/// The `--run-timeout` of a run of `files` files when none is given: the
+/// longer of [`MIN_RUN_TIMEOUT`] and [`RUN_TIMEOUT_PER_FILE`] per file.
+pub fn default_run_timeout(files: u64) -> Duration {
+    let per_file = RUN_TIMEOUT_PER_FILE.saturating_mul(u32::try_from(files).unwrap_or(u32::MAX));
+    MIN_RUN_TIMEOUT.max(per_file)
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     Registering,
@@ -45,6 +61,8 @@ pub(crate) struct Run {
     roster: Roster,
     results: Results,
     clock: Clock,
+    /// The run's `--run-timeout`, once the barrier opened.
+    run_timeout: Duration,
     failure: Option<(Exit, String)>,
 }
 
@@ -57,6 +75,7 @@ impl Run {
             roster: Roster::new(opts.agents),
             results: Results::new(progress),
             clock: Clock::new(opts.register_timeout),
+            run_timeout: Duration::ZERO,
             failure: None,
             opts,
         }
@@ -183,21 +202,28 @@ impl Run {
         match body {
             Up::Ready(ready) => self.ready(conn, name, ready),
             Up::Failed(f) => {
+                let reason = walplayer_klio::stats::bounded(&f.reason);
                 if let Some(agent) = self.roster.get_mut(conn) {
-                    agent.lose(format!("failed: {}", f.reason));
+                    agent.lose(format!("failed: {reason}"));
                 }
                 self.fail(
                     Exit::Usage,
-                    format!("agent {name} cannot run its assignment: {}", f.reason),
+                    format!("agent {name} cannot run its assignment: {reason}"),
                 );
             }
-            Up::File(file) => self.file(&name, file),
+            Up::File(file) => {
+                self.file(&name, file);
+                self.drop_if_hostile(conn, &name);
+            }
             Up::Beat(beat) => {
                 if let Some(agent) = self.roster.get_mut(conn) {
                     agent.started_at(beat.started_unix_nanos);
                 }
             }
-            Up::Finished(f) => self.finished(conn, name, f),
+            Up::Finished(f) => {
+                self.finished(conn, name.clone(), f);
+                self.drop_if_hostile(conn, &name);
+            }
             Up::Register(_) => {}
         }
     }
@@ -206,7 +232,11 @@ impl Run {
         if self.roster.get(conn).map(|a| &a.state) != Some(&State::Preparing) {
             return;
         }
-        if let Err(e) = self.results.plan(&name, &ready) {
+        let checked = match self.roster.get(conn).and_then(|a| a.assignment.as_ref()) {
+            Some(a) => crate::plan::check_plans(&name, a, &ready.clusters),
+            None => Err("no assignment was sent to it".to_string()),
+        };
+        if let Err(e) = checked.and_then(|()| self.results.plan(&name, &ready)) {
             self.fail(
                 Exit::Usage,
                 format!("agent {name} sent an unusable plan: {e}"),
@@ -231,7 +261,12 @@ impl Run {
             start_unix_nanos: unix_nanos(at),
         });
         self.phase = Phase::Running;
-        self.clock.start_after(self.opts.barrier_delay);
+        let limit = self
+            .opts
+            .run_timeout
+            .unwrap_or_else(|| default_run_timeout(self.results.planned()));
+        self.run_timeout = limit;
+        self.clock.start_after(self.opts.barrier_delay, limit);
         tracing::info!(
             "every agent is ready: start barrier released for {}",
             walplayer_klio::report::rfc3339(at)
@@ -244,7 +279,32 @@ impl Run {
         }
     }
 
+    /// Drops an agent once it broke the protocol [`MAX_VIOLATIONS`] times.
+    fn drop_if_hostile(&mut self, conn: u64, name: &str) {
+        let n = self.results.violations(name);
+        if n < MAX_VIOLATIONS {
+            return;
+        }
+        if let Some(agent) = self.roster.get_mut(conn).filter(|a| a.active()) {
+            agent.lose(format!("dropped after {n} protocol violations"));
+        }
+    }
+
     fn finished(&mut self, conn: u64, name: String, f: Finished) {
+        // Once per run: a second Finished (or one before the start) would
+        // count its skipped files again.
+        let state = self.roster.get(conn).map(|a| &a.state);
+        if !matches!(state, Some(State::Running | State::Lost(_))) {
+            let state = self.roster.get(conn).map(|a| a.state_text());
+            self.results.violation(
+                &name,
+                &format!(
+                    "sent Finished while {}",
+                    state.unwrap_or_else(|| "unknown".into())
+                ),
+            );
+            return;
+        }
         self.results.finished(&name, &f);
         if let Some(agent) = self.roster.get_mut(conn) {
             agent.finish(f.started_unix_nanos);
@@ -271,6 +331,12 @@ impl Run {
                     self.roster.not_ready().join(", ")
                 );
                 self.fail(Exit::Lost, reason);
+            }
+            Phase::Running if self.clock.past_run_deadline(now) => {
+                self.roster.lose_all(&format!(
+                    "did not finish within {} of the start (--run-timeout)",
+                    humantime::format_duration(self.run_timeout)
+                ));
             }
             Phase::Running => self.roster.lose_silent(now, self.opts.agent_timeout),
             _ => {}
@@ -309,5 +375,18 @@ impl Run {
             exit,
             failure: self.failure.map(|(_, why)| why),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_run_timeout_is_30m_or_5s_per_file() {
+        assert_eq!(default_run_timeout(0), MIN_RUN_TIMEOUT);
+        assert_eq!(default_run_timeout(360), MIN_RUN_TIMEOUT);
+        assert_eq!(default_run_timeout(1_000), Duration::from_secs(5_000));
+        assert!(default_run_timeout(u64::MAX) >= Duration::from_secs(5 * u32::MAX as u64));
     }
 }

@@ -67,6 +67,9 @@ pub struct AgentSummary {
     pub latency: Option<Latency>,
     pub errors: Vec<ErrorCount>,
     pub unreported: Vec<UnreportedFiles>,
+    /// Messages of this agent that broke the control protocol (results for
+    /// files never assigned to it, say); none of them is counted.
+    pub protocol_violations: u64,
 }
 
 /// Files of one cluster that no report covered.
@@ -95,6 +98,7 @@ impl AgentSummary {
         t: &Tally,
         latency: Option<Latency>,
         unreported: Vec<Unreported>,
+        protocol_violations: u64,
     ) -> Self {
         AgentSummary {
             name: name.to_string(),
@@ -107,6 +111,7 @@ impl AgentSummary {
             latency,
             errors: t.errors(),
             unreported: unreported.into_iter().map(Into::into).collect(),
+            protocol_violations,
         }
     }
 }
@@ -185,6 +190,12 @@ impl RunSummary {
                     String::new()
                 }
             ));
+            if a.protocol_violations > 0 {
+                t.push_str(&format!(
+                    "    {} protocol violations, not counted\n",
+                    a.protocol_violations
+                ));
+            }
             for u in &a.unreported {
                 t.push_str(&format!(
                     "    {} unreported in {}: {}{}\n",

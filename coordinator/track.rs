@@ -163,6 +163,11 @@ impl Tracker {
         Ok(())
     }
 
+    /// Files planned by every cluster.
+    pub fn planned(&self) -> u64 {
+        self.clusters.values().map(|t| t.expected.len()).sum()
+    }
+
     /// Records one reported file of `agent`.
     pub fn mark(&mut self, agent: &str, cluster: &str, wal: &str) -> Mark {
         let Some(track) = self.clusters.get_mut(cluster).filter(|t| t.agent == agent) else {

@@ -154,6 +154,7 @@ fn coordinator_options(
         register_timeout: Duration::from_secs(30),
         ready_timeout: Duration::from_secs(120),
         agent_timeout: Duration::from_secs(15),
+        run_timeout: None,
         barrier_delay: Duration::from_millis(500),
         workload: Workload {
             source: Source::Generate,

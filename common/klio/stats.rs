@@ -99,8 +99,49 @@ pub fn encode_histogram(h: &Histogram<u64>) -> Vec<u8> {
     out
 }
 
-/// Reads a histogram sent by [`encode_histogram`].
+/// Cookie of an uncompressed HdrHistogram V2 encoding (what
+/// [`encode_histogram`] writes); the compressed form is refused, as its
+/// inflated size cannot be bounded by the bytes present.
+const V2_COOKIE: u32 = 0x1c84_9303 | 0x10;
+
+/// Size of the V2 header: cookie, payload length, normalizing offset,
+/// significant digits, lowest, highest, conversion ratio.
+const V2_HEADER_BYTES: usize = 40;
+
+/// Most significant digits a received histogram may claim: more would make
+/// the decoder allocate a counts array far beyond walplayer's own (3).
+const MAX_SIGFIG: u32 = 3;
+
+/// Reads a histogram sent by [`encode_histogram`]. A peer's bytes are not
+/// trusted: every length in the header is checked against the bytes
+/// present before anything is allocated from it.
 pub fn decode_histogram(bytes: &[u8]) -> Result<Histogram<u64>, String> {
+    let be32 = |at: usize| u32::from_be_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
+    if bytes.len() < V2_HEADER_BYTES {
+        return Err(format!(
+            "histogram of {} bytes is shorter than its {V2_HEADER_BYTES}-byte header",
+            bytes.len()
+        ));
+    }
+    let cookie = be32(0);
+    if cookie != V2_COOKIE {
+        return Err(format!(
+            "histogram is not an uncompressed HdrHistogram V2 encoding (cookie {cookie:#x})"
+        ));
+    }
+    let payload = be32(4) as u64;
+    let present = (bytes.len() - V2_HEADER_BYTES) as u64;
+    if payload != present {
+        return Err(format!(
+            "histogram header claims a payload of {payload} bytes but {present} follow it"
+        ));
+    }
+    let sigfig = be32(12);
+    if sigfig > MAX_SIGFIG {
+        return Err(format!(
+            "histogram claims {sigfig} significant digits, more than the {MAX_SIGFIG} walplayer uses"
+        ));
+    }
     let h: Histogram<u64> = Deserializer::new()
         .deserialize(&mut &bytes[..])
         .map_err(|e| format!("histogram does not decode: {e:?}"))?;
@@ -240,10 +281,16 @@ impl AddAssign<&Errors> for Errors {
 
 /// `message`, cut to [`MAX_MESSAGE_BYTES`] at a character boundary.
 pub fn bounded(message: &str) -> std::borrow::Cow<'_, str> {
-    if message.len() <= MAX_MESSAGE_BYTES {
+    bounded_to(message, MAX_MESSAGE_BYTES)
+}
+
+/// `message` cut to at most `max` bytes (on a character boundary), saying
+/// how long it was.
+pub fn bounded_to(message: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if message.len() <= max {
         return message.into();
     }
-    let mut end = MAX_MESSAGE_BYTES;
+    let mut end = max;
     while !message.is_char_boundary(end) {
         end -= 1;
     }
@@ -426,6 +473,45 @@ mod tests {
         assert_eq!(t.mib_per_second, 0.0);
         assert!(decode_histogram(b"nonsense").is_err());
         assert_eq!(human_bytes(1536), "1.50 KiB");
+    }
+
+    /// A 40-byte header claiming a 4 GiB payload, or a compressed form, or
+    /// more significant digits than ours, is refused before anything is
+    /// allocated from it (issue 9, item 7).
+    #[test]
+    fn decode_histogram_checks_every_length_before_allocating() {
+        let mut h = new_histogram();
+        h.record(1_000).unwrap();
+        let good = encode_histogram(&h);
+        assert_eq!(decode_histogram(&good).unwrap().len(), 1);
+
+        let mut lying = good[..V2_HEADER_BYTES].to_vec();
+        lying[4..8].copy_from_slice(&u32::MAX.to_be_bytes());
+        let e = decode_histogram(&lying).unwrap_err();
+        assert!(
+            e.contains("claims a payload of 4294967295 bytes but 0"),
+            "{e}"
+        );
+
+        let mut longer = good.clone();
+        longer.extend_from_slice(&[0; 8]);
+        assert!(decode_histogram(&longer)
+            .unwrap_err()
+            .contains("claims a payload"));
+
+        let mut compressed = good.clone();
+        compressed[0..4].copy_from_slice(&(0x1c84_9304u32 | 0x10).to_be_bytes());
+        let e = decode_histogram(&compressed).unwrap_err();
+        assert!(e.contains("not an uncompressed"), "{e}");
+
+        let mut digits = good.clone();
+        digits[12..16].copy_from_slice(&5u32.to_be_bytes());
+        let e = decode_histogram(&digits).unwrap_err();
+        assert!(e.contains("5 significant digits"), "{e}");
+
+        assert!(decode_histogram(&good[..20])
+            .unwrap_err()
+            .contains("shorter"));
     }
 
     #[test]

@@ -50,30 +50,62 @@ pub fn file_result(r: &FileReport) -> FileResult {
     }
 }
 
+/// Longest string of a received result that is kept (path, error, each
+/// retry), in bytes: a peer's text is not trusted to be short.
+pub const MAX_KEPT_BYTES: usize = 4096;
+
+/// Most retry messages of one received result that are kept; the rest are
+/// counted in one last entry.
+pub const MAX_RETRIES_KEPT: usize = 100;
+
+fn kept(s: String) -> String {
+    match crate::stats::bounded_to(&s, MAX_KEPT_BYTES) {
+        std::borrow::Cow::Borrowed(_) => s,
+        std::borrow::Cow::Owned(cut) => cut,
+    }
+}
+
 /// The report an agent sent, as played by `agent`; an error without its
-/// kind (or a kind without an error) is refused, naming the file.
+/// kind (or a kind without an error) is refused, naming the file. Every
+/// string is cut to [`MAX_KEPT_BYTES`] and at most [`MAX_RETRIES_KEPT`]
+/// retries are kept.
 pub fn file_report(f: FileResult, agent: String) -> Result<FileReport, String> {
+    let mut retries: Vec<String> = f
+        .retries
+        .iter()
+        .take(MAX_RETRIES_KEPT)
+        .map(|r| kept(r.clone()))
+        .collect();
+    if f.retries.len() > MAX_RETRIES_KEPT {
+        retries.push(format!(
+            "({} more retries not kept)",
+            f.retries.len() - MAX_RETRIES_KEPT
+        ));
+    }
     let outcome = match (f.error.is_empty(), kind_from_wire(f.error_kind)) {
         (true, None) => Outcome::Stored,
-        (false, Some(kind)) => Outcome::failed(kind, f.error),
+        (false, Some(kind)) => Outcome::failed(kind, kept(f.error)),
         _ => {
             return Err(format!(
                 "result for {}/{} has error {:?} with failure kind {}",
-                f.cluster, f.wal_name, f.error, f.error_kind
+                crate::stats::bounded(&f.cluster),
+                crate::stats::bounded(&f.wal_name),
+                crate::stats::bounded(&f.error),
+                f.error_kind
             ))
         }
     };
     Ok(FileReport {
-        wal_full_path: f.wal_full_path,
-        cluster: f.cluster,
-        wal_name: f.wal_name,
+        wal_full_path: kept(f.wal_full_path),
+        cluster: kept(f.cluster),
+        wal_name: kept(f.wal_name),
         agent: Some(agent),
         start: from_unix_nanos(f.start_unix_nanos),
         end: from_unix_nanos(f.end_unix_nanos),
         elapsed: Duration::from_nanos(f.elapsed_ns),
         bytes: f.bytes,
         outcome,
-        retries: f.retries,
+        retries,
         verified: f.verified,
     })
 }
@@ -112,6 +144,20 @@ mod tests {
             ..file_report(FileResult::default(), "a".into()).unwrap()
         });
         odd.error_kind = 0;
+        let mut huge = odd.clone();
+        huge.error_kind = control::FailureKind::Refused as i32;
+        huge.error = "e".repeat(16 << 20);
+        huge.wal_full_path = "p".repeat(1 << 20);
+        huge.retries = vec!["r".repeat(1 << 20); 1000];
+        let kept = file_report(huge, "a".into()).unwrap();
+        assert!(kept.outcome.error_text().len() < MAX_KEPT_BYTES + 64);
+        assert!(kept.wal_full_path.len() < MAX_KEPT_BYTES + 64);
+        assert_eq!(kept.retries.len(), MAX_RETRIES_KEPT + 1);
+        assert!(kept.retries.iter().all(|r| r.len() < MAX_KEPT_BYTES + 64));
+        assert_eq!(
+            kept.retries[MAX_RETRIES_KEPT],
+            "(900 more retries not kept)"
+        );
         assert!(file_report(odd, "a".into())
             .unwrap_err()
             .contains("failure kind"));
