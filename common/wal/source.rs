@@ -254,19 +254,25 @@ mod tests {
                 "000000010000000000000001",
                 "000000010000000000000002",
                 "000000010000000000000003",
+                "000000010000000000000009",
                 "00000002.history"
             ]
         );
         assert_eq!(l.segments[2].size, 5000);
         assert!(l.segments[2].gzip);
+        // A WAL name is never skipped: the damaged one is a segment that
+        // fails, with the reason found while listing.
+        let junk = &l.segments[3];
+        assert!(junk.unreadable.as_deref().unwrap().contains("gzip"));
+        assert!(l.segments.iter().filter(|s| s.unreadable.is_some()).count() == 1);
         assert_eq!(l.bytes(), 1 + 2 + 5000 + 1);
         let skipped: Vec<_> = l
             .skipped
             .iter()
             .map(|s| s.path.file_name().unwrap().to_str().unwrap())
             .collect();
-        assert_eq!(skipped, ["000000010000000000000009.gz", "notes.txt"]);
-        assert!(l.skipped[0].reason.contains("gzip"));
+        assert_eq!(skipped, ["notes.txt"]);
+        assert!(l.skipped[0].reason.contains("not a WAL file name"));
     }
 
     fn gzip(data: &[u8]) -> Vec<u8> {
