@@ -49,7 +49,6 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 
 use walplayer::certs::{self, CertSpec, MintedCerts};
-use walplayer::wal::generate::{generate, GenerateSpec, Payload, PgVersion};
 use walplayer::wal::walname::MIB;
 
 const CLUSTER: &str = certs::DEFAULT_CLUSTER;
@@ -590,31 +589,11 @@ fn process_cpu(pid: i32) -> Result<f64> {
 
 // ---------------------------------------------------------------- data
 
-fn generate_wal(dir: &Path, count: u64, segment_bytes: u64) -> Result<()> {
-    let spec = GenerateSpec {
-        dir: dir.to_path_buf(),
-        count,
-        segment_bytes,
-        timeline: 1,
-        start_lsn: 0,
-        pg_version: PgVersion::default(),
-        gzip: false,
-        system_id: 7_400_000_000_000_000_000,
-    };
-    generate(
-        &spec,
-        &Payload::synthetic(),
-        &tokio_util::sync::CancellationToken::new(),
-        &mut |_, _| (),
-    )?;
-    Ok(())
-}
-
 /// A directory of `count` WAL names, all hard links of one generated file
 /// of `bytes`: as many files as wanted, in no more memory than one.
 fn linked_wal(dir: &Path, count: u64, bytes: u64) -> Result<()> {
     let seed = dir.with_extension("seed");
-    generate_wal(&seed, 1, bytes)?;
+    support::generate_wal(&seed, 1, bytes)?;
     let first = std::fs::read_dir(&seed)?
         .next()
         .context("generate wrote nothing")??
@@ -633,8 +612,8 @@ fn linked_wal(dir: &Path, count: u64, bytes: u64) -> Result<()> {
 fn speed(bins: &Bins, servers: &[Server], knobs: &Knobs, scratch: &Path) -> Result<()> {
     let n = knobs.segments;
     let (large, small) = (scratch.join("wal-16"), scratch.join("wal-4"));
-    generate_wal(&large, n, 16 * MIB)?;
-    generate_wal(&small, 4 * n, 4 * MIB)?;
+    support::generate_wal(&large, n, 16 * MIB)?;
+    support::generate_wal(&small, 4 * n, 4 * MIB)?;
     let bytes = n * 16 * MIB;
     println!(
         "speed: {n} x 16 MiB (-j 64: {} x 4 MiB), block {BLOCK_KIB} KiB, files on {}, \

@@ -48,7 +48,6 @@ use walplayer::klio::tls;
 use walplayer::klio::transport::SOCKET_BUFFER;
 use walplayer::klio::upload::{UploadSettings, Work};
 use walplayer::sink::{self, Fsync, Sink, SinkSettings};
-use walplayer::wal::generate::{generate, GenerateSpec, Payload, PgVersion};
 use walplayer::wal::source::{self, Segment};
 use walplayer::wal::walname::MIB;
 
@@ -96,7 +95,7 @@ fn run() -> Result<()> {
         .with_context(|| format!("cannot create a directory in {}", root.display()))?;
     let certs = certs::mint(&scratch.path().join("certs"), &CertSpec::default())?;
     let wal = scratch.path().join("wal");
-    generate_wal(&wal, segments, SEGMENT_BYTES)?;
+    support::generate_wal(&wal, segments, SEGMENT_BYTES)?;
     let files = source::list(&wal, source::Links::Follow)?.segments;
     println!(
         "play: {segments} segments of 16 MiB in {}, block {} KiB, median of {} alternating rounds",
@@ -111,26 +110,6 @@ fn run() -> Result<()> {
     runtime.block_on(speed(&certs, &files))?;
     std::fs::remove_dir_all(&wal).context("cannot remove the speed rounds' WAL")?;
     memory(&certs, scratch.path())
-}
-
-fn generate_wal(dir: &Path, count: u64, segment_bytes: u64) -> Result<()> {
-    let spec = GenerateSpec {
-        dir: dir.to_path_buf(),
-        count,
-        segment_bytes,
-        timeline: 1,
-        start_lsn: 0,
-        pg_version: PgVersion::default(),
-        gzip: false,
-        system_id: 7_400_000_000_000_000_000,
-    };
-    generate(
-        &spec,
-        &Payload::synthetic(),
-        &CancellationToken::new(),
-        &mut |_, _| (),
-    )?;
-    Ok(())
 }
 
 // ---------------------------------------------------------------- speed
@@ -396,7 +375,7 @@ fn memory(certs: &MintedCerts, scratch: &Path) -> Result<()> {
     for &(count, mib, runs) in cases {
         let dir = scratch.join(format!("memory-{count}x{mib}"));
         std::fs::create_dir_all(&dir)?;
-        generate_wal(&dir, count, mib * MIB)?;
+        support::generate_wal(&dir, count, mib * MIB)?;
         for &(jobs, block_kib) in runs {
             let label = match count {
                 0 => "empty directory".to_string(),

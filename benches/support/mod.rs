@@ -1,7 +1,10 @@
-//! What the benchmarks share: the smoke switch, finding the built binary
-//! and reading a process's memory from `/proc`.
+//! What the benchmarks share: the smoke switch, finding the built binary,
+//! reading a process's memory from `/proc` and generating WAL to play.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+use tokio_util::sync::CancellationToken;
+use walplayer::wal::generate::{generate, GenerateError, GenerateSpec, Payload, PgVersion};
 
 /// The `walplayer` binary cargo built with this bench, or the one next to
 /// it (`target/<profile>/walplayer`).
@@ -41,4 +44,25 @@ pub fn segments(full: u64, smoke_segments: u64) -> u64 {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(if smoke() { smoke_segments } else { full })
+}
+
+/// Writes `count` synthetic segments of `segment_bytes` into `dir`.
+pub fn generate_wal(dir: &Path, count: u64, segment_bytes: u64) -> Result<(), GenerateError> {
+    let spec = GenerateSpec {
+        dir: dir.to_path_buf(),
+        count,
+        segment_bytes,
+        timeline: 1,
+        start_lsn: 0,
+        pg_version: PgVersion::default(),
+        gzip: false,
+        system_id: 7_400_000_000_000_000_000,
+    };
+    generate(
+        &spec,
+        &Payload::synthetic(),
+        &CancellationToken::new(),
+        &mut |_, _| (),
+    )?;
+    Ok(())
 }
