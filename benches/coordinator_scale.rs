@@ -351,7 +351,12 @@ async fn agent(
         .iter()
         .enumerate()
         .map(|(i, &count)| ClusterPlan {
-            cluster: format!("{name}-{i}"),
+            // Named as real agents name their clusters.
+            cluster: if assignment.clusters == 1 {
+                format!("scale-{name}")
+            } else {
+                format!("scale-{name}-{i}")
+            },
             first_segment: FIRST_SEGMENT.into(),
             count,
             segment_bytes: SEGMENT_BYTES,
