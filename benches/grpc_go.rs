@@ -114,15 +114,7 @@ fn run() -> Result<()> {
             return Ok(());
         }
     };
-    let root = if Path::new("/dev/shm").is_dir() {
-        PathBuf::from("/dev/shm")
-    } else {
-        std::env::temp_dir()
-    };
-    let scratch = tempfile::Builder::new()
-        .prefix("walplayer-bench-grpc-go-")
-        .tempdir_in(&root)
-        .with_context(|| format!("cannot create a directory in {}", root.display()))?;
+    let scratch = support::scratch_in_memory("walplayer-bench-grpc-go-")?;
     let certs = certs::mint(&scratch.path().join("certs"), &CertSpec::default())?;
     let bins = Bins {
         walplayer,

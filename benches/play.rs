@@ -26,7 +26,7 @@ use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -84,22 +84,14 @@ fn main() {
 
 fn run() -> Result<()> {
     let segments = segments(64, 2);
-    let root = if Path::new("/dev/shm").is_dir() {
-        PathBuf::from("/dev/shm")
-    } else {
-        std::env::temp_dir()
-    };
-    let scratch = tempfile::Builder::new()
-        .prefix("walplayer-bench-play-")
-        .tempdir_in(&root)
-        .with_context(|| format!("cannot create a directory in {}", root.display()))?;
+    let scratch = support::scratch_in_memory("walplayer-bench-play-")?;
     let certs = certs::mint(&scratch.path().join("certs"), &CertSpec::default())?;
     let wal = scratch.path().join("wal");
     support::generate_wal(&wal, segments, SEGMENT_BYTES)?;
     let files = source::list(&wal, source::Links::Follow)?.segments;
     println!(
         "play: {segments} segments of 16 MiB in {}, block {} KiB, median of {} alternating rounds",
-        root.display(),
+        scratch.path().parent().unwrap_or(scratch.path()).display(),
         BLOCK_BYTES / 1024,
         rounds(ROUNDS)
     );

@@ -66,3 +66,22 @@ pub fn generate_wal(dir: &Path, count: u64, segment_bytes: u64) -> Result<(), Ge
     )?;
     Ok(())
 }
+
+/// A temporary directory on tmpfs (`/dev/shm`) when there is one, so the
+/// disk is not what a bench measures.
+pub fn scratch_in_memory(prefix: &str) -> std::io::Result<tempfile::TempDir> {
+    let root = if Path::new("/dev/shm").is_dir() {
+        PathBuf::from("/dev/shm")
+    } else {
+        std::env::temp_dir()
+    };
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in(&root)
+        .map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("cannot create a directory in {}: {e}", root.display()),
+            )
+        })
+}
