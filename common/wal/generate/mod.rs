@@ -31,7 +31,8 @@ mod synthetic;
 mod tests;
 
 pub use pages::{
-    check_page_headers, write_segment, PgVersion, DEFAULT_SYSTEM_ID, LONG_HEADER, SHORT_HEADER,
+    check_page_headers, segment_range, write_segment, PgVersion, SegmentShape, DEFAULT_SYSTEM_ID,
+    LONG_HEADER, SHORT_HEADER,
 };
 pub use payload::Payload;
 

@@ -208,6 +208,88 @@ pub fn write_segment(
     Ok(())
 }
 
+/// What every segment of one stream of WAL shares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SegmentShape {
+    pub segment_bytes: u64,
+    pub pg_version: PgVersion,
+    pub system_id: u64,
+}
+
+/// Appends bytes `offset..offset + len` of the segment [`write_segment`]
+/// writes for `name` to `out`, without making the rest of it: a simulated
+/// cluster regenerates each block as it sends it, so WAL waiting to be sent
+/// costs no memory.
+pub fn segment_range(
+    name: SegmentName,
+    shape: &SegmentShape,
+    payload: &Payload,
+    offset: u64,
+    len: usize,
+    out: &mut Vec<u8>,
+) -> io::Result<()> {
+    let SegmentShape {
+        segment_bytes,
+        pg_version,
+        system_id,
+    } = *shape;
+    check_segment_bytes(segment_bytes)?;
+    let end = offset.saturating_add(len as u64);
+    if end > segment_bytes {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("bytes {offset}..{end} run past the end of a {segment_bytes}-byte segment"),
+        ));
+    }
+    let start_lsn = name.start_lsn(segment_bytes);
+    let index = start_lsn / segment_bytes;
+    let base = (index as u128 * payload_per_segment(segment_bytes) as u128 % payload.period as u128)
+        as usize;
+    let page_bytes = PAGE_SIZE as u64;
+    let mut header = Vec::with_capacity(LONG_HEADER);
+    let mut slices = Vec::with_capacity(2);
+    let mut at = offset;
+    out.reserve(len);
+    while at < end {
+        let page = at / page_bytes;
+        let in_page = (at % page_bytes) as usize;
+        let take = (PAGE_SIZE - in_page).min((end - at) as usize);
+        header.clear();
+        let long = (page == 0).then_some((system_id, segment_bytes));
+        put_page_header(
+            &mut header,
+            pg_version,
+            name.timeline,
+            start_lsn + page * page_bytes,
+            long,
+        );
+        let h = header.len();
+        if in_page < h {
+            out.extend_from_slice(&header[in_page..h.min(in_page + take)]);
+        }
+        if in_page + take > h {
+            // Payload consumed by the pages before this one.
+            let before = match page {
+                0 => 0,
+                p => (PAGE_SIZE - LONG_HEADER) + (p as usize - 1) * (PAGE_SIZE - SHORT_HEADER),
+            };
+            let from = in_page.max(h) - h;
+            let to = in_page + take - h;
+            slices.clear();
+            payload.slices(
+                (base + before + from) % payload.period,
+                to - from,
+                &mut slices,
+            );
+            for s in &slices {
+                out.extend_from_slice(s);
+            }
+        }
+        at += take as u64;
+    }
+    Ok(())
+}
+
 /// `Write::write_all_vectored`, which is not stable yet.
 fn write_all_vectored(out: &mut impl Write, mut slices: &mut [IoSlice<'_>]) -> io::Result<()> {
     while !slices.is_empty() {

@@ -405,3 +405,41 @@ fn a_stop_during_a_segment_removes_it() {
     );
     assert!(err.is_err(), "a stopped writer fails the segment");
 }
+
+#[test]
+fn segment_ranges_are_the_bytes_of_the_whole_segment() {
+    let payload = Payload::synthetic();
+    let name = SegmentName::containing(3, 5 * SEG, SEG);
+    let mut whole = Vec::new();
+    write_segment(&mut whole, name, SEG, PgVersion::V15, 42, &payload).unwrap();
+    // Cuts inside headers, on page boundaries and across many pages.
+    let cuts = [
+        0u64,
+        1,
+        39,
+        40,
+        41,
+        8191,
+        8192,
+        8200,
+        8216,
+        100_000,
+        524_288,
+        SEG - 7,
+        SEG,
+    ];
+    let shape = SegmentShape {
+        segment_bytes: SEG,
+        pg_version: PgVersion::V15,
+        system_id: 42,
+    };
+    let mut pieces = Vec::new();
+    for w in cuts.windows(2) {
+        let len = (w[1] - w[0]) as usize;
+        segment_range(name, &shape, &payload, w[0], len, &mut pieces).unwrap();
+    }
+    assert_eq!(pieces.len(), whole.len());
+    assert!(pieces == whole, "the ranges differ from the whole segment");
+    let err = segment_range(name, &shape, &payload, SEG - 1, 2, &mut pieces);
+    assert!(err.unwrap_err().to_string().contains("past the end"));
+}
