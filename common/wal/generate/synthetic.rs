@@ -3,34 +3,13 @@
 //! pgbench's values), built deterministically so every run and machine
 //! generates the same bytes.
 
+use crate::rng::Rng;
 use crate::walname::PAGE_SIZE;
 
 /// Size of the synthetic pool: large enough that no page repeats within a
 /// 16 MiB segment's worth of gzip windows, small enough to build in
 /// milliseconds.
 pub(super) const SYNTHETIC_BYTES: usize = 4 << 20;
-
-/// SplitMix64: a tiny deterministic generator, so the pool is the same on
-/// every run and every machine.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    fn chance(&mut self, one_in: u64) -> bool {
-        self.below(one_in) == 0
-    }
-}
 
 // pgbench's relations, as they appear in block references.
 const REL_ACCOUNTS: u32 = 16396;
@@ -204,7 +183,7 @@ impl WalBuilder {
 pub(super) fn synthetic_wal(len: usize) -> Vec<u8> {
     let mut builder = WalBuilder {
         out: Vec::with_capacity(len + 2 * PAGE_SIZE),
-        rng: Rng(0x5741_4C50_4C41_5952),
+        rng: Rng::new(0x5741_4C50_4C41_5952),
         xid: 750_000,
         prev: 0,
         time: 820_000_000_000_000,
