@@ -34,7 +34,7 @@ impl WalBuilder {
     /// padded to 8 bytes.
     fn record(&mut self, rmid: u8, info: u8, body: &[u8]) {
         let start = self.out.len();
-        let crc = self.rng.next() as u32;
+        let crc = self.rng.next_u64() as u32;
         self.out
             .extend_from_slice(&((24 + body.len()) as u32).to_le_bytes());
         self.out.extend_from_slice(&self.xid.to_le_bytes());
@@ -131,7 +131,7 @@ impl WalBuilder {
         body.extend_from_slice(&(PAGE_SIZE as u16).to_le_bytes());
         body.extend_from_slice(&[0, 0, 0x01]);
         let mut page = vec![0u8; PAGE_SIZE];
-        page[..8].copy_from_slice(&self.rng.next().to_le_bytes());
+        page[..8].copy_from_slice(&self.rng.next_u64().to_le_bytes());
         for b in page[24..24 + self.rng.below(600) as usize].iter_mut() {
             *b = 0xFF;
         }
