@@ -11,6 +11,8 @@
 //! - [`klio`] (`common/klio`): the Klio client: configuration, TLS,
 //!   uploads, verification, the report loop, reports and statistics.
 //! - [`sink`] (`common/sink`): a Klio-compatible WAL server.
+//! - `walplayer_simulate` (`common/simulate`): simulated clusters streaming WAL at
+//!   their own pace, with lag, backlog, SLOs and a capacity search.
 //! - [`coordinator`] and [`agent`]: distributed runs, each side on its own;
 //!   neither knows the other, both speak the control protocol.
 //! - this crate, the CLI: the binaries in `src/bin`, and the commands that
@@ -32,3 +34,4 @@ pub mod limits;
 pub mod play;
 pub mod progress;
 pub mod quickstart;
+pub mod simulate;

@@ -13,6 +13,8 @@ pub enum Exit {
     /// Agents lost (coordinator), or the coordinator lost or refused this
     /// agent (agent with `--once`).
     Lost,
+    /// A simulation missed one of its objectives (`--slo`).
+    SloBreach,
     /// Stopped by Ctrl-C or SIGTERM.
     Interrupted,
 }
@@ -25,6 +27,7 @@ impl Exit {
             Exit::FilesFailed => 1,
             Exit::Usage => 2,
             Exit::Lost => 3,
+            Exit::SloBreach => 4,
             Exit::Interrupted => 130,
         }
     }

@@ -14,6 +14,7 @@
 
 pub mod cluster;
 pub mod drive;
+pub mod flags;
 pub mod pace;
 pub mod rate;
 pub mod record;

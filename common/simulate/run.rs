@@ -95,6 +95,13 @@ impl Sim {
         })
     }
 
+    /// Where segment lines go from now on (set once the run starts).
+    pub fn set_segments(&mut self, segments: Segments) {
+        Arc::get_mut(&mut self.shared)
+            .expect("segments are set before any cluster starts")
+            .segments = segments;
+    }
+
     pub fn recorder(&self) -> &Recorder {
         &self.shared.recorder
     }

@@ -174,7 +174,7 @@ impl Summary {
             secs(self.schedule_error.p99_ns) * 1e3,
             secs(self.ttfb.p99_ns) * 1e3
         );
-        if self.segments_unacknowledged > 0 {
+        if self.segments_unacknowledged > 0 && self.search.is_none() {
             let _ = writeln!(
                 t,
                 "{} whole segments were never acknowledged (their lag so far is counted)",

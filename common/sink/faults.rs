@@ -8,6 +8,8 @@
 //! ever be given one.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
@@ -29,6 +31,10 @@ pub(crate) struct Faults {
     streams: AtomicU64,
     /// Ends stalls when the sink stops, so shutdown never waits on them.
     shutdown: CancellationToken,
+    /// Until when every stream is left unread (`pause`), once set.
+    paused_until: Mutex<Option<Instant>>,
+    /// Held while a delayed block waits, so delays add up across streams.
+    serial: tokio::sync::Mutex<()>,
 }
 
 impl Faults {
@@ -38,6 +44,38 @@ impl Faults {
             plan,
             streams: AtomicU64::new(0),
             shutdown,
+            paused_until: Mutex::new(None),
+            serial: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Before any stream reads its next message: waits out a pause in
+    /// force (or the sink's stop).
+    pub(crate) async fn before_message(&self) {
+        let until = *self.paused_until.lock().expect("pause lock");
+        if let Some(until) = until.filter(|u| *u > Instant::now()) {
+            tokio::select! {
+                _ = tokio::time::sleep_until(until.into()) => {}
+                _ = self.shutdown.cancelled() => {}
+            }
+        }
+    }
+
+    /// Before a block of a faulted stream is written: a fixed delay, one
+    /// block at a time across every stream.
+    pub(crate) async fn before_block(&self, fault: Option<Fault>) {
+        if let Some(delay) = fault.and_then(|f| f.block_delay()) {
+            let _one_at_a_time = self.serial.lock().await;
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    /// Starts the one pause of a `pause` plan, when its stream comes.
+    fn start_pause(&self, length: Duration) {
+        let mut until = self.paused_until.lock().expect("pause lock");
+        if until.is_none() {
+            tracing::warn!("pausing every Put stream for {length:?} (--fault pause)");
+            *until = Some(Instant::now() + length);
         }
     }
 
@@ -51,6 +89,9 @@ impl Faults {
     /// arrives: the status to fail the stream with. The others act when the
     /// stream ends.
     pub(crate) async fn strike_early(&self, fault: Fault) -> Option<Status> {
+        if let Some(length) = fault.pause() {
+            self.start_pause(length);
+        }
         fault.strike_early(&self.shutdown).await
     }
 }
@@ -69,6 +110,14 @@ mod off {
         }
 
         pub(crate) fn short_writes(self) -> bool {
+            match self {}
+        }
+
+        pub(crate) fn pause(self) -> Option<Duration> {
+            match self {}
+        }
+
+        pub(crate) fn block_delay(self) -> Option<Duration> {
             match self {}
         }
     }
@@ -106,6 +155,12 @@ mod switches {
         /// Take the first block, then neither read nor answer until the
         /// client gives up (or the sink stops).
         Stall,
+        /// When the stream's first block arrives, stop reading every
+        /// stream for this long (once).
+        Pause(Duration),
+        /// Wait this long before writing each block, one block at a time
+        /// across all streams: a server with a fixed cost per block.
+        BlockDelay(Duration),
     }
 
     impl Fault {
@@ -128,12 +183,26 @@ mod switches {
                         "sink stopped while stalling this stream (--fault stall)",
                     ))
                 }
-                Fault::ShortWrite => None,
+                Fault::ShortWrite | Fault::Pause(_) | Fault::BlockDelay(_) => None,
             }
         }
 
         pub(crate) fn short_writes(self) -> bool {
             self == Fault::ShortWrite
+        }
+
+        pub(crate) fn pause(self) -> Option<Duration> {
+            match self {
+                Fault::Pause(d) => Some(d),
+                _ => None,
+            }
+        }
+
+        pub(crate) fn block_delay(self) -> Option<Duration> {
+            match self {
+                Fault::BlockDelay(d) => Some(d),
+                _ => None,
+            }
         }
     }
 
@@ -168,12 +237,22 @@ mod switches {
     impl FromStr for Fault {
         type Err = String;
 
-        /// `short-write`, `stall` or `status:CODE` (e.g. `status:unavailable`).
+        /// `short-write`, `stall`, `pause:DURATION`, `block-delay:DURATION`
+        /// or `status:CODE` (e.g. `status:unavailable`).
         fn from_str(text: &str) -> Result<Fault, String> {
             match text {
                 "short-write" => return Ok(Fault::ShortWrite),
                 "stall" => return Ok(Fault::Stall),
                 _ => {}
+            }
+            let duration = |d: &str| {
+                humantime::parse_duration(d).map_err(|e| format!("{d:?} is not a duration: {e}"))
+            };
+            if let Some(d) = text.strip_prefix("pause:") {
+                return Ok(Fault::Pause(duration(d)?));
+            }
+            if let Some(d) = text.strip_prefix("block-delay:") {
+                return Ok(Fault::BlockDelay(duration(d)?));
             }
             let names = || {
                 FAULT_CODES
@@ -184,7 +263,7 @@ mod switches {
             };
             let Some(code) = text.strip_prefix("status:") else {
                 return Err(format!(
-                    "unknown fault {text:?}: use short-write, stall or status:CODE (CODE one of {})",
+                    "unknown fault {text:?}: use short-write, stall, pause:DURATION, block-delay:DURATION or status:CODE (CODE one of {})",
                     names()
                 ));
             };
@@ -203,8 +282,9 @@ mod switches {
         /// `short-write` answers written_size one byte short and leaves the
         /// file partial; `status:CODE` rejects with that gRPC status (e.g.
         /// `status:unavailable`); `stall` takes the first block, then neither
-        /// reads nor answers. The client's empty probe stream is never
-        /// affected.
+        /// reads nor answers; `pause:3s` stops reading every stream for 3 s
+        /// once; `block-delay:25ms` writes one block at a time, 25 ms each.
+        /// The client's empty probe stream is never affected.
         #[arg(long, hide = true, value_name = "FAULT")]
         pub fault: Option<Fault>,
         /// Test only (hidden): the first N Put streams with data behave normally
@@ -236,6 +316,15 @@ mod switches {
         fn fault_names_parse_and_unknown_ones_list_the_choices() {
             assert_eq!("short-write".parse(), Ok(Fault::ShortWrite));
             assert_eq!("stall".parse(), Ok(Fault::Stall));
+            assert_eq!("pause:3s".parse(), Ok(Fault::Pause(Duration::from_secs(3))));
+            assert_eq!(
+                "block-delay:25ms".parse(),
+                Ok(Fault::BlockDelay(Duration::from_millis(25)))
+            );
+            assert!("pause:soon"
+                .parse::<Fault>()
+                .unwrap_err()
+                .contains("not a duration"));
             assert_eq!(
                 "status:resource-exhausted".parse(),
                 Ok(Fault::Status(Code::ResourceExhausted))

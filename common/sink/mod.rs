@@ -50,6 +50,7 @@ pub struct Sink {
     settings: SinkSettings,
     faults: Option<FaultPlan>,
     idle: Duration,
+    put_log: Option<std::fs::File>,
 }
 
 impl Sink {
@@ -61,6 +62,7 @@ impl Sink {
             settings,
             faults: None,
             idle: DEFAULT_IDLE_TIMEOUT,
+            put_log: None,
         })
     }
 
@@ -74,6 +76,12 @@ impl Sink {
     /// the client's own default timeout).
     pub fn with_idle_timeout(mut self, idle: Duration) -> Sink {
         self.idle = idle;
+        self
+    }
+
+    /// Writes one JSON line per Put stream received to `log` (`--put-log`).
+    pub fn with_put_log(mut self, log: Option<std::fs::File>) -> Sink {
+        self.put_log = log;
         self
     }
 
@@ -93,6 +101,9 @@ impl Sink {
             .with_idle_timeout(self.idle);
         if let Some(plan) = self.faults {
             service = service.with_faults(plan, shutdown.clone());
+        }
+        if let Some(log) = self.put_log {
+            service = service.with_put_log(log);
         }
         let totals = service.totals();
         let refused: Arc<dyn Fn() + Send + Sync> = {

@@ -88,6 +88,8 @@ pub struct WalService {
     streams: AtomicU64,
     /// Longest wait for a stream's next message.
     idle: Duration,
+    /// `--put-log`: one line per Put stream received.
+    put_log: Option<PutLog>,
 }
 
 /// How long a Put stream may stay silent before it is refused: the
@@ -105,7 +107,14 @@ impl WalService {
             faults: None,
             streams: AtomicU64::new(0),
             idle: DEFAULT_IDLE_TIMEOUT,
+            put_log: None,
         }
+    }
+
+    /// Writes one JSON line per Put stream received to `log`.
+    pub fn with_put_log(mut self, log: std::fs::File) -> WalService {
+        self.put_log = Some(PutLog(std::sync::Mutex::new(log)));
+        self
     }
 
     /// Injects `plan` into Put streams (tests only); stalled streams are
@@ -268,6 +277,40 @@ impl Drop for Target {
     }
 }
 
+/// `--put-log`: how clients stream, one JSON line per Put stream that
+/// ended (complete or partial): cluster, WAL name, messages, bytes, and when
+/// it opened and closed (Unix nanoseconds).
+struct PutLog(std::sync::Mutex<std::fs::File>);
+
+impl PutLog {
+    fn write(
+        &self,
+        id: &StreamId,
+        end: &PutEnd,
+        bytes: u64,
+        messages: u64,
+        opened: std::time::SystemTime,
+    ) {
+        let nanos = |t: std::time::SystemTime| {
+            t.duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64)
+        };
+        let line = serde_json::json!({
+            "cluster": id.cluster,
+            "walName": id.wal,
+            "complete": matches!(end, PutEnd::Complete),
+            "messages": messages,
+            "bytes": bytes,
+            "openedNs": nanos(opened),
+            "closedNs": nanos(std::time::SystemTime::now()),
+        });
+        let mut file = self.0.lock().expect("put log lock");
+        if let Err(e) = writeln!(file, "{line}") {
+            tracing::warn!("cannot write --put-log: {e}");
+        }
+    }
+}
+
 /// How a Put stream ended.
 enum PutEnd {
     Complete,
@@ -281,9 +324,17 @@ impl WalService {
         &self,
         stream: &mut Streaming<PutRequest>,
         written: &mut u64,
+        messages: &mut u64,
     ) -> Result<Option<(StreamId, PutEnd)>, PutFailure> {
         let mut open: Option<Open> = None;
-        while let Some(msg) = self.next_message(stream).await? {
+        loop {
+            if let Some(faults) = &self.faults {
+                faults.before_message().await;
+            }
+            let Some(msg) = self.next_message(stream).await? else {
+                break;
+            };
+            *messages += 1;
             if self.read_only {
                 return Err(PutFailure::Rejected(Status::failed_precondition(
                     "server is read-only",
@@ -300,6 +351,9 @@ impl WalService {
             if len == 0 {
                 // Nothing to write, so nothing to sync.
                 continue;
+            }
+            if let Some(faults) = &self.faults {
+                faults.before_block(o.fault).await;
             }
             if let Some(t) = o.target.take() {
                 o.target = Some(t.write(msg.wal_block).await.map_err(|e| {
@@ -431,8 +485,13 @@ impl Wal for WalService {
             .map(|a| a.to_string())
             .unwrap_or_else(|| "unknown peer".into());
         let mut stream = request.into_inner();
-        let mut written = 0;
-        match self.receive(&mut stream, &mut written).await {
+        let (mut written, mut messages) = (0, 0);
+        let opened = std::time::SystemTime::now();
+        let received = self.receive(&mut stream, &mut written, &mut messages).await;
+        if let (Some(log), Ok(Some((id, end)))) = (&self.put_log, &received) {
+            log.write(id, end, written, messages, opened);
+        }
+        match received {
             Ok(Some((id, PutEnd::Complete))) => {
                 self.totals.completed.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(

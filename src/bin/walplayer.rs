@@ -30,6 +30,8 @@ enum Command {
     Generate(GenerateArgs),
     /// Send a directory of WAL files (plain or .gz) to a Klio server
     Play(PlayArgs),
+    /// Simulate PostgreSQL clusters streaming WAL at their own pace: archive lag, backlog, SLOs, capacity
+    Simulate(walplayer::simulate::SimulateArgs),
     /// Run a Klio-compatible WAL server (tests, demos, calibration)
     Sink(SinkArgs),
     /// Mint a development CA, server and client certificates and a config file
@@ -114,6 +116,9 @@ struct SinkArgs {
     /// Refuse a Put stream that sends nothing for this long (a client's default --timeout)
     #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = walplayer::klio::flags::parse_duration)]
     idle_timeout: std::time::Duration,
+    /// Write one JSON line per Put stream here: cluster, WAL, messages, bytes, open and close times
+    #[arg(long, value_name = "FILE")]
+    put_log: Option<PathBuf>,
     #[command(flatten)]
     faults: sink::FaultArgs,
 }
@@ -169,6 +174,10 @@ async fn run(command: Command, shutdown: CancellationToken) -> Exit {
     match command {
         Command::Generate(args) => run_generate(args, shutdown).await,
         Command::Play(args) => run_play(args, shutdown).await,
+        Command::Simulate(args) => match walplayer::simulate::run(args, shutdown).await {
+            Ok(exit) => exit,
+            Err(e) => usage_error(e),
+        },
         Command::Sink(args) => run_sink(args, shutdown).await,
         Command::Certs(args) => run_certs(args),
         Command::Coordinator(args) => {
@@ -268,10 +277,20 @@ async fn run_sink(args: SinkArgs, shutdown: CancellationToken) -> Exit {
         storage: sink::storage(if args.discard { None } else { args.data }, args.fsync),
         read_only: args.read_only,
     };
+    let put_log = match args
+        .put_log
+        .as_deref()
+        .map(std::fs::File::create)
+        .transpose()
+    {
+        Ok(log) => log,
+        Err(e) => return usage_error(anyhow::anyhow!("cannot create --put-log file: {e}")),
+    };
     let bound = match sink::Sink::bind(args.listen, settings).await {
         Ok(s) => s
             .with_faults(args.faults.plan())
-            .with_idle_timeout(args.idle_timeout),
+            .with_idle_timeout(args.idle_timeout)
+            .with_put_log(put_log),
         Err(e) => return usage_error(anyhow::anyhow!("cannot listen on {}: {e}", args.listen)),
     };
     println!("listening on {}", bound.local_addr());

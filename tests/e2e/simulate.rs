@@ -1,0 +1,283 @@
+//! `walplayer simulate`: clusters stream WAL as Klio's WAL sender does
+//! (one Put per segment held open while it fills), lag is measured from
+//! the schedule (a stalled server shows, no coordinated omission), SLOs
+//! decide the exit status, and the capacity search finds what a server
+//! with a known cost per block can take.
+
+use std::path::Path;
+use std::process::Command;
+
+use crate::util::{assert_status, json_lines, read_json, run, stderr, TestEnv};
+
+const MIB: u64 = 1 << 20;
+
+/// `walplayer simulate` against `address` as this env's client, cluster
+/// names `sim-<i>`, with 1 MiB segments.
+fn simulate(env: &TestEnv, address: &str, extra: &[&str]) -> Command {
+    let c = &env.certs.client;
+    let mut cmd = env.walplayer(&["simulate", "--quiet", "--wal-size", "1"]);
+    cmd.args(["--cluster-name", "sim", "--address", address])
+        .arg("--server-cert")
+        .arg(&c.ca)
+        .arg("--client-cert")
+        .arg(&c.cert)
+        .arg("--client-key")
+        .arg(&c.key)
+        .args(extra);
+    cmd
+}
+
+/// Bytes of complete WAL files stored under `data`.
+fn stored_bytes(data: &Path) -> u64 {
+    let mut total = 0;
+    for cluster in std::fs::read_dir(data).unwrap() {
+        for f in std::fs::read_dir(cluster.unwrap().path()).unwrap() {
+            let f = f.unwrap();
+            if !f.file_name().to_string_lossy().contains('~') {
+                total += f.metadata().unwrap().len();
+            }
+        }
+    }
+    total
+}
+
+#[test]
+fn a_simulated_cluster_holds_one_put_open_per_segment_while_it_fills() {
+    let env = TestEnv::new();
+    let data = env.path("data");
+    let puts = env.path("puts.jsonl");
+    let sink = env.sink(&data, &["--put-log", puts.to_str().unwrap()]);
+    let (output, summary) = (env.path("segments.jsonl"), env.path("summary.json"));
+    let out = run(&mut simulate(
+        &env,
+        &sink.address,
+        &[
+            "--clusters",
+            "2",
+            "--wal-rate",
+            "512KiB/s",
+            "--duration",
+            "6s",
+            "--output",
+            output.to_str().unwrap(),
+            "--summary",
+            summary.to_str().unwrap(),
+        ],
+    ));
+    assert_status(&out, 0);
+    // 512 KiB/s fills a 1 MiB segment in 2 s: each Put stays open ~2 s and
+    // carries a block every 200 ms, ~10 messages.
+    let puts = json_lines(&std::fs::read_to_string(&puts).unwrap());
+    let complete: Vec<_> = puts.iter().filter(|p| p["complete"] == true).collect();
+    assert_eq!(complete.len(), 6, "{puts:?}");
+    for p in &complete {
+        let open_ns = p["closedNs"].as_u64().unwrap() - p["openedNs"].as_u64().unwrap();
+        let open = open_ns as f64 / 1e9;
+        assert!((1.5..=2.8).contains(&open), "Put open {open:.2} s: {p}");
+        let messages = p["messages"].as_u64().unwrap();
+        assert!((8..=13).contains(&messages), "{messages} messages: {p}");
+        assert_eq!(p["bytes"].as_u64(), Some(MIB));
+    }
+    // Clusters x rate x duration is what was stored, within 10%.
+    let expected = 2.0 * 512.0 * 1024.0 * 6.0;
+    let stored = stored_bytes(&data) as f64;
+    assert!(
+        (stored - expected).abs() <= expected * 0.1,
+        "stored {stored} bytes, expected {expected}"
+    );
+    // One line per segment, the seed's fields plus the lag; the seed's jq
+    // recipes (count of stored files, mean elapsed time) work on them.
+    let lines = json_lines(&std::fs::read_to_string(&output).unwrap());
+    assert_eq!(lines.len(), 6);
+    let ok = lines.iter().filter(|l| l["error"] == "").count();
+    assert_eq!(ok, 6);
+    for l in &lines {
+        let elapsed: u64 = l["elapsedTime"].as_str().unwrap().parse().unwrap();
+        assert!(elapsed > 1_000_000_000, "{l}");
+        assert!(l["lagNs"].as_u64().unwrap() < 2_000_000_000, "{l}");
+        assert!(l["cluster"].as_str().unwrap().starts_with("sim-"));
+        assert!(l["segment"].as_u64().unwrap() < 3);
+        assert!(l["walName"].as_str().unwrap().starts_with("00000001"));
+    }
+    let s = read_json(&summary);
+    assert_eq!(s["mode"], "simulate");
+    assert_eq!(s["segmentsAcked"], 6);
+    assert_eq!(s["ackRate"], 1.0);
+    assert_eq!(s["clusterStats"].as_array().unwrap().len(), 2);
+    assert!(
+        s["timeline"].as_array().unwrap().len() >= 5,
+        "{}",
+        s["timeline"]
+    );
+}
+
+#[test]
+fn a_stalled_server_shows_as_lag_and_backlog_without_coordinated_omission() {
+    let env = TestEnv::new();
+    let data = env.path("data");
+    // Streams open every 0.5 s at 2 MiB/s; the fifth's first block (at
+    // about 2.2 s) stops the sink reading anything for 4 s.
+    let sink = env.sink(&data, &["--fault", "pause:4s", "--fault-after", "4"]);
+    let (output, summary) = (env.path("segments.jsonl"), env.path("summary.json"));
+    let out = run(&mut simulate(
+        &env,
+        &sink.address,
+        &[
+            "--clusters",
+            "1",
+            "--wal-rate",
+            "2MiB/s",
+            "--duration",
+            "10s",
+            "--output",
+            output.to_str().unwrap(),
+            "--summary",
+            summary.to_str().unwrap(),
+        ],
+    ));
+    assert_status(&out, 0);
+    let s = read_json(&summary);
+    // Every segment the schedule made whole was stored: WAL kept coming
+    // during the stall, and none of it was skipped.
+    assert_eq!(s["segmentsAcked"], 20, "{}", stderr(&out));
+    // The first segment finished during the stall (0.3 s in) waited it
+    // out: its lag counts from when its last byte was produced, not from
+    // when it could be sent.
+    let max_lag = s["lag"]["maxNs"].as_u64().unwrap() as f64 / 1e9;
+    assert!(max_lag >= 3.4, "max lag {max_lag:.2} s");
+    let lines = json_lines(&std::fs::read_to_string(&output).unwrap());
+    let stalled = lines
+        .iter()
+        .filter(|l| l["lagNs"].as_u64().unwrap() > 1_000_000_000)
+        .count();
+    assert!(stalled >= 3, "{stalled} segments lagged over 1 s");
+    // The backlog peaks near rate x 4 s, then drains.
+    let timeline = s["timeline"].as_array().unwrap();
+    let backlog: Vec<u64> = timeline
+        .iter()
+        .map(|p| p["backlogBytes"].as_u64().unwrap())
+        .collect();
+    let peak = *backlog.iter().max().unwrap() as f64 / MIB as f64;
+    assert!(
+        (5.0..=9.5).contains(&peak),
+        "backlog peak {peak:.2} MiB: {backlog:?}"
+    );
+    let last = *backlog.last().unwrap() as f64 / MIB as f64;
+    assert!(last <= 2.5, "backlog at the end {last:.2} MiB: {backlog:?}");
+}
+
+#[test]
+fn slos_pass_with_status_0_and_breach_with_status_4() {
+    let env = TestEnv::new();
+    let sink = env.sink(&env.path("data"), &[]);
+    let workload = [
+        "--clusters",
+        "2",
+        "--wal-rate",
+        "512KiB/s",
+        "--duration",
+        "3s",
+    ];
+    let summary = env.path("pass.json");
+    let out = run(simulate(&env, &sink.address, &workload)
+        .args([
+            "--slo",
+            "lag.p99<30s",
+            "--slo",
+            "errors==0",
+            "--slo",
+            "ack.rate>=0.99",
+        ])
+        .args(["--summary", summary.to_str().unwrap()]));
+    assert_status(&out, 0);
+    let s = read_json(&summary);
+    assert_eq!(s["sloPass"], true);
+    assert_eq!(s["slos"].as_array().unwrap().len(), 3);
+    assert!(
+        stderr(&out).contains("SLO lag.p99<30s: measured"),
+        "{}",
+        stderr(&out)
+    );
+
+    let summary = env.path("breach.json");
+    let out = run(simulate(&env, &sink.address, &workload)
+        .args(["--slo", "lag.p99<1us", "--slo", "errors==0"])
+        .args(["--summary", summary.to_str().unwrap()]));
+    assert_status(&out, 4);
+    let s = read_json(&summary);
+    assert_eq!(s["sloPass"], false);
+    assert_eq!(s["slos"][0]["expr"], "lag.p99<1us");
+    assert_eq!(s["slos"][0]["pass"], false);
+    assert!(s["slos"][0]["value"].as_f64().unwrap() > 1e-6);
+    assert_eq!(s["slos"][1]["pass"], true);
+    assert!(stderr(&out).contains("BREACH"), "{}", stderr(&out));
+}
+
+#[test]
+fn bad_workloads_are_refused_before_anything_connects() {
+    let env = TestEnv::new();
+    // Nothing listens there: each refusal comes before connecting.
+    let cases: [(&[&str], &str); 5] = [
+        (&["--wal-rate", "fast"], "not a size"),
+        (&["--slo", "lag.p95<1s"], "unknown metric"),
+        (&["--find-max-clusters"], "needs at least one --slo"),
+        (&["--flush-bytes", "16MiB"], "largest block Klio accepts"),
+        (
+            &["--rate-file", "/nonexistent/pace.csv"],
+            "cannot read --rate-file",
+        ),
+    ];
+    for (args, needle) in cases {
+        let out = run(&mut simulate(&env, "127.0.0.1:9", args));
+        assert_status(&out, 2);
+        assert!(stderr(&out).contains(needle), "{args:?}: {}", stderr(&out));
+    }
+}
+
+#[test]
+fn the_capacity_search_finds_what_a_fixed_cost_per_block_allows() {
+    let env = TestEnv::new();
+    // The sink writes one block at a time, 25 ms each: 40 blocks/s. A
+    // cluster flushes every 200 ms, 5 blocks/s, so 8 clusters fill it; past
+    // that, blocks queue and lag climbs.
+    let sink = env.sink(
+        &env.path("data"),
+        &["--fault", "block-delay:25ms", "--fault-after", "0"],
+    );
+    let summary = env.path("summary.json");
+    let out = run(&mut simulate(
+        &env,
+        &sink.address,
+        &[
+            "--wal-rate",
+            "512KiB/s",
+            "--find-max-clusters",
+            "--step",
+            "2",
+            "--step-duration",
+            "4s",
+            "--slo",
+            "lag.p99<500ms",
+            "--summary",
+            summary.to_str().unwrap(),
+        ],
+    ));
+    assert_status(&out, 0);
+    let s = read_json(&summary);
+    let search = &s["search"];
+    let found = search["maxClusters"].as_u64().unwrap();
+    let predicted = 8;
+    assert!(
+        found.abs_diff(predicted) <= 2,
+        "found {found}, predicted {predicted}: {}",
+        stderr(&out)
+    );
+    let steps = search["steps"].as_array().unwrap();
+    let last = steps.last().unwrap();
+    assert_eq!(last["pass"], false, "the search stops at the first breach");
+    assert_eq!(last["clusters"].as_u64(), Some(found + 2));
+    assert!(steps[..steps.len() - 1].iter().all(|r| r["pass"] == true));
+    assert!(stderr(&out).contains(&format!(
+        "largest cluster count that met every SLO: {found}"
+    )));
+}
