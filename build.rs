@@ -21,6 +21,9 @@ fn main() -> Result<(), Box<dyn Error>> {
     let descriptors = protox::compile(PROTOS, [&root])?;
     tonic_prost_build::configure()
         .bytes(".")
+        // Keeps every CoordinatorMessage small; few assignments carry one.
+        .boxed(".walplayer.control.v1.Assignment.simulate")
+        .boxed(".walplayer.control.v1.Finished.simulation")
         .compile_fds(descriptors)?;
     Ok(())
 }

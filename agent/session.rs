@@ -458,6 +458,7 @@ async fn finish(
         started_unix_nanos: unix_nanos(started),
         ended_unix_nanos: unix_nanos(SystemTime::now()),
         files_skipped: all.files_skipped,
+        simulation: None,
     };
     link.send(Up::Finished(finished)).await
 }

@@ -210,6 +210,7 @@ pub(crate) mod tests {
             address: String::new(),
             verify: false,
             retries: 0,
+            simulate: None,
         }
     }
 

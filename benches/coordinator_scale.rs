@@ -411,6 +411,7 @@ async fn agent(
                 } else {
                     FailureKind::Unspecified as i32
                 },
+                ..Default::default()
             }))
             .await?;
             clock_ns += file.elapsed_ns as i64;
@@ -458,6 +459,7 @@ fn finished(index: usize, plans: &[ClusterPlan], start_ns: i64, end_ns: i64) -> 
         started_unix_nanos: start_ns,
         ended_unix_nanos: end_ns,
         files_skipped: 0,
+        simulation: None,
     }
 }
 

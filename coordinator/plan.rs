@@ -70,6 +70,7 @@ pub fn assignments(run_id: &str, agents: usize, w: &Workload) -> Vec<Assignment>
             address: w.address.clone().unwrap_or_default(),
             verify: w.upload.verify,
             retries: w.upload.retries,
+            simulate: None,
         })
         .collect()
 }

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use walplayer_klio::endpoint::KlioEndpoint;
 use walplayer_klio::exit::Exit;
-use walplayer_klio::flags::KlioArgs;
+use walplayer_klio::flags::{parse_duration, KlioArgs, DEFAULT_TIMEOUT};
 use walplayer_klio::output::{check_writable, open_output, write_summary};
 use walplayer_klio::tls;
 use walplayer_simulate::drive;
@@ -26,6 +26,12 @@ use crate::progress::LINE_EVERY;
 pub struct SimulateArgs {
     #[command(flatten)]
     pub workload: WorkloadArgs,
+    /// Segment size in MB: a power of two from 1 to 1024
+    #[arg(long, value_name = "MB", default_value_t = 16)]
+    pub wal_size: u64,
+    /// Longest a block may wait for the server, or a finished segment for its answer
+    #[arg(long, value_name = "DURATION", default_value = DEFAULT_TIMEOUT, value_parser = parse_duration)]
+    pub timeout: std::time::Duration,
     #[command(flatten)]
     pub klio: KlioArgs,
     /// Write one JSON line per acknowledged segment here
@@ -39,35 +45,12 @@ pub struct SimulateArgs {
     pub quiet: bool,
 }
 
-/// The exit status of a finished simulation: interrupted (130); an
-/// objective missed, or a search where not even the first step met them
-/// (4); whole segments never acknowledged (1); or all well (0).
-pub fn exit_of(summary: &Summary) -> Exit {
-    if summary.interrupted {
-        return Exit::Interrupted;
-    }
-    if let Some(search) = &summary.search {
-        // Stopping a search leaves segments unanswered by design.
-        return match search.max_clusters {
-            Some(_) => Exit::Ok,
-            None => Exit::SloBreach,
-        };
-    }
-    if !summary.slo_pass || summary.aborted.is_some() {
-        Exit::SloBreach
-    } else if summary.segments_unacknowledged > 0 {
-        Exit::FilesFailed
-    } else {
-        Exit::Ok
-    }
-}
-
 /// Runs `simulate`. Errors are the up-front kind (exit status 2).
 pub async fn run(args: SimulateArgs, shutdown: CancellationToken) -> Result<Exit> {
     let klio = args.klio.resolve()?;
     let workload = args
         .workload
-        .workload(&klio.cluster_name, 0)
+        .workload(&klio.cluster_name, 0, args.wal_size, args.timeout)
         .map_err(anyhow::Error::msg)?;
     check_writable(args.output.as_deref(), "--output")?;
     check_writable(args.summary.as_deref(), "--summary")?;
@@ -79,7 +62,7 @@ pub async fn run(args: SimulateArgs, shutdown: CancellationToken) -> Result<Exit
     };
     // The server answered: this run starts, and replaces earlier results.
     let segments = match &args.output {
-        Some(_) => Segments::new(Some(open_output(args.output.as_deref())?)),
+        Some(_) => Segments::to_writer(open_output(args.output.as_deref())?),
         None => Segments::default(),
     };
     sim.set_segments(segments);
@@ -109,7 +92,7 @@ pub async fn run(args: SimulateArgs, shutdown: CancellationToken) -> Result<Exit
     if let Some(path) = &args.summary {
         write_summary(path, &summary)?;
     }
-    Ok(exit_of(&summary))
+    Ok(summary.exit())
 }
 
 /// The live display: a status line on a terminal, a plain line every few

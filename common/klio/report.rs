@@ -111,6 +111,18 @@ pub struct FileReport {
     pub retries: Vec<String>,
     /// Read back and found identical (`--verify`).
     pub verified: bool,
+    /// A simulated cluster's segment: its number and lag.
+    pub simulated: Option<Simulated>,
+}
+
+/// What a simulated cluster's segment adds to its report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Simulated {
+    /// Its number within the cluster's run, from 0.
+    pub segment: u64,
+    /// From the instant its last byte was produced (by the schedule) to its
+    /// PutResult.
+    pub lag: Duration,
 }
 
 impl FileReport {
@@ -145,6 +157,10 @@ struct JsonLine<'a> {
     retries: &'a [String],
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     verified: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    segment: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lag_ns: Option<u64>,
 }
 
 /// RFC 3339 in UTC with nanoseconds, e.g. `2025-01-15T10:30:00.123456789Z`.
@@ -181,6 +197,10 @@ impl FileReport {
             attempts: self.retries.len() + 1,
             retries: &self.retries,
             verified: self.verified,
+            segment: self.simulated.map(|s| s.segment),
+            lag_ns: self
+                .simulated
+                .map(|s| u64::try_from(s.lag.as_nanos()).unwrap_or(u64::MAX)),
         };
         serde_json::to_string(&line).expect("a report always serializes")
     }
@@ -225,6 +245,7 @@ mod tests {
             outcome: Outcome::Stored,
             retries: vec![],
             verified: false,
+            simulated: None,
         };
         let v: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
         assert_eq!(v["walFullPath"], "/w/000000010000000000000001");

@@ -212,6 +212,12 @@ impl Errors {
         self.add_count(kind, &bounded(message), 1);
     }
 
+    /// Counts `count` failures with one message (rows received from a
+    /// peer, say).
+    pub fn record_count(&mut self, kind: FailureKind, message: &str, count: u64) {
+        self.add_count(kind, &bounded(message), count);
+    }
+
     fn add_count(&mut self, kind: FailureKind, message: &str, count: u64) {
         let k = self.by_kind.entry(kind).or_default();
         if let Some(n) = k.samples.get_mut(message) {
@@ -431,6 +437,7 @@ mod tests {
             outcome,
             retries: vec![],
             verified: false,
+            simulated: None,
         }
     }
 

@@ -174,6 +174,7 @@ pub fn finish(
         outcome,
         retries: Vec::new(),
         verified: false,
+        simulated: None,
     }
 }
 

@@ -47,6 +47,11 @@ pub fn file_result(r: &FileReport) -> FileResult {
             .outcome
             .kind()
             .map_or(control::FailureKind::Unspecified, kind_to_wire) as i32,
+        simulated: r.simulated.is_some(),
+        segment: r.simulated.map_or(0, |s| s.segment),
+        lag_ns: r
+            .simulated
+            .map_or(0, |s| u64::try_from(s.lag.as_nanos()).unwrap_or(u64::MAX)),
     }
 }
 
@@ -107,6 +112,10 @@ pub fn file_report(f: FileResult, agent: String) -> Result<FileReport, String> {
         outcome,
         retries,
         verified: f.verified,
+        simulated: f.simulated.then_some(crate::report::Simulated {
+            segment: f.segment,
+            lag: Duration::from_nanos(f.lag_ns),
+        }),
     })
 }
 
@@ -135,6 +144,10 @@ mod tests {
                 outcome,
                 retries: vec!["earlier".into()],
                 verified: false,
+                simulated: Some(crate::report::Simulated {
+                    segment: 3,
+                    lag: Duration::from_millis(1500),
+                }),
             };
             let back = file_report(file_result(&sent), "a".into()).unwrap();
             assert_eq!(back, sent);

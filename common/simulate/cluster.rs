@@ -91,7 +91,6 @@ pub async fn run(
                         segment: k,
                         start: opened,
                         bytes: seg,
-                        error: None,
                         attempts: failures + 1,
                         lag,
                     });

@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::Args;
 
 use walplayer_klio::endpoint::MAX_BLOCK_BYTES;
-use walplayer_klio::flags::{parse_duration, DEFAULT_TIMEOUT};
+use walplayer_klio::flags::parse_duration;
 use walplayer_wal::generate::{PgVersion, SegmentShape, DEFAULT_SYSTEM_ID};
 use walplayer_wal::walname::{self, check_cluster_name};
 
@@ -36,9 +36,6 @@ pub struct WorkloadArgs {
     /// How WAL appears: evenly, or as 8 KiB records at Poisson arrivals
     #[arg(long, value_enum, default_value = "constant")]
     pub arrival: Arrival,
-    /// Segment size in MB: a power of two from 1 to 1024
-    #[arg(long, value_name = "MB", default_value_t = 16)]
-    pub wal_size: u64,
     /// Timeline of every cluster's segments
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     pub timeline: u32,
@@ -72,9 +69,6 @@ pub struct WorkloadArgs {
     /// Seed for rates in a range, Poisson arrivals and recorded-pace offsets
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
-    /// Longest a block may wait for the server, or a finished segment for its answer
-    #[arg(long, value_name = "DURATION", default_value = DEFAULT_TIMEOUT, value_parser = parse_duration)]
-    pub timeout: Duration,
     /// An objective, e.g. 'lag.p99<5s', 'backlog.max<64MiB', 'errors==0', 'ack.rate>=0.999' (repeatable; a breach exits 4)
     #[arg(long, value_name = "EXPR")]
     pub slo: Vec<Slo>,
@@ -97,14 +91,21 @@ pub struct WorkloadArgs {
 
 impl WorkloadArgs {
     /// Checks the flags; `prefix` is the cluster name (distributed: with
-    /// the agent's name), `first_index` the index of its first cluster.
-    pub fn workload(&self, prefix: &str, first_index: u64) -> Result<Workload, String> {
-        let segment_bytes = walname::segment_bytes_from_mib(self.wal_size)
+    /// the agent's name), `first_index` the index of its first cluster;
+    /// `wal_size_mib` and `timeout` are the command's `--wal-size` and
+    /// `--timeout`.
+    pub fn workload(
+        &self,
+        prefix: &str,
+        first_index: u64,
+        wal_size_mib: u64,
+        timeout: Duration,
+    ) -> Result<Workload, String> {
+        let segment_bytes = walname::segment_bytes_from_mib(wal_size_mib)
             .map_err(|e| format!("--wal-size: {e}"))?;
         if !self.start_lsn.is_multiple_of(segment_bytes) {
             return Err(format!(
-                "--start-lsn is not at a segment boundary for {} MiB segments",
-                self.wal_size
+                "--start-lsn is not at a segment boundary for {wal_size_mib} MiB segments"
             ));
         }
         let flush_bytes =
@@ -138,6 +139,7 @@ impl WorkloadArgs {
         };
         Ok(Workload {
             prefix: prefix.to_string(),
+            bare_single: false,
             first_index,
             clusters: self.clusters,
             rates,
@@ -157,7 +159,7 @@ impl WorkloadArgs {
             connections: self.connections.map(|n| n as usize),
             aligned: self.aligned,
             seed: self.seed,
-            timeout: self.timeout,
+            timeout,
             slos: self.slo.clone(),
             abort_on_breach: self.abort_on_breach,
             search,

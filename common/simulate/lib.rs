@@ -16,6 +16,7 @@ pub mod cluster;
 pub mod drive;
 pub mod flags;
 pub mod pace;
+pub mod parts;
 pub mod rate;
 pub mod record;
 pub mod run;

@@ -1,16 +1,17 @@
 //! The `--summary` document of a simulation, and its text form.
 
 use std::fmt::Write as _;
-use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
 use serde::Serialize;
 
+use walplayer_klio::exit::Exit;
 use walplayer_klio::stats::{ErrorCount, Latency};
 
+use crate::parts::Parts;
 use crate::record::{buckets, quantiles, Bucket, ClusterRow, Point};
 use crate::run::Sim;
-use crate::slo::{check_all, Measured, Verdict};
+use crate::slo::{check_all, Measured, Slo, Verdict};
 use crate::workload::WorkloadDoc;
 
 /// Clusters listed in `worstClusters`.
@@ -73,6 +74,9 @@ pub struct Summary {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub search: Option<SearchDoc>,
     pub interrupted: bool,
+    /// A distributed run's agents and run id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub distributed: Option<serde_json::Value>,
     pub worst_clusters: Vec<ClusterRow>,
     pub cluster_stats: Vec<ClusterRow>,
     pub lag_histogram: Vec<Bucket>,
@@ -80,27 +84,34 @@ pub struct Summary {
 }
 
 impl Summary {
-    /// The summary of `sim` at `end`, with unanswered segments' lag so far
-    /// counted in.
+    /// The summary of `sim` at `end`.
     pub fn of(sim: &Sim, end: Instant, address: &str) -> Summary {
-        let rec = sim.recorder();
-        let seg = sim.workload.shape.segment_bytes;
-        let unacked = rec.pending(end, &sim.clusters, seg, true);
-        let run = rec.run();
-        let whole = sim.whole_segments_produced(end);
-        let acked = rec.acked.load(Relaxed);
+        let wall = end.saturating_duration_since(sim.started).as_secs_f64();
+        Summary::from_parts(
+            Parts::of(sim, end),
+            sim.workload.describe(),
+            &sim.workload.slos,
+            address,
+            wall,
+        )
+    }
+
+    /// The summary of what one process, or several merged, measured.
+    pub fn from_parts(
+        parts: Parts,
+        workload: WorkloadDoc,
+        slos: &[Slo],
+        address: &str,
+        wall_seconds: f64,
+    ) -> Summary {
         let measured = Measured {
-            lag_ns: quantiles(&run.lag),
-            backlog_max: run.backlog_max,
-            errors: run.errors,
-            ack_rate: if whole == 0 {
-                1.0
-            } else {
-                acked as f64 / whole as f64
-            },
+            lag_ns: quantiles(&parts.lag),
+            backlog_max: parts.backlog_max,
+            errors: parts.errors.total(),
+            ack_rate: parts.ack_rate(),
         };
-        let (slos, slo_pass) = check_all(&sim.workload.slos, &measured);
-        let mut rows: Vec<ClusterRow> = sim.clusters.iter().map(|c| c.row()).collect();
+        let (slos, slo_pass) = check_all(slos, &measured);
+        let mut rows = parts.rows;
         let mut worst = rows.clone();
         worst.sort_by(|a, b| {
             (b.lag_p99_ms, b.backlog_max_bytes, b.errors).cmp(&(
@@ -110,35 +121,58 @@ impl Summary {
             ))
         });
         worst.truncate(WORST);
-        rows.sort_by_key(|r| r.name.clone());
-        let errors = rec.errors();
+        rows.sort_by(|a, b| a.name.cmp(&b.name));
         Summary {
             mode: "simulate",
             address: address.to_string(),
-            workload: sim.workload.describe(),
-            wall_seconds: end.saturating_duration_since(sim.started).as_secs_f64(),
-            clusters: sim.clusters.len() as u64,
-            segments_acked: run.segments,
-            segments_unacknowledged: unacked,
-            produced_bytes: sim.clusters.iter().map(|c| c.produced(end)).sum(),
-            sent_bytes: rec.sent.load(Relaxed),
-            acked_bytes: acked,
+            workload,
+            wall_seconds,
+            clusters: parts.clusters,
+            segments_acked: parts.segments_acked,
+            segments_unacknowledged: parts.segments_unacknowledged,
+            produced_bytes: parts.produced,
+            sent_bytes: parts.sent,
+            acked_bytes: parts.acked,
             ack_rate: measured.ack_rate,
-            lag: Latency::of(&run.lag),
-            ttfb: Latency::of(&rec.ttfb()),
-            schedule_error: Latency::of(&rec.schedule_error()),
-            backlog_max_bytes: run.backlog_max,
-            errors_total: errors.total(),
-            errors: errors.counts(),
+            lag: Latency::of(&parts.lag),
+            ttfb: Latency::of(&parts.ttfb),
+            schedule_error: Latency::of(&parts.schedule),
+            backlog_max_bytes: parts.backlog_max,
+            errors_total: measured.errors,
+            errors: parts.errors.counts(),
             slos,
             slo_pass,
-            aborted: None,
+            aborted: parts.aborted,
             search: None,
             interrupted: false,
+            distributed: None,
             worst_clusters: worst,
             cluster_stats: rows,
-            lag_histogram: buckets(&run.lag),
-            timeline: rec.timeline(),
+            lag_histogram: buckets(&parts.lag),
+            timeline: parts.timeline,
+        }
+    }
+
+    /// The exit status of a finished simulation: interrupted (130); an
+    /// objective missed, or a search where not even the first step met
+    /// them (4); whole segments never acknowledged (1); or all well (0).
+    pub fn exit(&self) -> Exit {
+        if self.interrupted {
+            return Exit::Interrupted;
+        }
+        if let Some(search) = &self.search {
+            // Stopping a search leaves segments unanswered by design.
+            return match search.max_clusters {
+                Some(_) => Exit::Ok,
+                None => Exit::SloBreach,
+            };
+        }
+        if !self.slo_pass || self.aborted.is_some() {
+            Exit::SloBreach
+        } else if self.segments_unacknowledged > 0 {
+            Exit::FilesFailed
+        } else {
+            Exit::Ok
         }
     }
 

@@ -33,6 +33,9 @@ pub struct Search {
 pub struct Workload {
     /// Cluster names are `<prefix>-<i>`.
     pub prefix: String,
+    /// A lone cluster is named `<prefix>` (as an agent names its one
+    /// cluster).
+    pub bare_single: bool,
     /// Index of the first cluster (a distributed run's agents take turns).
     pub first_index: u64,
     pub clusters: u64,
@@ -83,7 +86,10 @@ impl Workload {
 
     /// The cluster name of index `index`.
     pub fn cluster_name(&self, index: u64) -> String {
-        format!("{}-{index}", self.prefix)
+        if self.bare_single && self.clusters == 1 {
+            return self.prefix.clone();
+        }
+        format!("{}-{}", self.prefix, index - self.first_index)
     }
 
     /// What the summary says the workload was.

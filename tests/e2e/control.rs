@@ -336,6 +336,7 @@ async fn a_file_reported_twice_is_merged_and_counted_once() {
         retries: Vec::new(),
         verified: false,
         error_kind: 0,
+        ..Default::default()
     };
     send(Up::Beat(Beat {
         files_done: 0,
@@ -360,6 +361,7 @@ async fn a_file_reported_twice_is_merged_and_counted_once() {
         started_unix_nanos: t0,
         ended_unix_nanos: t0 + 3_000_000,
         files_skipped: 0,
+        simulation: None,
     }))
     .await;
     assert!(

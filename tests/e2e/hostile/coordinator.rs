@@ -130,6 +130,7 @@ impl Raw {
             retries: Vec::new(),
             verified: false,
             error_kind: 0,
+            ..Default::default()
         }
     }
 }
@@ -207,6 +208,7 @@ async fn results_for_files_never_assigned_are_violations_not_counted() {
         started_unix_nanos: t0,
         ended_unix_nanos: t0 + 2_000_000,
         files_skipped: 1 << 63,
+        simulation: None,
     }))
     .await;
     let (code, log) = exit_of(coord).await;
@@ -275,6 +277,7 @@ async fn a_histogram_header_claiming_4_gib_allocates_nothing() {
         started_unix_nanos: t0,
         ended_unix_nanos: t0 + 1_000_000,
         files_skipped: 0,
+        simulation: None,
     }))
     .await;
     let (code, log) = exit_of(coord).await;
