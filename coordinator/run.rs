@@ -260,6 +260,7 @@ impl Run {
         self.roster.release(Start {
             start_unix_nanos: unix_nanos(at),
         });
+        self.results.start_at(unix_nanos(at));
         self.phase = Phase::Running;
         let limit = self
             .opts
@@ -356,6 +357,7 @@ impl Run {
             .map(|a| self.results.agent_summary(&a.name, a.state_text(), ran))
             .collect();
         let summary = RunSummary {
+            mode: "distributed",
             totals: self.results.totals(wall, lost, ran),
             run_id: self.run_id.clone(),
             interrupted,
@@ -363,6 +365,8 @@ impl Run {
             start_skew_ns: self.roster.start_skew(),
             agents,
             clusters: self.results.cluster_summaries(),
+            timeline: self.results.timeline(wall, ran),
+            latency_histogram: self.results.latency_histogram(lost),
         };
         let exit = match &self.failure {
             Some((exit, _)) => *exit,

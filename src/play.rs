@@ -13,6 +13,7 @@ use anyhow::Result;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
+use walplayer_klio::buckets::{self, Bucket};
 use walplayer_klio::config::KlioConfig;
 use walplayer_klio::driver::{drive, Destination};
 use walplayer_klio::endpoint::KlioEndpoint;
@@ -22,6 +23,7 @@ use walplayer_klio::progress::Progress as _;
 use walplayer_klio::report::{FileReport, JsonLines};
 use walplayer_klio::settings::Jobs;
 use walplayer_klio::stats::{Stats, Totals};
+use walplayer_klio::timeline::Point;
 use walplayer_klio::tls;
 use walplayer_klio::upload::{UploadSettings, Work};
 use walplayer_wal::source;
@@ -58,6 +60,8 @@ impl PlayOutcome {
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 struct SummaryFile<'a> {
+    /// `play`: one process, one cluster.
+    mode: &'static str,
     #[serde(flatten)]
     totals: &'a Totals,
     interrupted: bool,
@@ -67,6 +71,10 @@ struct SummaryFile<'a> {
     cluster: &'a str,
     jobs: usize,
     block_size_kib: u32,
+    /// The run second by second.
+    timeline: Vec<Point>,
+    /// Time per file, in log-spaced buckets.
+    latency_histogram: Vec<Bucket>,
 }
 
 /// Where `play`'s reports go: JSON lines, the progress display and a
@@ -153,8 +161,9 @@ pub async fn play(opts: PlayOptions, shutdown: CancellationToken) -> Result<Play
     if not_started > 0 {
         eprintln!("{not_started} files not started: the run was stopped first");
     }
-    if let Some(path) = &opts.summary {
+    if opts.summary.is_some() {
         let doc = SummaryFile {
+            mode: "play",
             totals: &totals,
             interrupted,
             files_not_started: not_started,
@@ -162,8 +171,12 @@ pub async fn play(opts: PlayOptions, shutdown: CancellationToken) -> Result<Play
             cluster: &opts.klio.cluster_name,
             jobs: opts.jobs.get(),
             block_size_kib: opts.upload.block.kib(),
+            timeline: driven.timeline.points(),
+            latency_histogram: buckets::of_histogram(&driven.stats.latency),
         };
-        write_summary(path, &doc)?;
+        if let Some(path) = &opts.summary {
+            write_summary(path, &doc)?;
+        }
     }
     if let Some(e) = driven.undeliverable {
         anyhow::bail!(e);
