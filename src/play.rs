@@ -39,6 +39,8 @@ pub struct PlayOptions {
     pub klio: KlioConfig,
     pub output: Option<PathBuf>,
     pub summary: Option<PathBuf>,
+    /// Write the HTML report of the run here.
+    pub report: Option<PathBuf>,
     pub quiet: bool,
 }
 
@@ -113,6 +115,7 @@ pub async fn play(opts: PlayOptions, shutdown: CancellationToken) -> Result<Play
     }
     check_writable(opts.output.as_deref(), "--output")?;
     check_writable(opts.summary.as_deref(), "--summary")?;
+    check_writable(opts.report.as_deref(), "--report")?;
     let tls = tls::client_config(
         &opts.klio.server_ca,
         &opts.klio.client_cert,
@@ -161,7 +164,7 @@ pub async fn play(opts: PlayOptions, shutdown: CancellationToken) -> Result<Play
     if not_started > 0 {
         eprintln!("{not_started} files not started: the run was stopped first");
     }
-    if opts.summary.is_some() {
+    if opts.summary.is_some() || opts.report.is_some() {
         let doc = SummaryFile {
             mode: "play",
             totals: &totals,
@@ -176,6 +179,9 @@ pub async fn play(opts: PlayOptions, shutdown: CancellationToken) -> Result<Play
         };
         if let Some(path) = &opts.summary {
             write_summary(path, &doc)?;
+        }
+        if let Some(path) = &opts.report {
+            crate::report::write(path, &doc)?;
         }
     }
     if let Some(e) = driven.undeliverable {
