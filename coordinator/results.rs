@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
@@ -14,7 +14,6 @@ use crate::track::{Mark, Tracker};
 use walplayer_klio::buckets::{self, Bucket};
 use walplayer_klio::output::open_output;
 use walplayer_klio::progress::Progress;
-use walplayer_klio::report::unix_nanos;
 use walplayer_klio::report::JsonLines;
 use walplayer_klio::stats::{bounded, decode_histogram, new_histogram, Latency, Stats, Totals};
 use walplayer_klio::timeline::{second_of, Timeline};
@@ -55,6 +54,9 @@ pub(crate) struct Results {
     timeline: Timeline,
     /// The start instant, in Unix nanoseconds (0 before the barrier).
     start_unix_nanos: i64,
+    /// The same instant on this process's monotonic clock, which the run's
+    /// wall time is measured on.
+    started: Option<Instant>,
 }
 
 impl Results {
@@ -70,22 +72,24 @@ impl Results {
             progress,
             timeline: Timeline::default(),
             start_unix_nanos: 0,
+            started: None,
         }
     }
 
-    /// The barrier opened: seconds count from `start_unix_nanos`.
-    pub(crate) fn start_at(&mut self, start_unix_nanos: i64) {
+    /// The barrier opened: seconds count from the start instant, given in
+    /// Unix nanoseconds (as agents report end times) and as an `Instant`.
+    pub(crate) fn start_at(&mut self, start_unix_nanos: i64, started: Instant) {
         self.start_unix_nanos = start_unix_nanos;
+        self.started = Some(started);
     }
 
     /// The second of the run a file that ended at `end_ns` (an agent's
     /// clock) belongs to: not before the first, and not after the one now
     /// on this clock, so a wrong or lying clock cannot make it grow.
     fn second_of_end(&self, end_ns: i64) -> u64 {
-        let since =
-            |ns: i64| Duration::from_nanos(ns.saturating_sub(self.start_unix_nanos).max(0) as u64);
-        let now = second_of(since(unix_nanos(SystemTime::now())));
-        second_of(since(end_ns)).min(now)
+        let since = end_ns.saturating_sub(self.start_unix_nanos).max(0) as u64;
+        let now = self.started.map_or(Duration::ZERO, |s| s.elapsed());
+        second_of(Duration::from_nanos(since)).min(second_of(now))
     }
 
     /// Takes the plan `agent` sent with Ready.
@@ -314,5 +318,26 @@ impl Results {
             .collect();
         clusters.sort_by(|a, b| a.cluster.cmp(&b.cluster));
         clusters
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use walplayer_klio::progress::Silent;
+
+    /// An agent's end times place its files in the run's seconds, but a
+    /// clock far ahead or behind cannot grow the timeline past the run.
+    #[test]
+    fn a_file_lands_in_its_second_and_no_later_than_now() {
+        let mut r = Results::new(Box::new(Silent));
+        let start_ns = 1_700_000_000_000_000_000i64;
+        let five_ago = Instant::now().checked_sub(Duration::from_secs(5)).unwrap();
+        r.start_at(start_ns, five_ago);
+        assert_eq!(r.second_of_end(start_ns + 3_500_000_000), 4);
+        assert_eq!(r.second_of_end(start_ns - 9_000_000_000), 1);
+        let far_future = r.second_of_end(i64::MAX);
+        assert!((5..=7).contains(&far_future), "{far_future}");
+        assert_eq!(r.second_of_end(i64::MIN), 1);
     }
 }

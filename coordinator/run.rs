@@ -260,7 +260,6 @@ impl Run {
         self.roster.release(Start {
             start_unix_nanos: unix_nanos(at),
         });
-        self.results.start_at(unix_nanos(at));
         self.phase = Phase::Running;
         let limit = self
             .opts
@@ -268,6 +267,9 @@ impl Run {
             .unwrap_or_else(|| default_run_timeout(self.results.planned()));
         self.run_timeout = limit;
         self.clock.start_after(self.opts.barrier_delay, limit);
+        if let Some(started) = self.clock.started() {
+            self.results.start_at(unix_nanos(at), started);
+        }
         tracing::info!(
             "every agent is ready: start barrier released for {}",
             walplayer_klio::report::rfc3339(at)

@@ -23,8 +23,13 @@ pub use input::read_summary;
 
 /// Writes the report of `summary` (any summary document) to `path`.
 pub fn write(path: &Path, summary: &impl Serialize) -> Result<()> {
-    let value =
-        serde_json::to_value(summary).context("cannot encode the summary for the report")?;
+    // Through text, as `walplayer report` reads the summary file: JSON's
+    // float parsing may differ from the value in the last digit, and the
+    // two pages must be the same.
+    let text =
+        serde_json::to_string(summary).context("cannot encode the summary for the report")?;
+    let value: serde_json::Value =
+        serde_json::from_str(&text).context("cannot encode the summary for the report")?;
     std::fs::write(path, render(&value))
         .with_context(|| format!("cannot write --report file {}", path.display()))
 }

@@ -18,5 +18,6 @@ mod play;
 mod postgres;
 mod proxy;
 mod quickstart;
+mod report;
 mod sink;
 mod troubleshooting;
