@@ -367,6 +367,10 @@ impl Run {
             start_skew_ns: self.roster.start_skew(),
             agents,
             clusters: self.results.cluster_summaries(),
+            address: self.opts.workload.address.clone(),
+            jobs_per_agent: self.opts.workload.jobs.get(),
+            block_size_kib: self.opts.workload.upload.block.kib(),
+            clusters_per_agent: self.opts.workload.clusters_per_agent,
             timeline: self.results.timeline(wall, ran),
             latency_histogram: self.results.latency_histogram(lost),
         };

@@ -162,6 +162,13 @@ pub struct RunSummary {
     pub start_skew_ns: u64,
     pub agents: Vec<AgentSummary>,
     pub clusters: Vec<ClusterSummary>,
+    /// The Klio address every agent was told to use, if one was.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    /// Uploads in parallel on each agent.
+    pub jobs_per_agent: usize,
+    pub block_size_kib: u32,
+    pub clusters_per_agent: u32,
     /// The run second by second, from the start instant, each file in the
     /// second its agent says it ended. The coordinator sees only finished
     /// files, so `sentBytes` equals `ackedBytes` here: the bytes of the

@@ -194,8 +194,8 @@
 
   part("configuration", function () {
     var s = section("Run configuration", "configuration");
-    var known = ["mode", "runId", "address", "cluster", "jobs", "blockSizeKib", "interrupted",
-      "startSkewNs", "filesNotStarted", "filesUnreported"];
+    var known = ["mode", "runId", "address", "cluster", "jobs", "jobsPerAgent", "blockSizeKib",
+      "clustersPerAgent", "interrupted", "startSkewNs", "filesNotStarted", "filesUnreported"];
     var totalsKeys = ["filesOk", "filesFailed", "filesSkipped", "filesVerified", "bytes",
       "wallSeconds", "mibPerSecond", "filesPerSecond"];
     var pairs = [];
@@ -250,7 +250,11 @@
     }
     lineChart(s, "chart-throughput", "MiB/s, each second of the run", series,
       function (v) { return fmtNum(Math.round(v * 10) / 10, 1); }, "seconds since the start");
-    if (timeline.length === 0) s.appendChild(el("p", "This summary has no timeline.", "note"));
+    if (timeline.length === 0) {
+      s.appendChild(el("p", "This summary has no timeline.", "note"));
+    } else if (mode === "distributed") {
+      s.appendChild(el("p", "The coordinator sees each file when it finishes: sent is the bytes acknowledged that second.", "note"));
+    }
   });
 
   part("latency", function () {
