@@ -9,8 +9,7 @@ use clap::Args;
 use tokio_util::sync::CancellationToken;
 
 use crate::plan::{Length, Workload};
-use crate::{Coordinator, CoordinatorOptions, DEFAULT_LISTEN};
-use walplayer_klio::exit::Exit;
+use crate::{Coordinator, CoordinatorOptions, RunOutcome, DEFAULT_LISTEN};
 use walplayer_klio::flags::{parse_duration, OutputArgs, UploadArgs};
 use walplayer_klio::progress::Progress;
 use walplayer_proto::control::{Source, Split};
@@ -157,17 +156,17 @@ impl CoordinatorArgs {
     }
 }
 
-/// `walplayer coordinator`: returns the exit status. `progress` is the
-/// display the CLI chose (`--quiet` is [`OutputArgs::quiet`]).
+/// `walplayer coordinator`: returns how the run ended (its exit status and
+/// summary). `progress` is the display the CLI chose (`--quiet` is
+/// [`OutputArgs::quiet`]).
 pub async fn run(
     args: CoordinatorArgs,
     shutdown: CancellationToken,
     progress: Box<dyn Progress>,
-) -> Result<Exit> {
+) -> Result<RunOutcome> {
     let opts = args.options()?;
     let coordinator = Coordinator::bind(args.listen, opts).await?;
     // Stdout carries only JSON lines; scripts read the address from here.
     tracing::info!("coordinator listening on {}", coordinator.local_addr());
-    let outcome = coordinator.run(shutdown, progress).await?;
-    Ok(outcome.exit)
+    coordinator.run(shutdown, progress).await
 }

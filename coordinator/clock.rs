@@ -45,6 +45,11 @@ impl Clock {
         self.run_deadline = start.checked_add(limit);
     }
 
+    /// The common start instant, once the barrier opened.
+    pub(crate) fn started(&self) -> Option<Instant> {
+        self.started
+    }
+
     /// Whether the run is past its `--run-timeout`.
     pub(crate) fn past_run_deadline(&self, now: Instant) -> bool {
         self.run_deadline.is_some_and(|d| now > d)

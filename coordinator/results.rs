@@ -5,16 +5,18 @@
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
 use crate::summary::{AgentSummary, ClusterSummary, Tally};
 use crate::track::{Mark, Tracker};
+use walplayer_klio::buckets::{self, Bucket};
 use walplayer_klio::output::open_output;
 use walplayer_klio::progress::Progress;
 use walplayer_klio::report::JsonLines;
 use walplayer_klio::stats::{bounded, decode_histogram, new_histogram, Latency, Stats, Totals};
+use walplayer_klio::timeline::{second_of, Timeline};
 use walplayer_klio::wire;
 use walplayer_proto::control::{FileResult, Finished, Ready};
 
@@ -48,6 +50,13 @@ pub(crate) struct Results {
     output: Option<JsonLines<Box<dyn Write + Send>>>,
     write_error: Option<String>,
     progress: Box<dyn Progress>,
+    /// The run second by second, once the start instant is known.
+    timeline: Timeline,
+    /// The start instant, in Unix nanoseconds (0 before the barrier).
+    start_unix_nanos: i64,
+    /// The same instant on this process's monotonic clock, which the run's
+    /// wall time is measured on.
+    started: Option<Instant>,
 }
 
 impl Results {
@@ -61,7 +70,26 @@ impl Results {
             output: None,
             write_error: None,
             progress,
+            timeline: Timeline::default(),
+            start_unix_nanos: 0,
+            started: None,
         }
+    }
+
+    /// The barrier opened: seconds count from the start instant, given in
+    /// Unix nanoseconds (as agents report end times) and as an `Instant`.
+    pub(crate) fn start_at(&mut self, start_unix_nanos: i64, started: Instant) {
+        self.start_unix_nanos = start_unix_nanos;
+        self.started = Some(started);
+    }
+
+    /// The second of the run a file that ended at `end_ns` (an agent's
+    /// clock) belongs to: not before the first, and not after the one now
+    /// on this clock, so a wrong or lying clock cannot make it grow.
+    fn second_of_end(&self, end_ns: i64) -> u64 {
+        let since = end_ns.saturating_sub(self.start_unix_nanos).max(0) as u64;
+        let now = self.started.map_or(Duration::ZERO, |s| s.elapsed());
+        second_of(Duration::from_nanos(since)).min(second_of(now))
     }
 
     /// Takes the plan `agent` sent with Ready.
@@ -100,6 +128,10 @@ impl Results {
         };
         let failed = self.write(&report);
         self.received.record(&report);
+        let t = self.second_of_end(end_ns);
+        let stored = report.ok().then_some(report.bytes);
+        self.timeline.sent(t, stored.unwrap_or(0));
+        self.timeline.finished(t, stored, report.elapsed_ns());
         let counts = self.agents.entry(agent.to_string()).or_default();
         counts.tally.record(&report, start_ns, end_ns);
         if let Some(c) = self.clusters.get_mut(&report.cluster) {
@@ -220,18 +252,48 @@ impl Results {
     /// the barrier opened.
     pub(crate) fn totals(&self, wall: Duration, lost: bool, ran: bool) -> Totals {
         let mut stats = self.received.clone();
-        // Percentiles come from the agents' own histograms when every agent
-        // sent one; they equal the received ones, which cover lost agents.
-        if !lost && self.merged.len() == stats.latency.len() {
-            stats.latency = self.merged.clone();
-        } else if !lost && ran {
+        stats.latency = self.latency(lost, ran).clone();
+        Totals::new(&stats, wall)
+    }
+
+    /// The histogram of per-file time: the agents' own when every agent
+    /// sent one (they equal the received ones), else the results received,
+    /// which cover lost agents.
+    fn latency(&self, lost: bool, ran: bool) -> &Histogram<u64> {
+        let received = &self.received.latency;
+        if !lost && self.merged.len() == received.len() {
+            return &self.merged;
+        }
+        if !lost && ran {
             tracing::warn!(
                 "agents' histograms hold {} files but {} results arrived; using the results",
                 self.merged.len(),
-                stats.latency.len()
+                received.len()
             );
         }
-        Totals::new(&stats, wall)
+        received
+    }
+
+    /// The summary's `latencyHistogram`, of the histogram [`Results::totals`]
+    /// takes its percentiles from.
+    pub(crate) fn latency_histogram(&self, lost: bool) -> Vec<Bucket> {
+        // `ran` only decides a warning, given once by `totals`.
+        buckets::of_histogram(self.latency(lost, false))
+    }
+
+    /// The timeline, covering every second up to `wall` after the start
+    /// (none if the run never started).
+    pub(crate) fn timeline(
+        &self,
+        wall: Duration,
+        ran: bool,
+    ) -> Vec<walplayer_klio::timeline::Point> {
+        if !ran {
+            return Vec::new();
+        }
+        let mut timeline = self.timeline.clone();
+        timeline.extend_to(second_of(wall));
+        timeline.points()
     }
 
     /// One agent's line; the files it never reported count only if the
@@ -256,5 +318,26 @@ impl Results {
             .collect();
         clusters.sort_by(|a, b| a.cluster.cmp(&b.cluster));
         clusters
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use walplayer_klio::progress::Silent;
+
+    /// An agent's end times place its files in the run's seconds, but a
+    /// clock far ahead or behind cannot grow the timeline past the run.
+    #[test]
+    fn a_file_lands_in_its_second_and_no_later_than_now() {
+        let mut r = Results::new(Box::new(Silent));
+        let start_ns = 1_700_000_000_000_000_000i64;
+        let five_ago = Instant::now().checked_sub(Duration::from_secs(5)).unwrap();
+        r.start_at(start_ns, five_ago);
+        assert_eq!(r.second_of_end(start_ns + 3_500_000_000), 4);
+        assert_eq!(r.second_of_end(start_ns - 9_000_000_000), 1);
+        let far_future = r.second_of_end(i64::MAX);
+        assert!((5..=7).contains(&far_future), "{far_future}");
+        assert_eq!(r.second_of_end(i64::MIN), 1);
     }
 }

@@ -267,6 +267,9 @@ impl Run {
             .unwrap_or_else(|| default_run_timeout(self.results.planned()));
         self.run_timeout = limit;
         self.clock.start_after(self.opts.barrier_delay, limit);
+        if let Some(started) = self.clock.started() {
+            self.results.start_at(unix_nanos(at), started);
+        }
         tracing::info!(
             "every agent is ready: start barrier released for {}",
             walplayer_klio::report::rfc3339(at)
@@ -356,6 +359,7 @@ impl Run {
             .map(|a| self.results.agent_summary(&a.name, a.state_text(), ran))
             .collect();
         let summary = RunSummary {
+            mode: "distributed",
             totals: self.results.totals(wall, lost, ran),
             run_id: self.run_id.clone(),
             interrupted,
@@ -363,6 +367,12 @@ impl Run {
             start_skew_ns: self.roster.start_skew(),
             agents,
             clusters: self.results.cluster_summaries(),
+            address: self.opts.workload.address.clone(),
+            jobs_per_agent: self.opts.workload.jobs.get(),
+            block_size_kib: self.opts.workload.upload.block.kib(),
+            clusters_per_agent: self.opts.workload.clusters_per_agent,
+            timeline: self.results.timeline(wall, ran),
+            latency_histogram: self.results.latency_histogram(lost),
         };
         let exit = match &self.failure {
             Some((exit, _)) => *exit,

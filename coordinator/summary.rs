@@ -5,8 +5,10 @@
 use serde::Serialize;
 
 use crate::track::Unreported;
+use walplayer_klio::buckets::Bucket;
 use walplayer_klio::report::{FileReport, Outcome};
 use walplayer_klio::stats::{ErrorCount, Errors, Latency, Totals};
+use walplayer_klio::timeline::Point;
 
 /// Counts of some files, without a histogram (latency comes from the
 /// agent's own histogram when it finishes).
@@ -149,6 +151,8 @@ impl ClusterSummary {
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RunSummary {
+    /// `distributed`: a coordinator and its agents.
+    pub mode: &'static str,
     #[serde(flatten)]
     pub totals: Totals,
     pub run_id: String,
@@ -158,6 +162,21 @@ pub struct RunSummary {
     pub start_skew_ns: u64,
     pub agents: Vec<AgentSummary>,
     pub clusters: Vec<ClusterSummary>,
+    /// The Klio address every agent was told to use, if one was.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    /// Uploads in parallel on each agent.
+    pub jobs_per_agent: usize,
+    pub block_size_kib: u32,
+    pub clusters_per_agent: u32,
+    /// The run second by second, from the start instant, each file in the
+    /// second its agent says it ended. The coordinator sees only finished
+    /// files, so `sentBytes` equals `ackedBytes` here: the bytes of the
+    /// files stored that second.
+    pub timeline: Vec<Point>,
+    /// Time per file, in log-spaced buckets, of the same histogram as
+    /// `latency`.
+    pub latency_histogram: Vec<Bucket>,
 }
 
 impl RunSummary {

@@ -17,7 +17,7 @@
 //!   neither knows the other, both speak the control protocol.
 //! - this crate, the CLI: the binaries in `src/bin`, and the commands that
 //!   are only user interface: [`play`], [`quickstart`], [`certs`], the
-//!   [`progress`] display, logging and signals ([`cli`]), allocator tuning
+//!   [`progress`] display, the HTML [`report`], logging and signals ([`cli`]), allocator tuning
 //!   ([`alloc`]) and the open-files limit ([`limits`]).
 
 pub use walplayer_agent as agent;
@@ -34,4 +34,5 @@ pub mod limits;
 pub mod play;
 pub mod progress;
 pub mod quickstart;
+pub mod report;
 pub mod simulate;

@@ -7,12 +7,12 @@
 
 use std::io::Write;
 use std::path::PathBuf;
-use std::time::Instant;
 
 use anyhow::Result;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
+use walplayer_klio::buckets::{self, Bucket};
 use walplayer_klio::config::KlioConfig;
 use walplayer_klio::driver::{drive, Destination};
 use walplayer_klio::endpoint::KlioEndpoint;
@@ -22,6 +22,7 @@ use walplayer_klio::progress::Progress as _;
 use walplayer_klio::report::{FileReport, JsonLines};
 use walplayer_klio::settings::Jobs;
 use walplayer_klio::stats::{Stats, Totals};
+use walplayer_klio::timeline::Point;
 use walplayer_klio::tls;
 use walplayer_klio::upload::{UploadSettings, Work};
 use walplayer_wal::source;
@@ -37,6 +38,8 @@ pub struct PlayOptions {
     pub klio: KlioConfig,
     pub output: Option<PathBuf>,
     pub summary: Option<PathBuf>,
+    /// Write the HTML report of the run here.
+    pub report: Option<PathBuf>,
     pub quiet: bool,
 }
 
@@ -58,6 +61,8 @@ impl PlayOutcome {
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 struct SummaryFile<'a> {
+    /// `play`: one process, one cluster.
+    mode: &'static str,
     #[serde(flatten)]
     totals: &'a Totals,
     interrupted: bool,
@@ -67,6 +72,10 @@ struct SummaryFile<'a> {
     cluster: &'a str,
     jobs: usize,
     block_size_kib: u32,
+    /// The run second by second.
+    timeline: Vec<Point>,
+    /// Time per file, in log-spaced buckets.
+    latency_histogram: Vec<Bucket>,
 }
 
 /// Where `play`'s reports go: JSON lines, the progress display and a
@@ -105,6 +114,7 @@ pub async fn play(opts: PlayOptions, shutdown: CancellationToken) -> Result<Play
     }
     check_writable(opts.output.as_deref(), "--output")?;
     check_writable(opts.summary.as_deref(), "--summary")?;
+    check_writable(opts.report.as_deref(), "--report")?;
     let tls = tls::client_config(
         &opts.klio.server_ca,
         &opts.klio.client_cert,
@@ -134,7 +144,6 @@ pub async fn play(opts: PlayOptions, shutdown: CancellationToken) -> Result<Play
             cluster: opts.klio.cluster_name.clone(),
         })
         .collect();
-    let started = Instant::now();
     let driven = drive(
         work,
         clients,
@@ -146,15 +155,17 @@ pub async fn play(opts: PlayOptions, shutdown: CancellationToken) -> Result<Play
     )
     .await;
     lines.progress.finish();
-    let totals = Totals::new(&driven.stats, started.elapsed());
+    // The timeline's clock: its seconds and the wall time agree.
+    let totals = Totals::new(&driven.stats, driven.wall);
     let interrupted = shutdown.is_cancelled();
     let not_started = found.saturating_sub(driven.stats.files_done());
     eprint!("{}", totals.to_text());
     if not_started > 0 {
         eprintln!("{not_started} files not started: the run was stopped first");
     }
-    if let Some(path) = &opts.summary {
+    if opts.summary.is_some() || opts.report.is_some() {
         let doc = SummaryFile {
+            mode: "play",
             totals: &totals,
             interrupted,
             files_not_started: not_started,
@@ -162,8 +173,15 @@ pub async fn play(opts: PlayOptions, shutdown: CancellationToken) -> Result<Play
             cluster: &opts.klio.cluster_name,
             jobs: opts.jobs.get(),
             block_size_kib: opts.upload.block.kib(),
+            timeline: driven.timeline.points(),
+            latency_histogram: buckets::of_histogram(&driven.stats.latency),
         };
-        write_summary(path, &doc)?;
+        if let Some(path) = &opts.summary {
+            write_summary(path, &doc)?;
+        }
+        if let Some(path) = &opts.report {
+            crate::report::write(path, &doc)?;
+        }
     }
     if let Some(e) = driven.undeliverable {
         anyhow::bail!(e);

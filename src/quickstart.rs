@@ -125,12 +125,13 @@ pub async fn run(args: QuickstartArgs, shutdown: CancellationToken) -> Result<Ex
         eprintln!("quickstart: {e}");
     }
 
+    crate::report::write(&root.join("report.html"), &outcome.summary)?;
     let stored = check_stored(&sink_data, segment_bytes)?;
     eprintln!("quickstart: {stored} stored files checked: sizes and page headers valid for their positions");
     if args.keep {
         let kept = tmp.keep();
         eprintln!(
-            "quickstart: kept {} (results.json, summary.json, certs/, sink/, agent-*.log)",
+            "quickstart: kept {} (results.json, summary.json, report.html, certs/, sink/, agent-*.log)",
             kept.display()
         );
     }

@@ -2,10 +2,13 @@
 //! every report into [`Stats`], hand it to a [`Destination`], tick about
 //! once a second, and stop uploads when the destination fails or a stop
 //! signal comes. The two differ only in their destination (JSON lines and
-//! a progress display, or the control stream).
+//! a progress display, or the control stream). On the way it keeps the
+//! run's [`Timeline`]: files as their reports arrive, bytes sent as the
+//! pipeline's counter reads at each tick.
 
 use std::future::Future;
-use std::time::Duration;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
@@ -13,6 +16,7 @@ use crate::endpoint::Client;
 use crate::pipeline::Pipeline;
 use crate::report::FileReport;
 use crate::stats::Stats;
+use crate::timeline::{second_of, Timeline};
 use crate::upload::{UploadSettings, Work};
 
 /// Where reports go.
@@ -33,6 +37,10 @@ pub const TICK: Duration = Duration::from_secs(1);
 pub struct Driven<S> {
     /// Every report, counted, whether delivered or not.
     pub stats: Stats,
+    /// The run second by second, from the start of [`drive`].
+    pub timeline: Timeline,
+    /// How long the run took, from the start of [`drive`].
+    pub wall: Duration,
     /// Why the destination stopped taking reports, if it did.
     pub undeliverable: Option<String>,
     /// What the stop signal said, if it came.
@@ -55,10 +63,20 @@ pub async fn drive<D, S>(
 where
     D: Destination,
 {
+    let started = Instant::now();
     let mut pipeline = Pipeline::start(work, clients, settings, cancel.clone());
     let mut undeliverable = None;
     let mut stopped = None;
-    let mut ticker = tokio::time::interval(TICK);
+    let mut timeline = Timeline::default();
+    let mut sent_before = 0;
+    let mut sample_sent = |timeline: &mut Timeline, t: u64| {
+        let sent = pipeline.sent.load(Ordering::Relaxed);
+        timeline.sent(t, sent - sent_before);
+        sent_before = sent;
+    };
+    // Ticks at whole seconds after the start, so a tick's sample of the
+    // bytes sent closes the second that just ended.
+    let mut ticker = tokio::time::interval_at((started + TICK).into(), TICK);
     tokio::pin!(stop);
     loop {
         let delivering = undeliverable.is_none();
@@ -66,6 +84,8 @@ where
             report = pipeline.reports.recv() => {
                 let Some(report) = report else { break };
                 stats.record(&report);
+                let stored = report.ok().then_some(report.bytes);
+                timeline.finished(second_of(started.elapsed()), stored, report.elapsed_ns());
                 if delivering {
                     if let Err(e) = destination.report(&report).await {
                         undeliverable = Some(e);
@@ -73,7 +93,11 @@ where
                     }
                 }
             }
-            _ = ticker.tick(), if delivering => {
+            _ = ticker.tick() => {
+                sample_sent(&mut timeline, started.elapsed().as_secs().max(1));
+                if !delivering {
+                    continue;
+                }
                 if let Err(e) = destination.tick(&stats).await {
                     undeliverable = Some(e);
                     cancel.cancel();
@@ -85,9 +109,14 @@ where
             }
         }
     }
+    let wall = started.elapsed();
+    sample_sent(&mut timeline, second_of(wall));
+    timeline.extend_to(second_of(wall));
     pipeline.join().await;
     Driven {
         stats,
+        timeline,
+        wall,
         undeliverable,
         stopped,
     }

@@ -108,6 +108,9 @@ pub struct OutputArgs {
     /// Write the run's summary as JSON here
     #[arg(long, value_name = "FILE")]
     pub summary: Option<PathBuf>,
+    /// Write a self-contained HTML report of the run here (charts, tables; open it in a browser)
+    #[arg(long, value_name = "FILE.html")]
+    pub report: Option<PathBuf>,
     /// No progress display on stderr
     #[arg(long, short)]
     pub quiet: bool,

@@ -18,8 +18,11 @@
 //! - [`upload`]: one Put stream per file, retries; [`verify`]: read-back.
 //! - [`settings`]: block size, jobs and upload settings as validated types.
 //! - [`output`]: result and summary files.
+//! - [`timeline`]: a run second by second; [`buckets`]: log-spaced
+//!   histograms for summaries and charts.
 //! - [`progress`]: what a progress display is told.
 
+pub mod buckets;
 pub mod config;
 pub mod driver;
 pub mod endpoint;
@@ -31,6 +34,7 @@ pub mod progress;
 pub mod report;
 pub mod settings;
 pub mod stats;
+pub mod timeline;
 pub mod tls;
 pub mod transport;
 pub mod upload;

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::endpoint::Client;
 use crate::report::FailureKind;
 use crate::report::FileReport;
-use crate::upload::{finish, upload, Failure, UploadSettings, Work};
+use crate::upload::{finish, upload_counted, Failure, SentCounter, UploadSettings, Work};
 
 /// Message of files interrupted by a stop request.
 pub const INTERRUPTED: &str = "interrupted: the run was stopped before this file finished";
@@ -25,6 +25,8 @@ pub const INTERRUPTED: &str = "interrupted: the run was stopped before this file
 pub struct Pipeline {
     /// Reports, in the order files finish; closed when every job is done.
     pub reports: mpsc::Receiver<FileReport>,
+    /// Bytes every job put on the wire so far.
+    pub sent: SentCounter,
     jobs: JoinSet<()>,
 }
 
@@ -38,6 +40,7 @@ impl Pipeline {
     ) -> Pipeline {
         let queue = Arc::new(Mutex::new(VecDeque::from(work)));
         let (tx, reports) = mpsc::channel(clients.len().max(1) * 2);
+        let sent = SentCounter::default();
         let mut jobs = JoinSet::new();
         for client in clients {
             jobs.spawn(job(
@@ -45,10 +48,15 @@ impl Pipeline {
                 queue.clone(),
                 settings.clone(),
                 tx.clone(),
+                sent.clone(),
                 cancel.clone(),
             ));
         }
-        Pipeline { reports, jobs }
+        Pipeline {
+            reports,
+            sent,
+            jobs,
+        }
     }
 
     /// Waits for every job to end (after the reports are drained).
@@ -62,6 +70,7 @@ async fn job(
     queue: Arc<Mutex<VecDeque<Work>>>,
     settings: UploadSettings,
     reports: mpsc::Sender<FileReport>,
+    sent: SentCounter,
     cancel: CancellationToken,
 ) {
     loop {
@@ -74,7 +83,7 @@ async fn job(
         let start = SystemTime::now();
         let clock = Instant::now();
         let report = tokio::select! {
-            report = upload(&mut client, &work, &settings) => report,
+            report = upload_counted(&mut client, &work, &settings, &sent) => report,
             _ = cancel.cancelled() => {
                 let interrupted = Failure::fatal(FailureKind::Interrupted, INTERRUPTED);
                 finish(&work, start, clock.elapsed(), Err(interrupted))

@@ -7,6 +7,8 @@
 //! waiting, and the one tonic is encoding, whatever the file size.
 
 use std::io::Read;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
@@ -106,14 +108,30 @@ pub fn backoff(n: u32) -> Duration {
         .min(Duration::from_secs(5))
 }
 
+/// Bytes put on the wire so far, by every job of a pipeline: bumped per
+/// block as it is handed to the stream, read once a second for the
+/// timeline.
+pub type SentCounter = Arc<AtomicU64>;
+
 /// Uploads one file, retrying passing failures, and reports what happened.
 /// Never fails otherwise: every outcome is a report.
 pub async fn upload(client: &mut Client, work: &Work, settings: &UploadSettings) -> FileReport {
+    upload_counted(client, work, settings, &SentCounter::default()).await
+}
+
+/// [`upload`], adding every block sent to `sent`.
+pub async fn upload_counted(
+    client: &mut Client,
+    work: &Work,
+    settings: &UploadSettings,
+    sent: &SentCounter,
+) -> FileReport {
     let start = SystemTime::now();
     let clock = Instant::now();
     let mut retries = Vec::new();
     let result = loop {
-        let attempt = tokio::time::timeout(settings.timeout, attempt(client, work, settings)).await;
+        let attempt =
+            tokio::time::timeout(settings.timeout, attempt(client, work, settings, sent)).await;
         let failure = match attempt {
             Ok(Ok(sent)) => break Ok(sent.bytes),
             Ok(Err(failure)) => failure,
@@ -142,8 +160,9 @@ async fn attempt(
     client: &mut Client,
     work: &Work,
     settings: &UploadSettings,
+    counter: &SentCounter,
 ) -> Result<Sent, Failure> {
-    let sent = send(client, work, settings).await?;
+    let sent = send(client, work, settings, counter).await?;
     if settings.verify {
         verify::read_back(client, work, &sent).await?;
     }
@@ -189,6 +208,7 @@ async fn send(
     client: &mut Client,
     work: &Work,
     settings: &UploadSettings,
+    counter: &SentCounter,
 ) -> Result<Sent, Failure> {
     let segment = &work.segment;
     if let Some(why) = &segment.unreadable {
@@ -201,13 +221,16 @@ async fn send(
     }
     let (tx, rx) = mpsc::channel(1);
     let reader = {
-        let (segment, cluster, block, digest) = (
+        let (segment, cluster, block, digest, counter) = (
             segment.clone(),
             work.cluster.clone(),
             settings.block.bytes(),
             settings.verify,
+            counter.clone(),
         );
-        tokio::task::spawn_blocking(move || read_blocks(&segment, &cluster, block, digest, tx))
+        tokio::task::spawn_blocking(move || {
+            read_blocks(&segment, &cluster, block, digest, &counter, tx)
+        })
     };
     let call = client.put(ReceiverStream::new(rx));
     tokio::pin!(call);
@@ -254,6 +277,7 @@ fn read_blocks(
     cluster: &str,
     block: usize,
     digest: bool,
+    counter: &AtomicU64,
     tx: mpsc::Sender<PutRequest>,
 ) -> Result<Sent, ReadFailure> {
     let fail = |message: String, tx: mpsc::Sender<PutRequest>| ReadFailure {
@@ -303,6 +327,7 @@ fn read_blocks(
             send_to_tier2: false,
         };
         drop(slot.send(request));
+        counter.fetch_add(n as u64, Ordering::Relaxed);
         if n < block {
             break;
         }

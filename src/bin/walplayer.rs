@@ -42,6 +42,17 @@ enum Command {
     Coordinator(walplayer::coordinator::cli::CoordinatorArgs),
     /// Join coordinator runs (the same as the walplayer-agent binary)
     Agent(walplayer::agent::cli::AgentArgs),
+    /// Make the HTML report of a run from its --summary file or a log holding the summary line
+    Report(ReportArgs),
+}
+
+#[derive(clap::Args)]
+struct ReportArgs {
+    /// The --summary JSON file, or a log (e.g. `kubectl logs` of the coordinator) with its {"walplayerSummary": ...} line
+    input: PathBuf,
+    /// Where to write the report (one self-contained HTML file)
+    #[arg(long, short, value_name = "FILE.html")]
+    output: PathBuf,
 }
 
 #[derive(clap::Args)]
@@ -180,19 +191,38 @@ async fn run(command: Command, shutdown: CancellationToken) -> Exit {
         },
         Command::Sink(args) => run_sink(args, shutdown).await,
         Command::Certs(args) => run_certs(args),
-        Command::Coordinator(args) => {
-            let progress = Box::new(walplayer::progress::Progress::new(args.output.quiet, 0, 0));
-            match walplayer::coordinator::cli::run(args, shutdown, progress).await {
-                Ok(exit) => exit,
-                Err(e) => usage_error(e),
-            }
-        }
+        Command::Coordinator(args) => run_coordinator(args, shutdown).await,
+        Command::Report(args) => match walplayer::report::run(&args.input, &args.output) {
+            Ok(()) => Exit::Ok,
+            Err(e) => usage_error(e),
+        },
         Command::Agent(args) => walplayer::agent::cli::run(args, shutdown).await,
         Command::Quickstart(args) => match quickstart::run(args, shutdown).await {
             Ok(exit) => exit,
             Err(e) => usage_error(e),
         },
     }
+}
+
+async fn run_coordinator(
+    args: walplayer::coordinator::cli::CoordinatorArgs,
+    shutdown: CancellationToken,
+) -> Exit {
+    let report = args.output.report.clone();
+    if let Err(e) = walplayer::klio::output::check_writable(report.as_deref(), "--report") {
+        return usage_error(e);
+    }
+    let progress = Box::new(walplayer::progress::Progress::new(args.output.quiet, 0, 0));
+    let outcome = match walplayer::coordinator::cli::run(args, shutdown, progress).await {
+        Ok(outcome) => outcome,
+        Err(e) => return usage_error(e),
+    };
+    if let Some(path) = &report {
+        if let Err(e) = walplayer::report::write(path, &outcome.summary) {
+            return usage_error(e);
+        }
+    }
+    outcome.exit
 }
 
 async fn run_generate(args: GenerateArgs, shutdown: CancellationToken) -> Exit {
@@ -252,6 +282,7 @@ async fn run_play(args: PlayArgs, shutdown: CancellationToken) -> Exit {
         klio,
         output: args.output.output,
         summary: args.output.summary,
+        report: args.output.report,
         quiet: args.output.quiet,
     };
     match play::play(opts, shutdown).await {

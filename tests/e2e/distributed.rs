@@ -132,7 +132,10 @@ fn ns(v: &serde_json::Value) -> i64 {
 #[test]
 fn barrier_holds_and_every_file_appears_exactly_once() {
     let c = Cluster::new();
+    let page = c.env.path("report.html");
     let (mut coord, addr) = c.coordinator(&[
+        "--report",
+        page.to_str().unwrap(),
         "--agents",
         "3",
         "--length",
@@ -253,6 +256,13 @@ fn barrier_holds_and_every_file_appears_exactly_once() {
     }
     let expect = walplayer::klio::stats::Latency::of(&h);
     assert_eq!(s["latency"], serde_json::to_value(expect).unwrap());
+
+    // The timeline places every file in the second it ended; the report
+    // carries the very summary written to --summary.
+    assert_eq!(s["mode"], "distributed");
+    crate::report::assert_timeline_adds_up(&s);
+    let html = std::fs::read_to_string(&page).unwrap();
+    assert_eq!(html, walplayer::report::render(&s));
 }
 
 #[test]

@@ -18,6 +18,7 @@ mod play;
 mod postgres;
 mod proxy;
 mod quickstart;
+mod report;
 mod simulate;
 mod sink;
 mod troubleshooting;
