@@ -11,6 +11,7 @@ use hdrhistogram::Histogram;
 
 use crate::summary::{AgentSummary, ClusterSummary, Tally};
 use crate::track::{Mark, Tracker};
+use walplayer_klio::metrics::ClientMetrics;
 use walplayer_klio::output::open_output;
 use walplayer_klio::progress::Progress;
 use walplayer_klio::report::JsonLines;
@@ -48,10 +49,12 @@ pub(crate) struct Results {
     output: Option<JsonLines<Box<dyn Write + Send>>>,
     write_error: Option<String>,
     progress: Box<dyn Progress>,
+    /// Every counted file is also counted here, for `/metrics`.
+    metrics: ClientMetrics,
 }
 
 impl Results {
-    pub(crate) fn new(progress: Box<dyn Progress>) -> Results {
+    pub(crate) fn new(progress: Box<dyn Progress>, metrics: ClientMetrics) -> Results {
         Results {
             tracker: Tracker::default(),
             received: Stats::default(),
@@ -61,6 +64,7 @@ impl Results {
             output: None,
             write_error: None,
             progress,
+            metrics,
         }
     }
 
@@ -100,6 +104,7 @@ impl Results {
         };
         let failed = self.write(&report);
         self.received.record(&report);
+        self.metrics.file(&report);
         let counts = self.agents.entry(agent.to_string()).or_default();
         counts.tally.record(&report, start_ns, end_ns);
         if let Some(c) = self.clusters.get_mut(&report.cluster) {

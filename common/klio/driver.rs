@@ -10,6 +10,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::endpoint::Client;
+use crate::metrics::ClientMetrics;
 use crate::pipeline::Pipeline;
 use crate::report::FileReport;
 use crate::stats::Stats;
@@ -39,14 +40,23 @@ pub struct Driven<S> {
     pub stopped: Option<S>,
 }
 
-/// Runs `work` over `clients` until every job is done. `cancel` stops
-/// uploads (in flight ones are reported as interrupted); the loop cancels
-/// it itself when the destination fails or `stop` resolves. `stats` may
-/// carry counts made before (skipped files).
+/// What a run uploads, and how.
+pub struct Uploads {
+    /// The files, in the order jobs take them.
+    pub work: Vec<Work>,
+    /// One client per job.
+    pub clients: Vec<Client>,
+    pub settings: UploadSettings,
+    /// Every report and every block sent is counted here.
+    pub metrics: ClientMetrics,
+}
+
+/// Runs the uploads until every job is done. `cancel` stops uploads (in
+/// flight ones are reported as interrupted); the loop cancels it itself
+/// when the destination fails or `stop` resolves. `stats` may carry counts
+/// made before (skipped files).
 pub async fn drive<D, S>(
-    work: Vec<Work>,
-    clients: Vec<Client>,
-    settings: UploadSettings,
+    uploads: Uploads,
     cancel: CancellationToken,
     destination: &mut D,
     stop: impl Future<Output = S>,
@@ -55,7 +65,13 @@ pub async fn drive<D, S>(
 where
     D: Destination,
 {
-    let mut pipeline = Pipeline::start(work, clients, settings, cancel.clone());
+    let Uploads {
+        work,
+        clients,
+        settings,
+        metrics,
+    } = uploads;
+    let mut pipeline = Pipeline::start(work, clients, settings, metrics.clone(), cancel.clone());
     let mut undeliverable = None;
     let mut stopped = None;
     let mut ticker = tokio::time::interval(TICK);
@@ -66,6 +82,7 @@ where
             report = pipeline.reports.recv() => {
                 let Some(report) = report else { break };
                 stats.record(&report);
+                metrics.file(&report);
                 if delivering {
                     if let Err(e) = destination.report(&report).await {
                         undeliverable = Some(e);

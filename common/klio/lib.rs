@@ -19,12 +19,14 @@
 //! - [`settings`]: block size, jobs and upload settings as validated types.
 //! - [`output`]: result and summary files.
 //! - [`progress`]: what a progress display is told.
+//! - [`metrics`]: Prometheus metrics and the `/metrics` endpoint.
 
 pub mod config;
 pub mod driver;
 pub mod endpoint;
 pub mod exit;
 pub mod flags;
+pub mod metrics;
 pub mod output;
 pub mod pipeline;
 pub mod progress;

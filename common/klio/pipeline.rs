@@ -14,6 +14,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::endpoint::Client;
+use crate::metrics::ClientMetrics;
 use crate::report::FailureKind;
 use crate::report::FileReport;
 use crate::upload::{finish, upload, Failure, UploadSettings, Work};
@@ -29,11 +30,13 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    /// Starts one job per client over `work`, in order.
+    /// Starts one job per client over `work`, in order; blocks sent are
+    /// counted into `metrics`.
     pub fn start(
         work: Vec<Work>,
         clients: Vec<Client>,
         settings: UploadSettings,
+        metrics: ClientMetrics,
         cancel: CancellationToken,
     ) -> Pipeline {
         let queue = Arc::new(Mutex::new(VecDeque::from(work)));
@@ -44,6 +47,7 @@ impl Pipeline {
                 client,
                 queue.clone(),
                 settings.clone(),
+                metrics.clone(),
                 tx.clone(),
                 cancel.clone(),
             ));
@@ -61,6 +65,7 @@ async fn job(
     mut client: Client,
     queue: Arc<Mutex<VecDeque<Work>>>,
     settings: UploadSettings,
+    metrics: ClientMetrics,
     reports: mpsc::Sender<FileReport>,
     cancel: CancellationToken,
 ) {
@@ -74,7 +79,7 @@ async fn job(
         let start = SystemTime::now();
         let clock = Instant::now();
         let report = tokio::select! {
-            report = upload(&mut client, &work, &settings) => report,
+            report = upload(&mut client, &work, &settings, &metrics) => report,
             _ = cancel.cancelled() => {
                 let interrupted = Failure::fatal(FailureKind::Interrupted, INTERRUPTED);
                 finish(&work, start, clock.elapsed(), Err(interrupted))

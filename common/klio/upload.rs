@@ -10,10 +10,12 @@ use std::io::Read;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
+use prometheus_client::metrics::counter::Counter;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::endpoint::{status_text, Client};
+use crate::metrics::ClientMetrics;
 use crate::report::{FailureKind, FileReport, Outcome};
 use crate::verify;
 use walplayer_proto::klio::PutRequest;
@@ -107,13 +109,24 @@ pub fn backoff(n: u32) -> Duration {
 }
 
 /// Uploads one file, retrying passing failures, and reports what happened.
-/// Never fails otherwise: every outcome is a report.
-pub async fn upload(client: &mut Client, work: &Work, settings: &UploadSettings) -> FileReport {
+/// Never fails otherwise: every outcome is a report. Each block sent is
+/// counted into `metrics` as it goes.
+pub async fn upload(
+    client: &mut Client,
+    work: &Work,
+    settings: &UploadSettings,
+    metrics: &ClientMetrics,
+) -> FileReport {
+    let sent_bytes = metrics.bytes_sent(&work.cluster);
     let start = SystemTime::now();
     let clock = Instant::now();
     let mut retries = Vec::new();
     let result = loop {
-        let attempt = tokio::time::timeout(settings.timeout, attempt(client, work, settings)).await;
+        let attempt = tokio::time::timeout(
+            settings.timeout,
+            attempt(client, work, settings, &sent_bytes),
+        )
+        .await;
         let failure = match attempt {
             Ok(Ok(sent)) => break Ok(sent.bytes),
             Ok(Err(failure)) => failure,
@@ -142,8 +155,9 @@ async fn attempt(
     client: &mut Client,
     work: &Work,
     settings: &UploadSettings,
+    sent_bytes: &Counter,
 ) -> Result<Sent, Failure> {
-    let sent = send(client, work, settings).await?;
+    let sent = send(client, work, settings, sent_bytes).await?;
     if settings.verify {
         verify::read_back(client, work, &sent).await?;
     }
@@ -188,6 +202,7 @@ async fn send(
     client: &mut Client,
     work: &Work,
     settings: &UploadSettings,
+    sent_bytes: &Counter,
 ) -> Result<Sent, Failure> {
     let segment = &work.segment;
     if let Some(why) = &segment.unreadable {
@@ -200,13 +215,16 @@ async fn send(
     }
     let (tx, rx) = mpsc::channel(1);
     let reader = {
-        let (segment, cluster, block, digest) = (
+        let (segment, cluster, block, digest, counter) = (
             segment.clone(),
             work.cluster.clone(),
             settings.block.bytes(),
             settings.verify,
+            sent_bytes.clone(),
         );
-        tokio::task::spawn_blocking(move || read_blocks(&segment, &cluster, block, digest, tx))
+        tokio::task::spawn_blocking(move || {
+            read_blocks(&segment, &cluster, block, digest, &counter, tx)
+        })
     };
     let call = client.put(ReceiverStream::new(rx));
     tokio::pin!(call);
@@ -253,6 +271,7 @@ fn read_blocks(
     cluster: &str,
     block: usize,
     digest: bool,
+    sent_bytes: &Counter,
     tx: mpsc::Sender<PutRequest>,
 ) -> Result<Sent, ReadFailure> {
     let fail = |message: String, tx: mpsc::Sender<PutRequest>| ReadFailure {
@@ -302,6 +321,7 @@ fn read_blocks(
             send_to_tier2: false,
         };
         drop(slot.send(request));
+        sent_bytes.inc_by(n as u64);
         if n < block {
             break;
         }

@@ -9,7 +9,8 @@ use tokio_util::sync::CancellationToken;
 
 use walplayer::cli::{error_text, init_logging, with_signals};
 use walplayer::klio::exit::Exit;
-use walplayer::klio::flags::{KlioArgs, OutputArgs, UploadArgs};
+use walplayer::klio::flags::{KlioArgs, MetricsArgs, OutputArgs, UploadArgs};
+use walplayer::klio::metrics;
 use walplayer::wal::{generate, walname};
 use walplayer::{certs, play, quickstart, sink};
 
@@ -83,6 +84,11 @@ struct PlayArgs {
     klio: KlioArgs,
     #[command(flatten)]
     output: OutputArgs,
+    #[command(flatten)]
+    metrics: MetricsArgs,
+    /// After the run, keep serving /metrics this long, so the last scrape sees the final counts (Ctrl-C ends it)
+    #[arg(long, value_name = "DURATION", requires = "metrics_listen", value_parser = walplayer::klio::flags::parse_duration)]
+    metrics_hold: Option<std::time::Duration>,
 }
 
 #[derive(clap::Args)]
@@ -114,6 +120,9 @@ struct SinkArgs {
     /// Refuse a Put stream that sends nothing for this long (a client's default --timeout)
     #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = walplayer::klio::flags::parse_duration)]
     idle_timeout: std::time::Duration,
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 0.0.0.0:9465; port 0 picks a free one)
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<std::net::SocketAddr>,
     #[command(flatten)]
     faults: sink::FaultArgs,
 }
@@ -244,6 +253,9 @@ async fn run_play(args: PlayArgs, shutdown: CancellationToken) -> Exit {
         output: args.output.output,
         summary: args.output.summary,
         quiet: args.output.quiet,
+        metrics_listen: args.metrics.metrics_listen,
+        metrics_cluster_labels: args.metrics.metrics_cluster_labels,
+        metrics_hold: args.metrics_hold,
     };
     match play::play(opts, shutdown).await {
         Ok(outcome) => outcome.exit(),
@@ -268,15 +280,36 @@ async fn run_sink(args: SinkArgs, shutdown: CancellationToken) -> Exit {
         storage: sink::storage(if args.discard { None } else { args.data }, args.fsync),
         read_only: args.read_only,
     };
+    let (metrics, metrics_server) = match args.metrics_listen {
+        Some(addr) => {
+            let mut registry = metrics::Registry::default();
+            let m = sink::SinkMetrics::register(&mut registry);
+            match metrics::serve(addr, registry, "--metrics-listen").await {
+                Ok(server) => (m, Some(server)),
+                Err(e) => return usage_error(e),
+            }
+        }
+        None => (sink::SinkMetrics::default(), None),
+    };
     let bound = match sink::Sink::bind(args.listen, settings).await {
         Ok(s) => s
             .with_faults(args.faults.plan())
-            .with_idle_timeout(args.idle_timeout),
-        Err(e) => return usage_error(anyhow::anyhow!("cannot listen on {}: {e}", args.listen)),
+            .with_idle_timeout(args.idle_timeout)
+            .with_metrics(metrics),
+        Err(e) => {
+            if let Some(server) = metrics_server {
+                server.stop().await;
+            }
+            return usage_error(anyhow::anyhow!("cannot listen on {}: {e}", args.listen));
+        }
     };
     println!("listening on {}", bound.local_addr());
     tracing::info!("sink listening on {}", bound.local_addr());
-    match bound.serve(shutdown).await {
+    let served = bound.serve(shutdown).await;
+    if let Some(server) = metrics_server {
+        server.stop().await;
+    }
+    match served {
         Ok(totals) => {
             tracing::info!("sink stopped: {}", totals.to_text());
             Exit::Ok

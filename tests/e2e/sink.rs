@@ -254,7 +254,8 @@ async fn verification_names_the_first_differing_byte() {
         retries: 0,
         verify: true,
     };
-    let report = upload(&mut s.client, &work, &settings).await;
+    let metrics = walplayer::klio::metrics::ClientMetrics::unregistered();
+    let report = upload(&mut s.client, &work, &settings, &metrics).await;
     assert!(report.ok() && report.verified, "{report:?}");
 
     // Damage the stored copy: verification must say where.
