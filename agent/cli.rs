@@ -8,7 +8,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{health, spec::Limits, AgentOptions};
 use walplayer_klio::exit::Exit;
-use walplayer_klio::flags::KlioArgs;
+use walplayer_klio::flags::{KlioArgs, MetricsArgs};
+use walplayer_klio::metrics::{self, ClientMetrics, Registry};
 use walplayer_klio::tls;
 use walplayer_klio::transport::ClientTls;
 
@@ -32,6 +33,8 @@ pub struct AgentArgs {
     /// Serve gRPC health (services "liveness" and "readiness") here, for Kubernetes probes
     #[arg(long, value_name = "ADDR")]
     pub health_listen: Option<SocketAddr>,
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
     /// CA that signed the coordinator's certificate (mutual TLS on the control channel)
     #[arg(long, value_name = "FILE", requires_all = ["control_cert", "control_key"])]
     pub control_ca: Option<PathBuf>,
@@ -111,10 +114,27 @@ pub async fn run(args: AgentArgs, shutdown: CancellationToken) -> Exit {
         }
         _ => None,
     };
+    // Bound before health, so a taken port is one error and nothing runs.
+    let (client_metrics, metrics_server) = match args.metrics.metrics_listen {
+        Some(addr) => {
+            let mut registry = Registry::default();
+            let m = ClientMetrics::register(&mut registry, args.metrics.metrics_cluster_labels);
+            match metrics::serve(addr, registry, "--metrics-listen").await {
+                Ok(server) => (m, Some(server)),
+                Err(e) => return usage_error(e),
+            }
+        }
+        None => (ClientMetrics::unregistered(), None),
+    };
     let (health, health_server) = match args.health_listen {
         Some(addr) => match health::serve(addr).await {
             Ok((health, server)) => (Some(health), Some(server)),
-            Err(e) => return usage_error(format!("cannot serve health on {addr}: {e}")),
+            Err(e) => {
+                if let Some(server) = metrics_server {
+                    server.stop().await;
+                }
+                return usage_error(format!("cannot serve health on {addr}: {e}"));
+            }
         },
         None => (None, None),
     };
@@ -134,11 +154,15 @@ pub async fn run(args: AgentArgs, shutdown: CancellationToken) -> Exit {
             ..Limits::default()
         },
         health,
+        metrics: client_metrics,
     };
     // A configuration that cannot work is an error now, not at the first run.
     if let Err(e) = crate::resolve_klio(&opts) {
         if opts.once {
             if let Some(server) = health_server {
+                server.stop().await;
+            }
+            if let Some(server) = metrics_server {
                 server.stop().await;
             }
             return usage_error(e);
@@ -152,6 +176,9 @@ pub async fn run(args: AgentArgs, shutdown: CancellationToken) -> Exit {
     );
     let exit = crate::run(opts, shutdown).await;
     if let Some(server) = health_server {
+        server.stop().await;
+    }
+    if let Some(server) = metrics_server {
         server.stop().await;
     }
     exit

@@ -29,6 +29,7 @@ use session::SessionEnd;
 use walplayer_klio::config::KlioConfig;
 use walplayer_klio::exit::Exit;
 use walplayer_klio::flags::KlioArgs;
+use walplayer_klio::metrics::ClientMetrics;
 use walplayer_klio::transport::{self, ClientTls, Keepalive};
 use walplayer_proto::control::control_client::ControlClient;
 
@@ -139,6 +140,8 @@ pub struct AgentOptions {
     pub control_tls: Option<ClientTls>,
     pub limits: spec::Limits,
     pub health: Option<health::Health>,
+    /// Files, bytes and upload times of every run, for `/metrics`.
+    pub metrics: ClientMetrics,
 }
 
 /// The host name, which is the pod name in a StatefulSet.

@@ -14,8 +14,9 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 use tonic::Streaming;
 
-use walplayer_klio::driver::{drive, Destination};
+use walplayer_klio::driver::{drive, Destination, Uploads};
 use walplayer_klio::endpoint::{Client, KlioEndpoint};
+use walplayer_klio::metrics::ClientMetrics;
 use walplayer_klio::report::{from_unix_nanos, unix_nanos, FileReport};
 use walplayer_klio::stats::{encode_histogram, Stats};
 use walplayer_klio::tls;
@@ -259,7 +260,7 @@ async fn play_assignment(
             return end;
         }
     }
-    stream_run(link, shard, clients, spec.upload, shutdown).await
+    stream_run(link, shard, clients, spec.upload, &opts.metrics, shutdown).await
 }
 
 /// Prepares the shard (may generate gigabytes) while watching the stream.
@@ -376,6 +377,7 @@ async fn stream_run(
     shard: Shard,
     clients: Vec<Client>,
     settings: UploadSettings,
+    metrics: &ClientMetrics,
     shutdown: &CancellationToken,
 ) -> SessionEnd {
     let mut uplink = Uplink {
@@ -390,10 +392,14 @@ async fn stream_run(
     if uplink.send(uplink.beat(&all)).await.is_err() {
         return SessionEnd::CoordinatorLost("control stream closed".into());
     }
-    let driven = drive(
-        shard.work,
+    let uploads = Uploads {
+        work: shard.work,
         clients,
         settings,
+        metrics: metrics.clone(),
+    };
+    let driven = drive(
+        uploads,
         shutdown.child_token(),
         &mut uplink,
         watch_for_stop(&mut link.down),

@@ -185,7 +185,13 @@ async fn play_round(endpoint: &KlioEndpoint, files: &[Segment], jobs: usize) -> 
         retries: 0,
         verify: false,
     };
-    let mut pipeline = Pipeline::start(work, clients, settings, CancellationToken::new());
+    let mut pipeline = Pipeline::start(
+        work,
+        clients,
+        settings,
+        walplayer::klio::metrics::ClientMetrics::unregistered(),
+        CancellationToken::new(),
+    );
     let (mut reports, mut stored) = (0, 0);
     while let Some(report) = pipeline.reports.recv().await {
         ensure!(

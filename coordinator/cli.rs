@@ -9,8 +9,9 @@ use clap::Args;
 use tokio_util::sync::CancellationToken;
 
 use crate::plan::{Length, Workload};
-use crate::{Coordinator, CoordinatorOptions, RunOutcome, DEFAULT_LISTEN};
-use walplayer_klio::flags::{parse_duration, OutputArgs, UploadArgs};
+use crate::{Coordinator, CoordinatorMetrics, CoordinatorOptions, RunOutcome, DEFAULT_LISTEN};
+use walplayer_klio::flags::{parse_duration, MetricsArgs, OutputArgs, UploadArgs};
+use walplayer_klio::metrics::{self, Registry};
 use walplayer_klio::progress::Progress;
 use walplayer_proto::control::{Source, Split};
 use walplayer_wal::walname::segment_bytes_from_mib;
@@ -85,6 +86,11 @@ pub struct CoordinatorArgs {
     pub address: Option<String>,
     #[command(flatten)]
     pub output: OutputArgs,
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
+    /// After the run, keep serving /metrics this long, so the last scrape sees the final counts (Ctrl-C ends it)
+    #[arg(long, value_name = "DURATION", requires = "metrics_listen", value_parser = parse_duration)]
+    pub metrics_hold: Option<Duration>,
     /// Certificate for the control channel's mutual TLS
     #[arg(long, value_name = "FILE", requires_all = ["tls_key", "client_ca"])]
     pub tls_cert: Option<PathBuf>,
@@ -165,8 +171,45 @@ pub async fn run(
     progress: Box<dyn Progress>,
 ) -> Result<RunOutcome> {
     let opts = args.options()?;
-    let coordinator = Coordinator::bind(args.listen, opts).await?;
+    let (metrics, server) = match args.metrics.metrics_listen {
+        Some(addr) => {
+            let mut registry = Registry::default();
+            let m =
+                CoordinatorMetrics::register(&mut registry, args.metrics.metrics_cluster_labels);
+            (
+                m,
+                Some(metrics::serve(addr, registry, "--metrics-listen").await?),
+            )
+        }
+        None => (CoordinatorMetrics::unregistered(), None),
+    };
+    let outcome = run_bound(args.listen, opts, metrics, &shutdown, progress).await;
+    if let Some(server) = server {
+        if let (Ok(_), Some(hold)) = (&outcome, args.metrics_hold) {
+            tracing::info!(
+                "run over; serving /metrics on {} for {} more (--metrics-hold; Ctrl-C ends it)",
+                server.local_addr(),
+                humantime::format_duration(hold)
+            );
+            tokio::select! {
+                _ = tokio::time::sleep(hold) => {}
+                _ = shutdown.cancelled() => {}
+            }
+        }
+        server.stop().await;
+    }
+    outcome
+}
+
+async fn run_bound(
+    listen: SocketAddr,
+    opts: CoordinatorOptions,
+    metrics: CoordinatorMetrics,
+    shutdown: &CancellationToken,
+    progress: Box<dyn Progress>,
+) -> Result<RunOutcome> {
+    let coordinator = Coordinator::bind(listen, opts).await?.with_metrics(metrics);
     // Stdout carries only JSON lines; scripts read the address from here.
     tracing::info!("coordinator listening on {}", coordinator.local_addr());
-    coordinator.run(shutdown, progress).await
+    coordinator.run(shutdown.clone(), progress).await
 }

@@ -16,9 +16,11 @@
 //! - [`track`]: which files each cluster must report, one bit per file.
 //! - [`summary`]: the merged summary, per agent and per cluster.
 //! - [`cli`]: the coordinator's flags and their validation.
+//! - [`metrics`]: agents by state and the reported files, for `/metrics`.
 
 pub mod cli;
 mod clock;
+pub mod metrics;
 pub mod plan;
 mod results;
 mod roster;
@@ -38,6 +40,7 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+pub use metrics::CoordinatorMetrics;
 pub use run::RunOutcome;
 use walplayer_klio::output::{check_writable, write_summary};
 use walplayer_klio::progress::Progress;
@@ -75,6 +78,7 @@ pub struct CoordinatorOptions {
 pub struct Coordinator {
     listener: TcpListener,
     opts: CoordinatorOptions,
+    metrics: CoordinatorMetrics,
 }
 
 impl Coordinator {
@@ -92,7 +96,17 @@ impl Coordinator {
                 "the control channel on {listen} has no TLS: anyone who can reach it can join the run; use --tls-cert, --tls-key and --client-ca"
             ),
         }
-        Ok(Coordinator { listener, opts })
+        Ok(Coordinator {
+            listener,
+            opts,
+            metrics: CoordinatorMetrics::unregistered(),
+        })
+    }
+
+    /// Records into `metrics` (served by `--metrics-listen`).
+    pub fn with_metrics(mut self, metrics: CoordinatorMetrics) -> Coordinator {
+        self.metrics = metrics;
+        self
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -126,7 +140,7 @@ impl Coordinator {
             )
             .serve_with_incoming_shutdown(incoming, stop_server.clone().cancelled_owned());
         let mut server = tokio::spawn(server);
-        let outcome = run::Run::new(self.opts.clone(), progress)
+        let outcome = run::Run::new(self.opts.clone(), progress, self.metrics.clone())
             .drive(events, shutdown)
             .await;
         // The loop dropped every downlink: agents see their session end and

@@ -12,6 +12,7 @@ use hdrhistogram::Histogram;
 use crate::summary::{AgentSummary, ClusterSummary, Tally};
 use crate::track::{Mark, Tracker};
 use walplayer_klio::buckets::{self, Bucket};
+use walplayer_klio::metrics::ClientMetrics;
 use walplayer_klio::output::open_output;
 use walplayer_klio::progress::Progress;
 use walplayer_klio::report::JsonLines;
@@ -57,10 +58,12 @@ pub(crate) struct Results {
     /// The same instant on this process's monotonic clock, which the run's
     /// wall time is measured on.
     started: Option<Instant>,
+    /// Every counted file is also counted here, for `/metrics`.
+    metrics: ClientMetrics,
 }
 
 impl Results {
-    pub(crate) fn new(progress: Box<dyn Progress>) -> Results {
+    pub(crate) fn new(progress: Box<dyn Progress>, metrics: ClientMetrics) -> Results {
         Results {
             tracker: Tracker::default(),
             received: Stats::default(),
@@ -73,6 +76,7 @@ impl Results {
             timeline: Timeline::default(),
             start_unix_nanos: 0,
             started: None,
+            metrics,
         }
     }
 
@@ -132,6 +136,7 @@ impl Results {
         let stored = report.ok().then_some(report.bytes);
         self.timeline.sent(t, stored.unwrap_or(0));
         self.timeline.finished(t, stored, report.elapsed_ns());
+        self.metrics.file(&report);
         let counts = self.agents.entry(agent.to_string()).or_default();
         counts.tally.record(&report, start_ns, end_ns);
         if let Some(c) = self.clusters.get_mut(&report.cluster) {
@@ -330,7 +335,7 @@ mod tests {
     /// clock far ahead or behind cannot grow the timeline past the run.
     #[test]
     fn a_file_lands_in_its_second_and_no_later_than_now() {
-        let mut r = Results::new(Box::new(Silent));
+        let mut r = Results::new(Box::new(Silent), ClientMetrics::unregistered());
         let start_ns = 1_700_000_000_000_000_000i64;
         let five_ago = Instant::now().checked_sub(Duration::from_secs(5)).unwrap();
         r.start_at(start_ns, five_ago);

@@ -119,6 +119,11 @@ impl Roster {
         self.agents.get_mut(&conn)
     }
 
+    /// Every agent's state, in no particular order.
+    pub(crate) fn states(&self) -> impl Iterator<Item = &State> {
+        self.agents.values().map(|a| &a.state)
+    }
+
     /// The agents in registration order, or in name order once assigned.
     pub(crate) fn in_order(&self) -> Vec<&Agent> {
         let mut agents: Vec<&Agent> = self.agents.values().collect();

@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
+use crate::metrics::CoordinatorMetrics;
 use crate::results::Results;
 use crate::roster::{self, Roster, State};
 use crate::service::{Downlink, Event};
@@ -64,20 +65,26 @@ pub(crate) struct Run {
     /// The run's `--run-timeout`, once the barrier opened.
     run_timeout: Duration,
     failure: Option<(Exit, String)>,
+    metrics: CoordinatorMetrics,
 }
 
 impl Run {
-    pub(crate) fn new(opts: CoordinatorOptions, progress: Box<dyn Progress>) -> Run {
+    pub(crate) fn new(
+        opts: CoordinatorOptions,
+        progress: Box<dyn Progress>,
+        metrics: CoordinatorMetrics,
+    ) -> Run {
         let nanos = unix_nanos(SystemTime::now());
         Run {
             run_id: format!("run-{:x}", nanos / 1_000_000),
             phase: Phase::Registering,
             roster: Roster::new(opts.agents),
-            results: Results::new(progress),
+            results: Results::new(progress, metrics.files.clone()),
             clock: Clock::new(opts.register_timeout),
             run_timeout: Duration::ZERO,
             failure: None,
             opts,
+            metrics,
         }
     }
 
@@ -99,10 +106,14 @@ impl Run {
                     Some(e) => self.handle(e),
                     None => break,
                 },
-                _ = tick.tick() => self.check_clock(),
+                _ = tick.tick() => {
+                    self.check_clock();
+                    self.metrics.agents(&self.roster);
+                }
                 _ = shutdown.cancelled(), if !self.clock.interrupted() => self.interrupt(),
             }
         }
+        self.metrics.agents(&self.roster);
         self.finish()
     }
 

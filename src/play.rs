@@ -6,7 +6,9 @@
 //! it exists.
 
 use std::io::Write;
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Result;
 use serde::Serialize;
@@ -14,9 +16,10 @@ use tokio_util::sync::CancellationToken;
 
 use walplayer_klio::buckets::{self, Bucket};
 use walplayer_klio::config::KlioConfig;
-use walplayer_klio::driver::{drive, Destination};
+use walplayer_klio::driver::{drive, Destination, Uploads};
 use walplayer_klio::endpoint::KlioEndpoint;
 use walplayer_klio::exit::Exit;
+use walplayer_klio::metrics::{self, ClientMetrics, Registry};
 use walplayer_klio::output::{check_writable, open_output, write_summary};
 use walplayer_klio::progress::Progress as _;
 use walplayer_klio::report::{FileReport, JsonLines};
@@ -41,6 +44,11 @@ pub struct PlayOptions {
     /// Write the HTML report of the run here.
     pub report: Option<PathBuf>,
     pub quiet: bool,
+    /// Serve `/metrics` here during the run.
+    pub metrics_listen: Option<SocketAddr>,
+    pub metrics_cluster_labels: bool,
+    /// Keep serving `/metrics` this long after the run (a stop signal ends it).
+    pub metrics_hold: Option<Duration>,
 }
 
 /// How a run ended.
@@ -103,8 +111,43 @@ impl Destination for Lines {
 }
 
 /// Runs `play`. Errors are the up-front kind (exit status 2); failed files
-/// are in the outcome.
+/// are in the outcome. With `--metrics-listen`, the endpoint is up before
+/// anything else is checked, so a taken port is reported first.
 pub async fn play(opts: PlayOptions, shutdown: CancellationToken) -> Result<PlayOutcome> {
+    let (client_metrics, server) = match opts.metrics_listen {
+        Some(addr) => {
+            let mut registry = Registry::default();
+            let m = ClientMetrics::register(&mut registry, opts.metrics_cluster_labels);
+            (
+                m,
+                Some(metrics::serve(addr, registry, "--metrics-listen").await?),
+            )
+        }
+        None => (ClientMetrics::unregistered(), None),
+    };
+    let outcome = run(&opts, &client_metrics, &shutdown).await;
+    if let Some(server) = server {
+        if let (Ok(_), Some(hold)) = (&outcome, opts.metrics_hold) {
+            tracing::info!(
+                "run over; serving /metrics on {} for {} more (--metrics-hold; Ctrl-C ends it)",
+                server.local_addr(),
+                humantime::format_duration(hold)
+            );
+            tokio::select! {
+                _ = tokio::time::sleep(hold) => {}
+                _ = shutdown.cancelled() => {}
+            }
+        }
+        server.stop().await;
+    }
+    outcome
+}
+
+async fn run(
+    opts: &PlayOptions,
+    client_metrics: &ClientMetrics,
+    shutdown: &CancellationToken,
+) -> Result<PlayOutcome> {
     let listing = source::list(&opts.dir, source::Links::Follow)?;
     for skipped in &listing.skipped {
         tracing::warn!("skipping {}: {}", skipped.path.display(), skipped.reason);
@@ -144,10 +187,14 @@ pub async fn play(opts: PlayOptions, shutdown: CancellationToken) -> Result<Play
             cluster: opts.klio.cluster_name.clone(),
         })
         .collect();
-    let driven = drive(
+    let uploads = Uploads {
         work,
         clients,
-        opts.upload.clone(),
+        settings: opts.upload.clone(),
+        metrics: client_metrics.clone(),
+    };
+    let driven = drive(
+        uploads,
         shutdown.child_token(),
         &mut lines,
         std::future::pending::<()>(),

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::endpoint::Client;
+use crate::metrics::ClientMetrics;
 use crate::pipeline::Pipeline;
 use crate::report::FileReport;
 use crate::stats::Stats;
@@ -47,14 +48,23 @@ pub struct Driven<S> {
     pub stopped: Option<S>,
 }
 
-/// Runs `work` over `clients` until every job is done. `cancel` stops
-/// uploads (in flight ones are reported as interrupted); the loop cancels
-/// it itself when the destination fails or `stop` resolves. `stats` may
-/// carry counts made before (skipped files).
+/// What a run uploads, and how.
+pub struct Uploads {
+    /// The files, in the order jobs take them.
+    pub work: Vec<Work>,
+    /// One client per job.
+    pub clients: Vec<Client>,
+    pub settings: UploadSettings,
+    /// Every report and every block sent is counted here.
+    pub metrics: ClientMetrics,
+}
+
+/// Runs the uploads until every job is done. `cancel` stops uploads (in
+/// flight ones are reported as interrupted); the loop cancels it itself
+/// when the destination fails or `stop` resolves. `stats` may carry counts
+/// made before (skipped files).
 pub async fn drive<D, S>(
-    work: Vec<Work>,
-    clients: Vec<Client>,
-    settings: UploadSettings,
+    uploads: Uploads,
     cancel: CancellationToken,
     destination: &mut D,
     stop: impl Future<Output = S>,
@@ -64,7 +74,13 @@ where
     D: Destination,
 {
     let started = Instant::now();
-    let mut pipeline = Pipeline::start(work, clients, settings, cancel.clone());
+    let Uploads {
+        work,
+        clients,
+        settings,
+        metrics,
+    } = uploads;
+    let mut pipeline = Pipeline::start(work, clients, settings, metrics.clone(), cancel.clone());
     let mut undeliverable = None;
     let mut stopped = None;
     let mut timeline = Timeline::default();
@@ -86,6 +102,7 @@ where
                 stats.record(&report);
                 let stored = report.ok().then_some(report.bytes);
                 timeline.finished(second_of(started.elapsed()), stored, report.elapsed_ns());
+                metrics.file(&report);
                 if delivering {
                     if let Err(e) = destination.report(&report).await {
                         undeliverable = Some(e);

@@ -116,6 +116,17 @@ pub struct OutputArgs {
     pub quiet: bool,
 }
 
+/// The Prometheus endpoint (`play`, the agent, the coordinator).
+#[derive(Debug, Clone, Default, Args)]
+pub struct MetricsArgs {
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 0.0.0.0:9464; port 0 picks a free one)
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Add a cluster label to the per-file metrics: one series per cluster, so only for a bounded number of clusters
+    #[arg(long, requires = "metrics_listen")]
+    pub metrics_cluster_labels: bool,
+}
+
 /// Parses a duration such as `30s`, `2m`, `1h30m` or `500ms`; must be > 0.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(text)

@@ -21,6 +21,7 @@
 //! - [`timeline`]: a run second by second; [`buckets`]: log-spaced
 //!   histograms for summaries and charts.
 //! - [`progress`]: what a progress display is told.
+//! - [`metrics`]: Prometheus metrics and the `/metrics` endpoint.
 
 pub mod buckets;
 pub mod config;
@@ -28,6 +29,7 @@ pub mod driver;
 pub mod endpoint;
 pub mod exit;
 pub mod flags;
+pub mod metrics;
 pub mod output;
 pub mod pipeline;
 pub mod progress;

@@ -14,6 +14,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::endpoint::Client;
+use crate::metrics::ClientMetrics;
 use crate::report::FailureKind;
 use crate::report::FileReport;
 use crate::upload::{finish, upload_counted, Failure, SentCounter, UploadSettings, Work};
@@ -31,11 +32,13 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    /// Starts one job per client over `work`, in order.
+    /// Starts one job per client over `work`, in order; blocks sent are
+    /// counted into `metrics`.
     pub fn start(
         work: Vec<Work>,
         clients: Vec<Client>,
         settings: UploadSettings,
+        metrics: ClientMetrics,
         cancel: CancellationToken,
     ) -> Pipeline {
         let queue = Arc::new(Mutex::new(VecDeque::from(work)));
@@ -47,6 +50,7 @@ impl Pipeline {
                 client,
                 queue.clone(),
                 settings.clone(),
+                metrics.clone(),
                 tx.clone(),
                 sent.clone(),
                 cancel.clone(),
@@ -69,6 +73,7 @@ async fn job(
     mut client: Client,
     queue: Arc<Mutex<VecDeque<Work>>>,
     settings: UploadSettings,
+    metrics: ClientMetrics,
     reports: mpsc::Sender<FileReport>,
     sent: SentCounter,
     cancel: CancellationToken,
@@ -83,7 +88,7 @@ async fn job(
         let start = SystemTime::now();
         let clock = Instant::now();
         let report = tokio::select! {
-            report = upload_counted(&mut client, &work, &settings, &sent) => report,
+            report = upload_counted(&mut client, &work, &settings, &metrics, &sent) => report,
             _ = cancel.cancelled() => {
                 let interrupted = Failure::fatal(FailureKind::Interrupted, INTERRUPTED);
                 finish(&work, start, clock.elapsed(), Err(interrupted))

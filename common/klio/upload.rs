@@ -12,10 +12,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
+use prometheus_client::metrics::counter::Counter;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::endpoint::{status_text, Client};
+use crate::metrics::ClientMetrics;
 use crate::report::{FailureKind, FileReport, Outcome};
 use crate::verify;
 use walplayer_proto::klio::PutRequest;
@@ -113,25 +115,54 @@ pub fn backoff(n: u32) -> Duration {
 /// timeline.
 pub type SentCounter = Arc<AtomicU64>;
 
-/// Uploads one file, retrying passing failures, and reports what happened.
-/// Never fails otherwise: every outcome is a report.
-pub async fn upload(client: &mut Client, work: &Work, settings: &UploadSettings) -> FileReport {
-    upload_counted(client, work, settings, &SentCounter::default()).await
+/// Where a block's bytes are counted once sent: the pipeline's total (the
+/// timeline) and the Prometheus counter.
+#[derive(Clone)]
+struct SentBytes {
+    total: SentCounter,
+    metric: Counter,
 }
 
-/// [`upload`], adding every block sent to `sent`.
+impl SentBytes {
+    fn add(&self, n: u64) {
+        self.total.fetch_add(n, Ordering::Relaxed);
+        self.metric.inc_by(n);
+    }
+}
+
+/// Uploads one file, retrying passing failures, and reports what happened.
+/// Never fails otherwise: every outcome is a report. Each block sent is
+/// counted into `metrics` as it goes.
+pub async fn upload(
+    client: &mut Client,
+    work: &Work,
+    settings: &UploadSettings,
+    metrics: &ClientMetrics,
+) -> FileReport {
+    upload_counted(client, work, settings, metrics, &SentCounter::default()).await
+}
+
+/// [`upload`], adding every block sent to `sent` too.
 pub async fn upload_counted(
     client: &mut Client,
     work: &Work,
     settings: &UploadSettings,
+    metrics: &ClientMetrics,
     sent: &SentCounter,
 ) -> FileReport {
+    let sent_bytes = SentBytes {
+        total: sent.clone(),
+        metric: metrics.bytes_sent(&work.cluster),
+    };
     let start = SystemTime::now();
     let clock = Instant::now();
     let mut retries = Vec::new();
     let result = loop {
-        let attempt =
-            tokio::time::timeout(settings.timeout, attempt(client, work, settings, sent)).await;
+        let attempt = tokio::time::timeout(
+            settings.timeout,
+            attempt(client, work, settings, &sent_bytes),
+        )
+        .await;
         let failure = match attempt {
             Ok(Ok(sent)) => break Ok(sent.bytes),
             Ok(Err(failure)) => failure,
@@ -160,9 +191,9 @@ async fn attempt(
     client: &mut Client,
     work: &Work,
     settings: &UploadSettings,
-    counter: &SentCounter,
+    sent_bytes: &SentBytes,
 ) -> Result<Sent, Failure> {
-    let sent = send(client, work, settings, counter).await?;
+    let sent = send(client, work, settings, sent_bytes).await?;
     if settings.verify {
         verify::read_back(client, work, &sent).await?;
     }
@@ -208,7 +239,7 @@ async fn send(
     client: &mut Client,
     work: &Work,
     settings: &UploadSettings,
-    counter: &SentCounter,
+    sent_bytes: &SentBytes,
 ) -> Result<Sent, Failure> {
     let segment = &work.segment;
     if let Some(why) = &segment.unreadable {
@@ -226,7 +257,7 @@ async fn send(
             work.cluster.clone(),
             settings.block.bytes(),
             settings.verify,
-            counter.clone(),
+            sent_bytes.clone(),
         );
         tokio::task::spawn_blocking(move || {
             read_blocks(&segment, &cluster, block, digest, &counter, tx)
@@ -277,7 +308,7 @@ fn read_blocks(
     cluster: &str,
     block: usize,
     digest: bool,
-    counter: &AtomicU64,
+    sent_bytes: &SentBytes,
     tx: mpsc::Sender<PutRequest>,
 ) -> Result<Sent, ReadFailure> {
     let fail = |message: String, tx: mpsc::Sender<PutRequest>| ReadFailure {
@@ -327,7 +358,7 @@ fn read_blocks(
             send_to_tier2: false,
         };
         drop(slot.send(request));
-        counter.fetch_add(n as u64, Ordering::Relaxed);
+        sent_bytes.add(n as u64);
         if n < block {
             break;
         }

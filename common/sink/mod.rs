@@ -5,10 +5,12 @@
 //!
 //! - [`service`]: the WAL service (Put and Get) with the protocol's rules.
 //! - [`faults`]: test-only misbehaviour, compiled with the `faults` feature.
+//! - [`metrics`]: the sink's Prometheus metrics.
 //! - this module: the listener, mutual TLS on every connection, the
 //!   HTTP/2 settings, shutdown and the totals printed at the end.
 
 pub mod faults;
+pub mod metrics;
 pub mod service;
 
 use std::net::SocketAddr;
@@ -23,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
 
 pub use faults::{Fault, FaultArgs, FaultPlan};
+pub use metrics::SinkMetrics;
 pub use service::{Fsync, SinkTotals, Storage, WalService, DEFAULT_IDLE_TIMEOUT};
 use walplayer_klio::endpoint::MAX_MESSAGE_BYTES;
 use walplayer_klio::transport::{self, CONNECTION_WINDOW, STREAM_WINDOW};
@@ -51,6 +54,7 @@ pub struct Sink {
     faults: Option<FaultPlan>,
     idle: Duration,
     put_log: Option<std::fs::File>,
+    metrics: SinkMetrics,
 }
 
 impl Sink {
@@ -63,6 +67,7 @@ impl Sink {
             faults: None,
             idle: DEFAULT_IDLE_TIMEOUT,
             put_log: None,
+            metrics: SinkMetrics::default(),
         })
     }
 
@@ -85,6 +90,12 @@ impl Sink {
         self
     }
 
+    /// Records into `metrics` (served by `--metrics-listen`).
+    pub fn with_metrics(mut self, metrics: SinkMetrics) -> Sink {
+        self.metrics = metrics;
+        self
+    }
+
     /// The address actually bound.
     pub fn local_addr(&self) -> SocketAddr {
         self.listener
@@ -98,7 +109,8 @@ impl Sink {
         shutdown: CancellationToken,
     ) -> Result<Arc<SinkTotals>, tonic::transport::Error> {
         let mut service = WalService::new(self.settings.storage, self.settings.read_only)
-            .with_idle_timeout(self.idle);
+            .with_idle_timeout(self.idle)
+            .with_metrics(self.metrics.clone());
         if let Some(plan) = self.faults {
             service = service.with_faults(plan, shutdown.clone());
         }
@@ -107,9 +119,10 @@ impl Sink {
         }
         let totals = service.totals();
         let refused: Arc<dyn Fn() + Send + Sync> = {
-            let totals = totals.clone();
+            let (totals, metrics) = (totals.clone(), self.metrics.clone());
             Arc::new(move || {
                 totals.handshakes_rejected.fetch_add(1, Ordering::Relaxed);
+                metrics.handshake_rejected();
             })
         };
         let (incoming, accepting) = transport::incoming(

@@ -17,13 +17,14 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::io::AsyncReadExt;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::faults::{Fault, FaultPlan, Faults};
+use crate::metrics::{Rejection, SinkMetrics, StreamEnd};
 use walplayer_klio::endpoint::MAX_BLOCK_BYTES;
 use walplayer_proto::klio::wal_server::Wal;
 use walplayer_proto::klio::{GetRequest, GetResult, PutRequest, PutResult};
@@ -90,6 +91,7 @@ pub struct WalService {
     idle: Duration,
     /// `--put-log`: one line per Put stream received.
     put_log: Option<PutLog>,
+    metrics: SinkMetrics,
 }
 
 /// How long a Put stream may stay silent before it is refused: the
@@ -108,12 +110,19 @@ impl WalService {
             streams: AtomicU64::new(0),
             idle: DEFAULT_IDLE_TIMEOUT,
             put_log: None,
+            metrics: SinkMetrics::default(),
         }
     }
 
     /// Writes one JSON line per Put stream received to `log`.
     pub fn with_put_log(mut self, log: std::fs::File) -> WalService {
         self.put_log = Some(PutLog(std::sync::Mutex::new(log)));
+        self
+    }
+
+    /// Records into `metrics` (served by `--metrics-listen`).
+    pub fn with_metrics(mut self, metrics: SinkMetrics) -> WalService {
+        self.metrics = metrics;
         self
     }
 
@@ -167,10 +176,14 @@ fn check_names(cluster: &str, wal: &str) -> Result<(), Status> {
 }
 
 impl StreamId {
-    fn of(msg: &PutRequest) -> Result<StreamId, Status> {
-        check_names(&msg.cluster_name, &msg.wal_name)?;
+    fn of(msg: &PutRequest) -> Result<StreamId, PutFailure> {
+        check_names(&msg.cluster_name, &msg.wal_name)
+            .map_err(|s| PutFailure::Rejected(Rejection::InvalidName, s))?;
         if msg.segment_size == 0 {
-            return Err(Status::invalid_argument("segment_size must be non-zero"));
+            return Err(PutFailure::Rejected(
+                Rejection::InvalidSize,
+                Status::invalid_argument("segment_size must be non-zero"),
+            ));
         }
         Ok(StreamId {
             cluster: msg.cluster_name.clone(),
@@ -179,17 +192,20 @@ impl StreamId {
         })
     }
 
-    fn check_coherent(&self, msg: &PutRequest) -> Result<(), Status> {
+    fn check_coherent(&self, msg: &PutRequest) -> Result<(), PutFailure> {
         let fields = [
             ("cluster_name", msg.cluster_name != self.cluster),
             ("wal_name", msg.wal_name != self.wal),
             ("segment_size", msg.segment_size != self.size),
         ];
         match fields.iter().find(|(_, differs)| *differs) {
-            Some((field, _)) => Err(Status::invalid_argument(format!(
-                "incoherent {field} within one stream (first message said {}/{} of {} bytes)",
-                self.cluster, self.wal, self.size
-            ))),
+            Some((field, _)) => Err(PutFailure::Rejected(
+                Rejection::Incoherent,
+                Status::invalid_argument(format!(
+                    "incoherent {field} within one stream (first message said {}/{} of {} bytes)",
+                    self.cluster, self.wal, self.size
+                )),
+            )),
             None => Ok(()),
         }
     }
@@ -209,11 +225,18 @@ struct Target {
     temp: PathBuf,
     cluster_dir: PathBuf,
     wal: String,
-    fsync: bool,
+    /// Fsync after every block, timing each into these metrics.
+    fsync: Option<SinkMetrics>,
 }
 
 impl Target {
-    fn create(dir: &Path, id: &StreamId, stream: u64, fsync: Fsync) -> std::io::Result<Target> {
+    fn create(
+        dir: &Path,
+        id: &StreamId,
+        stream: u64,
+        fsync: Fsync,
+        metrics: &SinkMetrics,
+    ) -> std::io::Result<Target> {
         let cluster_dir = dir.join(&id.cluster);
         std::fs::create_dir_all(&cluster_dir)?;
         let temp = cluster_dir.join(format!("{}{TEMP_MARK}{stream}", id.wal));
@@ -226,7 +249,7 @@ impl Target {
             temp,
             cluster_dir,
             wal: id.wal.clone(),
-            fsync: fsync == Fsync::Block,
+            fsync: (fsync == Fsync::Block).then(|| metrics.clone()),
         })
     }
 
@@ -234,8 +257,10 @@ impl Target {
         tokio::task::spawn_blocking(move || {
             let file = self.file.as_mut().expect("an open target has its file");
             file.write_all(&block)?;
-            if self.fsync {
+            if let Some(metrics) = &self.fsync {
+                let clock = Instant::now();
                 file.sync_data()?;
+                metrics.fsync(clock.elapsed());
             }
             Ok(self)
         })
@@ -336,14 +361,15 @@ impl WalService {
             };
             *messages += 1;
             if self.read_only {
-                return Err(PutFailure::Rejected(Status::failed_precondition(
-                    "server is read-only",
-                )));
+                return Err(PutFailure::Rejected(
+                    Rejection::ReadOnly,
+                    Status::failed_precondition("server is read-only"),
+                ));
             }
             let o = match &mut open {
                 None => open.insert(self.open(&msg).await?),
                 Some(o) => {
-                    o.id.check_coherent(&msg).map_err(PutFailure::Rejected)?;
+                    o.id.check_coherent(&msg)?;
                     o
                 }
             };
@@ -357,11 +383,15 @@ impl WalService {
             }
             if let Some(t) = o.target.take() {
                 o.target = Some(t.write(msg.wal_block).await.map_err(|e| {
-                    PutFailure::Rejected(Status::internal(format!("cannot write block: {e}")))
+                    PutFailure::Rejected(
+                        Rejection::Storage,
+                        Status::internal(format!("cannot write block: {e}")),
+                    )
                 })?);
             }
             *written += len;
             self.totals.bytes.fetch_add(len, Ordering::Relaxed);
+            self.metrics.received(len);
         }
         match open {
             Some(o) => o.close(*written).map(Some),
@@ -377,10 +407,13 @@ impl WalService {
     ) -> Result<Option<PutRequest>, PutFailure> {
         match tokio::time::timeout(self.idle, stream.message()).await {
             Ok(next) => next.map_err(PutFailure::Aborted),
-            Err(_) => Err(PutFailure::Rejected(Status::deadline_exceeded(format!(
-                "no message for {}: an idle stream is closed (sink --idle-timeout)",
-                humantime::format_duration(self.idle)
-            )))),
+            Err(_) => Err(PutFailure::Rejected(
+                Rejection::IdleTimeout,
+                Status::deadline_exceeded(format!(
+                    "no message for {}: an idle stream is closed (sink --idle-timeout)",
+                    humantime::format_duration(self.idle)
+                )),
+            )),
         }
     }
 
@@ -396,16 +429,21 @@ impl WalService {
                 }
             }
         }
-        let id = StreamId::of(first).map_err(PutFailure::Rejected)?;
+        let id = StreamId::of(first)?;
         let mut target = None;
         if let Storage::Disk { dir, fsync } = &self.storage {
             let stream = self.streams.fetch_add(1, Ordering::Relaxed);
-            target = Some(Target::create(dir, &id, stream, *fsync).map_err(|e| {
-                PutFailure::Rejected(Status::internal(format!(
-                    "cannot create a file for {}/{}: {e}",
-                    id.cluster, id.wal
-                )))
-            })?);
+            target = Some(
+                Target::create(dir, &id, stream, *fsync, &self.metrics).map_err(|e| {
+                    PutFailure::Rejected(
+                        Rejection::Storage,
+                        Status::internal(format!(
+                            "cannot create a file for {}/{}: {e}",
+                            id.cluster, id.wal
+                        )),
+                    )
+                })?,
+            );
         }
         Ok(Open { id, target, fault })
     }
@@ -424,10 +462,10 @@ impl Open {
     fn close(self, written: u64) -> Result<(StreamId, PutEnd), PutFailure> {
         let Open { id, target, fault } = self;
         let internal = |what: &str, e: std::io::Error| {
-            PutFailure::Rejected(Status::internal(format!(
-                "cannot {what} {}/{}: {e}",
-                id.cluster, id.wal
-            )))
+            PutFailure::Rejected(
+                Rejection::Storage,
+                Status::internal(format!("cannot {what} {}/{}: {e}", id.cluster, id.wal)),
+            )
         };
         let short_write = fault.is_some_and(|f| f.short_writes());
         if short_write || written != id.size {
@@ -454,21 +492,27 @@ impl Open {
 fn check_block(msg: &PutRequest, written: u64, size: u64) -> Result<u64, PutFailure> {
     let len = msg.wal_block.len() as u64;
     if msg.wal_block.len() > MAX_BLOCK_BYTES {
-        return Err(PutFailure::Rejected(Status::invalid_argument(format!(
-            "block of {len} bytes exceeds the largest block payload ({MAX_BLOCK_BYTES} bytes)"
-        ))));
+        return Err(PutFailure::Rejected(
+            Rejection::BlockTooLarge,
+            Status::invalid_argument(format!(
+                "block of {len} bytes exceeds the largest block payload ({MAX_BLOCK_BYTES} bytes)"
+            )),
+        ));
     }
     if written + len > size {
-        return Err(PutFailure::Rejected(Status::invalid_argument(format!(
-            "the stream sent {} bytes, more than its segment_size of {size}: refused at the first byte past it",
-            written + len
-        ))));
+        return Err(PutFailure::Rejected(
+            Rejection::PastSegmentSize,
+            Status::invalid_argument(format!(
+                "the stream sent {} bytes, more than its segment_size of {size}: refused at the first byte past it",
+                written + len
+            )),
+        ));
     }
     Ok(len)
 }
 
 enum PutFailure {
-    Rejected(Status),
+    Rejected(Rejection, Status),
     Aborted(Status),
     /// A fault plan made the sink fail this stream.
     Injected(Status),
@@ -485,6 +529,7 @@ impl Wal for WalService {
             .map(|a| a.to_string())
             .unwrap_or_else(|| "unknown peer".into());
         let mut stream = request.into_inner();
+        let _open = self.metrics.stream_opened();
         let (mut written, mut messages) = (0, 0);
         let opened = std::time::SystemTime::now();
         let received = self.receive(&mut stream, &mut written, &mut messages).await;
@@ -494,6 +539,7 @@ impl Wal for WalService {
         match received {
             Ok(Some((id, PutEnd::Complete))) => {
                 self.totals.completed.fetch_add(1, Ordering::Relaxed);
+                self.metrics.ended(StreamEnd::Complete);
                 tracing::debug!(
                     "{}/{} complete ({written} bytes) from {peer}",
                     id.cluster,
@@ -502,6 +548,7 @@ impl Wal for WalService {
             }
             Ok(Some((id, PutEnd::ShortWrite))) => {
                 self.totals.partial.fetch_add(1, Ordering::Relaxed);
+                self.metrics.ended(StreamEnd::Partial);
                 tracing::warn!(
                     "{}/{} from {peer}: received {written} bytes, answering one byte short (--fault short-write)",
                     id.cluster,
@@ -511,6 +558,7 @@ impl Wal for WalService {
             }
             Ok(Some((id, PutEnd::Partial))) => {
                 self.totals.partial.fetch_add(1, Ordering::Relaxed);
+                self.metrics.ended(StreamEnd::Partial);
                 tracing::warn!(
                     "{}/{} from {peer} stays partial: {written} of {} bytes",
                     id.cluster,
@@ -519,18 +567,21 @@ impl Wal for WalService {
                 );
             }
             Ok(None) => {}
-            Err(PutFailure::Rejected(status)) => {
+            Err(PutFailure::Rejected(reason, status)) => {
                 self.totals.rejected.fetch_add(1, Ordering::Relaxed);
+                self.metrics.rejected(reason);
                 tracing::warn!("rejected a Put stream from {peer}: {}", status.message());
                 return Err(status);
             }
             Err(PutFailure::Injected(status)) => {
                 self.totals.rejected.fetch_add(1, Ordering::Relaxed);
+                self.metrics.rejected(Rejection::Fault);
                 tracing::warn!("failing a Put stream from {peer}: {}", status.message());
                 return Err(status);
             }
             Err(PutFailure::Aborted(status)) => {
                 self.totals.aborted.fetch_add(1, Ordering::Relaxed);
+                self.metrics.ended(StreamEnd::Aborted);
                 tracing::warn!(
                     "Put stream from {peer} aborted after {written} bytes: {}",
                     status.message()

@@ -9,7 +9,8 @@ use tokio_util::sync::CancellationToken;
 
 use walplayer::cli::{error_text, init_logging, with_signals};
 use walplayer::klio::exit::Exit;
-use walplayer::klio::flags::{KlioArgs, OutputArgs, UploadArgs};
+use walplayer::klio::flags::{KlioArgs, MetricsArgs, OutputArgs, UploadArgs};
+use walplayer::klio::metrics;
 use walplayer::wal::{generate, walname};
 use walplayer::{certs, play, quickstart, sink};
 
@@ -96,6 +97,11 @@ struct PlayArgs {
     klio: KlioArgs,
     #[command(flatten)]
     output: OutputArgs,
+    #[command(flatten)]
+    metrics: MetricsArgs,
+    /// After the run, keep serving /metrics this long, so the last scrape sees the final counts (Ctrl-C ends it)
+    #[arg(long, value_name = "DURATION", requires = "metrics_listen", value_parser = walplayer::klio::flags::parse_duration)]
+    metrics_hold: Option<std::time::Duration>,
 }
 
 #[derive(clap::Args)]
@@ -130,6 +136,9 @@ struct SinkArgs {
     /// Write one JSON line per Put stream here: cluster, WAL, messages, bytes, open and close times
     #[arg(long, value_name = "FILE")]
     put_log: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 0.0.0.0:9465; port 0 picks a free one)
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<std::net::SocketAddr>,
     #[command(flatten)]
     faults: sink::FaultArgs,
 }
@@ -284,6 +293,9 @@ async fn run_play(args: PlayArgs, shutdown: CancellationToken) -> Exit {
         summary: args.output.summary,
         report: args.output.report,
         quiet: args.output.quiet,
+        metrics_listen: args.metrics.metrics_listen,
+        metrics_cluster_labels: args.metrics.metrics_cluster_labels,
+        metrics_hold: args.metrics_hold,
     };
     match play::play(opts, shutdown).await {
         Ok(outcome) => outcome.exit(),
@@ -308,25 +320,49 @@ async fn run_sink(args: SinkArgs, shutdown: CancellationToken) -> Exit {
         storage: sink::storage(if args.discard { None } else { args.data }, args.fsync),
         read_only: args.read_only,
     };
-    let put_log = match args
-        .put_log
-        .as_deref()
-        .map(std::fs::File::create)
-        .transpose()
-    {
-        Ok(log) => log,
-        Err(e) => return usage_error(anyhow::anyhow!("cannot create --put-log file: {e}")),
+    let put_log = match &args.put_log {
+        None => None,
+        Some(path) => match std::fs::File::create(path) {
+            Ok(log) => Some(log),
+            Err(e) => {
+                return usage_error(anyhow::anyhow!(
+                    "cannot create --put-log file {}: {e}",
+                    path.display()
+                ))
+            }
+        },
+    };
+    let (metrics, metrics_server) = match args.metrics_listen {
+        Some(addr) => {
+            let mut registry = metrics::Registry::default();
+            let m = sink::SinkMetrics::register(&mut registry);
+            match metrics::serve(addr, registry, "--metrics-listen").await {
+                Ok(server) => (m, Some(server)),
+                Err(e) => return usage_error(e),
+            }
+        }
+        None => (sink::SinkMetrics::default(), None),
     };
     let bound = match sink::Sink::bind(args.listen, settings).await {
         Ok(s) => s
             .with_faults(args.faults.plan())
             .with_idle_timeout(args.idle_timeout)
-            .with_put_log(put_log),
-        Err(e) => return usage_error(anyhow::anyhow!("cannot listen on {}: {e}", args.listen)),
+            .with_put_log(put_log)
+            .with_metrics(metrics),
+        Err(e) => {
+            if let Some(server) = metrics_server {
+                server.stop().await;
+            }
+            return usage_error(anyhow::anyhow!("cannot listen on {}: {e}", args.listen));
+        }
     };
     println!("listening on {}", bound.local_addr());
     tracing::info!("sink listening on {}", bound.local_addr());
-    match bound.serve(shutdown).await {
+    let served = bound.serve(shutdown).await;
+    if let Some(server) = metrics_server {
+        server.stop().await;
+    }
+    match served {
         Ok(totals) => {
             tracing::info!("sink stopped: {}", totals.to_text());
             Exit::Ok

@@ -10,7 +10,7 @@ use walplayer::certs::{self, CertSpec};
 use walplayer::klio::endpoint::{Client, KlioEndpoint};
 use walplayer::klio::tls;
 use walplayer::proto::klio::{GetRequest, PutRequest};
-use walplayer::sink::{self, Fsync, Sink, SinkSettings, SinkTotals};
+use walplayer::sink::{self, Fsync, Sink, SinkMetrics, SinkSettings, SinkTotals};
 
 struct Running {
     client: Client,
@@ -19,6 +19,10 @@ struct Running {
 }
 
 async fn start(dir: &Path, discard: bool) -> Running {
+    start_with(dir, discard, SinkMetrics::default()).await
+}
+
+async fn start_with(dir: &Path, discard: bool, metrics: SinkMetrics) -> Running {
     let minted = certs::mint(&dir.join("certs"), &CertSpec::default()).unwrap();
     let settings = SinkSettings {
         tls: tls::server_config(&minted.server.cert, &minted.server.key, &minted.server.ca)
@@ -36,6 +40,7 @@ async fn start(dir: &Path, discard: bool) -> Running {
     let sink = Sink::bind(SocketAddr::from(([127, 0, 0, 1], 0)), settings)
         .await
         .unwrap();
+    let sink = sink.with_metrics(metrics);
     let addr = sink.local_addr().to_string();
     let stop = CancellationToken::new();
     let task = tokio::spawn(sink.serve(stop.clone()));
@@ -254,7 +259,8 @@ async fn verification_names_the_first_differing_byte() {
         retries: 0,
         verify: true,
     };
-    let report = upload(&mut s.client, &work, &settings).await;
+    let metrics = walplayer::klio::metrics::ClientMetrics::unregistered();
+    let report = upload(&mut s.client, &work, &settings, &metrics).await;
     assert!(report.ok() && report.verified, "{report:?}");
 
     // Damage the stored copy: verification must say where.
@@ -279,4 +285,104 @@ async fn verification_names_the_first_differing_byte() {
     let e = read_back(&mut s.client, &work, &sent).await.unwrap_err();
     assert!(e.message.contains("from byte 1000"), "{}", e.message);
     s.stop().await;
+}
+
+/// Scrapes `/metrics` at `addr` off the runtime's threads.
+async fn scrape(addr: &str) -> crate::metrics::Metrics {
+    let addr = addr.to_string();
+    tokio::task::spawn_blocking(move || crate::metrics::Metrics::scrape(&addr))
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn metrics_count_bytes_fsyncs_open_streams_and_rejections() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut registry = walplayer::klio::metrics::Registry::default();
+    let metrics = SinkMetrics::register(&mut registry);
+    let server = walplayer::klio::metrics::serve(
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        registry,
+        "--metrics-listen",
+    )
+    .await
+    .unwrap();
+    let addr = server.local_addr().to_string();
+    let mut s = start_with(dir.path(), false, metrics).await;
+
+    // Complete in two blocks, each fsynced (the sink runs --fsync block).
+    let written = put(
+        &mut s.client,
+        vec![block("c1", WAL, 6, b"abc"), block("c1", WAL, 6, b"def")],
+    )
+    .await
+    .unwrap();
+    assert_eq!(written, 6);
+    let past = "000000010000000000000002";
+    assert!(put(&mut s.client, vec![block("c1", past, 2, b"abc")])
+        .await
+        .is_err());
+    assert!(put(&mut s.client, vec![block("c1", "nope", 3, b"abc")])
+        .await
+        .is_err());
+
+    // A stream the client holds open is counted as open until it ends.
+    let held = "000000010000000000000003";
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tx.send(block("c1", held, 6, b"abc")).await.unwrap();
+    let mut client = s.client.clone();
+    let call = tokio::spawn(async move {
+        client
+            .put(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .map(|r| r.into_inner().written_size)
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let m = scrape(&addr).await;
+        if m.value("walplayer_sink_streams_open", &[]) == 1.0
+            && m.value("walplayer_sink_received_bytes_total", &[]) == 9.0
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the held stream is not counted open:\n{}",
+            m.text
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    drop(tx);
+    assert_eq!(call.await.unwrap().unwrap(), 3, "kept partial");
+
+    let m = scrape(&addr).await;
+    assert_eq!(m.value("walplayer_sink_streams_open", &[]), 0.0);
+    assert_eq!(m.value("walplayer_sink_received_bytes_total", &[]), 9.0);
+    assert_eq!(m.value("walplayer_sink_fsync_seconds_count", &[]), 3.0);
+    for (end, n) in [
+        ("complete", 1.0),
+        ("partial", 1.0),
+        ("rejected", 2.0),
+        ("aborted", 0.0),
+    ] {
+        assert_eq!(
+            m.value("walplayer_sink_streams_total", &[("end", end)]),
+            n,
+            "{end}"
+        );
+    }
+    for (reason, n) in [
+        ("past-segment-size", 1.0),
+        ("invalid-name", 1.0),
+        ("read-only", 0.0),
+        ("idle-timeout", 0.0),
+    ] {
+        assert_eq!(
+            m.value("walplayer_sink_rejections_total", &[("reason", reason)]),
+            n,
+            "{reason}"
+        );
+    }
+    s.stop().await;
+    server.stop().await;
 }
