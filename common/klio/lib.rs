@@ -19,8 +19,10 @@
 //! - [`settings`]: block size, jobs and upload settings as validated types.
 //! - [`output`]: result and summary files.
 //! - [`progress`]: what a progress display is told.
+//! - [`console`]: what a command says on stderr besides its logs.
 
 pub mod config;
+pub mod console;
 pub mod driver;
 pub mod endpoint;
 pub mod exit;

@@ -13,6 +13,7 @@ mod distributed;
 mod faults;
 mod guarantees;
 mod hostile;
+mod logs;
 mod multihost;
 mod play;
 mod postgres;
