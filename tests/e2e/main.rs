@@ -8,6 +8,7 @@ mod util;
 
 mod bad_input;
 mod cancel;
+mod configuration;
 mod control;
 mod distributed;
 mod faults;
