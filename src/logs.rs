@@ -119,7 +119,13 @@ pub fn init(args: &LogArgs, with_time: bool) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     match args.log_format {
-        LogFormat::Json => builder.with_ansi(false).event_format(JsonRecord).init(),
+        LogFormat::Json => {
+            builder.with_ansi(false).event_format(JsonRecord).init();
+            // A panic (a bug) is a record too, not a line of text.
+            std::panic::set_hook(Box::new(|info| {
+                tracing::error!(target: "console", "walplayer panicked: {info}");
+            }));
+        }
         LogFormat::Text => {
             let builder = builder
                 .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
