@@ -131,18 +131,18 @@ pub fn init(args: &LogArgs, with_time: bool) {
                 .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
                 .with_target(false);
             if with_time {
-                let text = Bare(builder_format().with_target(false));
+                let text = Bare(tracing_subscriber::fmt::format().with_target(false));
                 builder.event_format(text).init();
             } else {
-                let text = Bare(builder_format().with_target(false).without_time());
+                let text = Bare(
+                    tracing_subscriber::fmt::format()
+                        .with_target(false)
+                        .without_time(),
+                );
                 builder.event_format(text).init();
             }
         }
     }
-}
-
-fn builder_format() -> tracing_subscriber::fmt::format::Format {
-    tracing_subscriber::fmt::format()
 }
 
 /// Text format: console events as their bare message, the rest as `F`
