@@ -62,7 +62,7 @@ pub struct AgentArgs {
 }
 
 fn usage_error(e: impl std::fmt::Display) -> Exit {
-    eprintln!("walplayer-agent: error: {e:#}");
+    walplayer_klio::console::error(&format!("walplayer-agent: error: {e:#}"));
     Exit::Usage
 }
 

@@ -42,7 +42,8 @@ use tokio_util::sync::CancellationToken;
 
 pub use metrics::CoordinatorMetrics;
 pub use run::RunOutcome;
-use walplayer_klio::output::{check_writable, write_summary};
+use walplayer_klio::console;
+use walplayer_klio::output::{check_writable, print_summary_line, write_summary};
 use walplayer_klio::progress::Progress;
 use walplayer_klio::transport;
 use walplayer_proto::control::control_server::ControlServer;
@@ -156,10 +157,12 @@ impl Coordinator {
         }
         accepting.join().await;
 
-        eprint!("{}", outcome.summary.to_text());
+        console::say(&outcome.summary.to_text());
         if let Some(why) = &outcome.failure {
-            eprintln!("walplayer: run failed: {why}");
+            console::error(&format!("walplayer: run failed: {why}"));
         }
+        // The last stdout line, so `kubectl logs` of the Job carries it.
+        print_summary_line(&outcome.summary)?;
         if let Some(path) = &self.opts.summary {
             write_summary(path, &outcome.summary)?;
         }

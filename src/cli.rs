@@ -1,25 +1,48 @@
-//! What every binary does before and around its command: logging to
-//! stderr, the signals that stop a run, and the error text a user sees.
+//! What every binary does before and around its command: parsing the
+//! command line, the signals that stop a run, and the error text a user
+//! sees. Logging itself is [`crate::logs`].
 
 use std::future::Future;
 
 use tokio_util::sync::CancellationToken;
 
-/// Initializes logging to stderr; `RUST_LOG` overrides the level.
-pub fn init_logging(with_time: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new("info,h2=warn,hyper=warn,tower=warn")
-    });
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false);
-    if with_time {
-        builder.init();
-    } else {
-        builder.without_time().init();
+use crate::logs::{self, LogArgs, LogFormat};
+use walplayer_klio::exit::Exit;
+
+/// Parses the command line. A usage error is printed as clap prints it,
+/// or, when JSON logs were asked for (`--log-format json` or
+/// `WALPLAYER_LOG_FORMAT=json`), as JSON records, so stderr stays JSON
+/// even then; exit status 2. Help and version go to stdout as usual.
+pub fn parse_args<P: clap::Parser>() -> P {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    match P::try_parse_from(&args) {
+        Ok(parsed) => parsed,
+        Err(e) if !e.use_stderr() || !json_asked(&args) => e.exit(),
+        Err(e) => {
+            let json = LogArgs {
+                log_format: LogFormat::Json,
+                ..LogArgs::default()
+            };
+            logs::init(&json, true);
+            walplayer_klio::console::error(&e.render().to_string());
+            std::process::exit(Exit::Usage.code().into())
+        }
     }
+}
+
+/// Whether the raw arguments or the environment ask for JSON logs.
+fn json_asked(args: &[std::ffi::OsString]) -> bool {
+    let mut words = args.iter().filter_map(|a| a.to_str());
+    let mut asked = std::env::var("WALPLAYER_LOG_FORMAT").is_ok_and(|v| v == "json");
+    while let Some(word) = words.next() {
+        match word {
+            "--log-format=json" => asked = true,
+            "--log-format=text" => asked = false,
+            "--log-format" => asked = words.next() == Some("json"),
+            _ => {}
+        }
+    }
+    asked
 }
 
 /// Runs `command` with the signals wired up: the first Ctrl-C or SIGTERM
@@ -59,7 +82,9 @@ async fn second_signal(token: CancellationToken) {
         _ = tokio::signal::ctrl_c() => {}
         _ = next_sigterm(&mut term) => {}
     }
-    eprintln!("second signal: stopping at once; results already written are kept");
+    walplayer_klio::console::warn(
+        "second signal: stopping at once; results already written are kept",
+    );
 }
 
 async fn next_sigterm(term: &mut Option<tokio::signal::unix::Signal>) {

@@ -17,7 +17,8 @@
 //!   neither knows the other, both speak the control protocol.
 //! - this crate, the CLI: the binaries in `src/bin`, and the commands that
 //!   are only user interface: [`play`], [`quickstart`], [`certs`], the
-//!   [`progress`] display, the HTML [`report`], logging and signals ([`cli`]), allocator tuning
+//!   [`progress`] display, the HTML [`report`], the command line and signals
+//!   ([`cli`]), logging ([`logs`]), allocator tuning
 //!   ([`alloc`]) and the open-files limit ([`limits`]).
 
 pub use walplayer_agent as agent;
@@ -31,6 +32,7 @@ pub mod alloc;
 pub mod certs;
 pub mod cli;
 pub mod limits;
+pub mod logs;
 pub mod play;
 pub mod progress;
 pub mod quickstart;

@@ -16,11 +16,12 @@ use tokio_util::sync::CancellationToken;
 
 use walplayer_klio::buckets::{self, Bucket};
 use walplayer_klio::config::KlioConfig;
+use walplayer_klio::console;
 use walplayer_klio::driver::{drive, Destination, Uploads};
 use walplayer_klio::endpoint::KlioEndpoint;
 use walplayer_klio::exit::Exit;
 use walplayer_klio::metrics::{self, ClientMetrics, Registry};
-use walplayer_klio::output::{check_writable, open_output, write_summary};
+use walplayer_klio::output::{check_writable, open_output, print_summary_line, write_summary};
 use walplayer_klio::progress::Progress as _;
 use walplayer_klio::report::{FileReport, JsonLines};
 use walplayer_klio::settings::Jobs;
@@ -168,6 +169,11 @@ async fn run(
         clients = endpoint.connect_jobs(opts.jobs.get()) => clients.map_err(anyhow::Error::msg)?,
         _ = shutdown.cancelled() => anyhow::bail!("interrupted while connecting to {}", endpoint.address()),
     };
+    tracing::debug!(
+        jobs = clients.len(),
+        address = endpoint.address(),
+        "connected to Klio, one connection per job"
+    );
     // Everything that would fail every file is checked: this run starts,
     // and only now replaces the previous run's results.
     let mut lines = Lines {
@@ -206,33 +212,37 @@ async fn run(
     let totals = Totals::new(&driven.stats, driven.wall);
     let interrupted = shutdown.is_cancelled();
     let not_started = found.saturating_sub(driven.stats.files_done());
-    eprint!("{}", totals.to_text());
+    console::say(&totals.to_text());
     if not_started > 0 {
-        eprintln!("{not_started} files not started: the run was stopped first");
+        console::say(&format!(
+            "{not_started} files not started: the run was stopped first"
+        ));
     }
-    if opts.summary.is_some() || opts.report.is_some() {
-        let doc = SummaryFile {
-            mode: "play",
-            totals: &totals,
-            interrupted,
-            files_not_started: not_started,
-            address: &opts.klio.address,
-            cluster: &opts.klio.cluster_name,
-            jobs: opts.jobs.get(),
-            block_size_kib: opts.upload.block.kib(),
-            timeline: driven.timeline.points(),
-            latency_histogram: buckets::of_histogram(&driven.stats.latency),
-        };
-        if let Some(path) = &opts.summary {
-            write_summary(path, &doc)?;
-        }
-        if let Some(path) = &opts.report {
-            crate::report::write(path, &doc)?;
-        }
+    let doc = SummaryFile {
+        mode: "play",
+        totals: &totals,
+        interrupted,
+        files_not_started: not_started,
+        address: &opts.klio.address,
+        cluster: &opts.klio.cluster_name,
+        jobs: opts.jobs.get(),
+        block_size_kib: opts.upload.block.kib(),
+        timeline: driven.timeline.points(),
+        latency_histogram: buckets::of_histogram(&driven.stats.latency),
+    };
+    if let Some(path) = &opts.summary {
+        write_summary(path, &doc)?;
     }
+    if let Some(path) = &opts.report {
+        crate::report::write(path, &doc)?;
+    }
+    // The last stdout line: after the per-file lines, which the seed's jq
+    // recipes select by `error`, a field the summary does not have.
+    let printed = print_summary_line(&doc);
     if let Some(e) = driven.undeliverable {
         anyhow::bail!(e);
     }
+    printed?;
     Ok(PlayOutcome {
         totals,
         interrupted,

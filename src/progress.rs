@@ -1,13 +1,17 @@
 //! Progress on stderr while a run goes: a bar on a terminal, a plain line
-//! every few seconds otherwise, nothing with `--quiet`.
+//! every few seconds otherwise (and with JSON logs, as records), nothing
+//! with `--quiet`.
 
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+use walplayer_klio::console;
 use walplayer_klio::progress::Progress as Display;
 use walplayer_klio::stats::human_bytes;
+
+use crate::logs::{self, LogFormat};
 
 /// How often the plain-line form prints.
 pub const LINE_EVERY: Duration = Duration::from_secs(5);
@@ -34,7 +38,7 @@ impl Progress {
     pub fn new(quiet: bool, files_total: u64, bytes_total: u64) -> Progress {
         let view = if quiet {
             View::Quiet
-        } else if std::io::stderr().is_terminal() {
+        } else if std::io::stderr().is_terminal() && logs::format() == LogFormat::Text {
             let bar =
                 ProgressBar::with_draw_target(Some(bytes_total), ProgressDrawTarget::stderr());
             bar.set_style(
@@ -101,12 +105,12 @@ impl Display for Progress {
             if last.elapsed() >= LINE_EVERY {
                 *last = Instant::now();
                 let secs = self.started.elapsed().as_secs_f64().max(1e-9);
-                eprintln!(
+                console::say(&format!(
                     "progress: {} of {}, {:.1} MiB/s",
                     self.files_text(),
                     human_bytes(self.bytes_total),
                     self.bytes_done as f64 / (1u64 << 20) as f64 / secs
-                );
+                ));
             }
         }
     }

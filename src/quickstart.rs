@@ -13,6 +13,7 @@ use anyhow::{bail, Context, Result};
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 
+use walplayer_klio::console;
 use walplayer_klio::exit::Exit;
 use walplayer_klio::settings::{BlockSize, Jobs, UploadSettings};
 
@@ -82,7 +83,7 @@ pub async fn run(args: QuickstartArgs, shutdown: CancellationToken) -> Result<Ex
             )
         })?;
     let root = tmp.path();
-    eprintln!("quickstart: working in {}", root.display());
+    console::say(&format!("quickstart: working in {}", root.display()));
     let minted = certs::mint(&root.join("certs"), &CertSpec::default())?;
 
     let sink_data = root.join("sink");
@@ -99,7 +100,9 @@ pub async fn run(args: QuickstartArgs, shutdown: CancellationToken) -> Result<Ex
     let sink_address = sink.local_addr().to_string();
     let sink_stop = CancellationToken::new();
     let sink_task = tokio::spawn(sink.serve(sink_stop.clone()));
-    eprintln!("quickstart: Klio-compatible sink on {sink_address} (mutual TLS, fsync every block)");
+    console::say(&format!(
+        "quickstart: Klio-compatible sink on {sink_address} (mutual TLS, fsync every block)"
+    ));
 
     let coordinator = Coordinator::bind(
         SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -108,10 +111,10 @@ pub async fn run(args: QuickstartArgs, shutdown: CancellationToken) -> Result<Ex
     .await?;
     let control = coordinator.local_addr().to_string();
     let agents = start_agents(&args, &minted, root, &control, &sink_address)?;
-    eprintln!(
+    console::say(&format!(
         "quickstart: coordinator on {control} (mutual TLS), {} agent processes, {} clusters each; {} files of {} MiB",
         args.agents, args.clusters_per_agent, args.files, args.wal_size
-    );
+    ));
 
     let outcome = coordinator
         .run(shutdown, Box::new(Progress::new(false, 0, 0)))
@@ -120,20 +123,20 @@ pub async fn run(args: QuickstartArgs, shutdown: CancellationToken) -> Result<Ex
     sink_stop.cancel();
     let sink_totals = sink_task.await?.context("sink failed")?;
     let outcome = outcome?;
-    eprintln!("quickstart: sink saw {}", sink_totals.to_text());
+    console::say(&format!("quickstart: sink saw {}", sink_totals.to_text()));
     if let Err(e) = agents_done {
-        eprintln!("quickstart: {e}");
+        console::warn(&format!("quickstart: {e}"));
     }
 
     crate::report::write(&root.join("report.html"), &outcome.summary)?;
     let stored = check_stored(&sink_data, segment_bytes)?;
-    eprintln!("quickstart: {stored} stored files checked: sizes and page headers valid for their positions");
+    console::say(&format!("quickstart: {stored} stored files checked: sizes and page headers valid for their positions"));
     if args.keep {
         let kept = tmp.keep();
-        eprintln!(
+        console::say(&format!(
             "quickstart: kept {} (results.json, summary.json, report.html, certs/, sink/, agent-*.log)",
             kept.display()
-        );
+        ));
     }
     if outcome.exit == Exit::Ok && stored != args.files {
         bail!(

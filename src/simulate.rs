@@ -9,10 +9,11 @@ use anyhow::Result;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio_util::sync::CancellationToken;
 
+use walplayer_klio::console;
 use walplayer_klio::endpoint::KlioEndpoint;
 use walplayer_klio::exit::Exit;
 use walplayer_klio::flags::{parse_duration, KlioArgs, DEFAULT_TIMEOUT};
-use walplayer_klio::output::{check_writable, open_output, write_summary};
+use walplayer_klio::output::{check_writable, open_output, print_summary_line, write_summary};
 use walplayer_klio::tls;
 use walplayer_simulate::drive;
 use walplayer_simulate::flags::WorkloadArgs;
@@ -20,6 +21,7 @@ use walplayer_simulate::run::{Live, Sim};
 use walplayer_simulate::segments::Segments;
 use walplayer_simulate::summary::Summary;
 
+use crate::logs::{self, LogFormat};
 use crate::progress::LINE_EVERY;
 
 #[derive(Debug, clap::Args)]
@@ -40,6 +42,9 @@ pub struct SimulateArgs {
     /// Write the run's summary as JSON here (with the per-second timeline)
     #[arg(long, value_name = "FILE")]
     pub summary: Option<PathBuf>,
+    /// Write the run's HTML report here
+    #[arg(long, value_name = "FILE.html")]
+    pub report: Option<PathBuf>,
     /// No live display on stderr
     #[arg(long, short)]
     pub quiet: bool,
@@ -54,6 +59,7 @@ pub async fn run(args: SimulateArgs, shutdown: CancellationToken) -> Result<Exit
         .map_err(anyhow::Error::msg)?;
     check_writable(args.output.as_deref(), "--output")?;
     check_writable(args.summary.as_deref(), "--summary")?;
+    check_writable(args.report.as_deref(), "--report")?;
     let tls = tls::client_config(&klio.server_ca, &klio.client_cert, &klio.client_key)?;
     let endpoint = KlioEndpoint::new(&klio.address, tls).map_err(anyhow::Error::msg)?;
     let mut sim = tokio::select! {
@@ -88,10 +94,15 @@ pub async fn run(args: SimulateArgs, shutdown: CancellationToken) -> Result<Exit
     };
     display.finish();
     summary.interrupted = shutdown.is_cancelled();
-    eprint!("{}", summary.to_text());
+    console::say(&summary.to_text());
     if let Some(path) = &args.summary {
         write_summary(path, &summary)?;
     }
+    if let Some(path) = &args.report {
+        crate::report::write(path, &summary)?;
+    }
+    // The last stdout line, for `walplayer report` and jq on a log.
+    print_summary_line(&summary)?;
     Ok(summary.exit())
 }
 
@@ -105,7 +116,8 @@ struct Display {
 
 impl Display {
     fn new(quiet: bool) -> Display {
-        let bar = (!quiet && std::io::stderr().is_terminal()).then(|| {
+        let terminal = std::io::stderr().is_terminal() && logs::format() == LogFormat::Text;
+        let bar = (!quiet && terminal).then(|| {
             let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
             bar.set_style(
                 ProgressStyle::with_template("{elapsed_precise} {spinner} {msg}")
@@ -142,7 +154,7 @@ impl Display {
             Some(bar) => bar.set_message(text),
             None if self.last.elapsed() >= LINE_EVERY => {
                 self.last = Instant::now();
-                eprintln!("progress: {text}");
+                console::say(&format!("progress: {text}"));
             }
             None => {}
         }

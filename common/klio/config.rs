@@ -1,8 +1,10 @@
-//! Klio client settings: the seed's YAML file, environment and flags.
+//! Klio client settings: Klio's configuration file, environment and flags.
 //!
 //! Precedence is the seed's: a flag beats the environment, which beats the
-//! file. Every missing setting is reported in one error, before anything
-//! connects; unknown YAML keys are warned about by name.
+//! file. The file is found as Klio's (viper) finds it, and may be a whole
+//! Klio configuration: the keys of Klio's that the player does not use are
+//! accepted silently, only unknown keys are warned about by name. Every
+//! missing setting is reported in one error, before anything connects.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -106,8 +108,12 @@ pub enum ConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("configuration file {path} is not valid YAML: {message}")]
-    Yaml { path: PathBuf, message: String },
+    #[error("configuration file {path} is not valid {format}: {message}")]
+    Parse {
+        path: PathBuf,
+        format: &'static str,
+        message: String,
+    },
     #[error("configuration file {path}: key {key} must be a string, found {found}")]
     NotAString {
         path: PathBuf,
@@ -148,45 +154,138 @@ pub struct FileLayer {
     pub warnings: Vec<String>,
 }
 
-/// Which configuration file to read.
+/// The names Klio looks for in `$HOME` when no `--config` is given, in
+/// viper's order: its extensions json, toml, yaml, yml, then the bare
+/// name (Klio sets a config type, which lets viper take it).
+pub const DEFAULT_FILE_NAMES: [&str; 5] = [
+    ".klio.json",
+    ".klio.toml",
+    ".klio.yaml",
+    ".klio.yml",
+    ".klio",
+];
+
+/// Which configuration file to read: `--config`, else the first of
+/// [`DEFAULT_FILE_NAMES`] in `home` that is a file.
 pub fn config_file_path(explicit: Option<&Path>, home: Option<&Path>) -> Option<PathBuf> {
     match explicit {
         Some(path) => Some(path.to_path_buf()),
-        None => home.map(|h| h.join(".klio.yaml")).filter(|p| p.is_file()),
+        None => {
+            let home = home?;
+            DEFAULT_FILE_NAMES
+                .iter()
+                .map(|name| home.join(name))
+                .find(|p| p.is_file())
+        }
     }
 }
 
-/// Reads the seed's YAML configuration file.
+/// Reads a configuration file: JSON or TOML by its extension, YAML
+/// otherwise (as Klio reads every file).
 pub fn read_file(path: &Path) -> Result<FileLayer, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.to_path_buf(),
         source,
     })?;
-    parse_yaml(path, &text)
+    let extension = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase);
+    match extension.as_deref() {
+        Some("json") => parse_json(path, &text),
+        Some("toml") => parse_toml(path, &text),
+        _ => parse_yaml(path, &text),
+    }
 }
 
-/// Parses configuration text; `path` only names it in messages.
+/// Parses YAML configuration text; `path` only names it in messages.
 pub fn parse_yaml(path: &Path, text: &str) -> Result<FileLayer, ConfigError> {
-    let value: serde_norway::Value =
-        serde_norway::from_str(text).map_err(|e| ConfigError::Yaml {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
+    let value = serde_norway::from_str(text).map_err(|e| parse_error(path, "YAML", e))?;
+    parse_value(path, value)
+}
+
+/// Parses JSON configuration text.
+pub fn parse_json(path: &Path, text: &str) -> Result<FileLayer, ConfigError> {
+    let value = serde_json::from_str(text).map_err(|e| parse_error(path, "JSON", e))?;
+    parse_value(path, value)
+}
+
+/// Parses TOML configuration text.
+pub fn parse_toml(path: &Path, text: &str) -> Result<FileLayer, ConfigError> {
+    let value = toml::from_str(text).map_err(|e| parse_error(path, "TOML", e))?;
+    parse_value(path, value)
+}
+
+fn parse_error(path: &Path, format: &'static str, e: impl fmt::Display) -> ConfigError {
+    ConfigError::Parse {
+        path: path.to_path_buf(),
+        format,
+        message: e.to_string(),
+    }
+}
+
+/// Keys of a Klio configuration that the player does not use: accepted
+/// silently. `*` stands for any key below (sections Klio itself checks).
+const KLIO_KEYS: [&str; 16] = [
+    "client.wal.tier2_address",
+    "client.base.url",
+    "client.base.tier2_url",
+    "client.base.server_cert_path",
+    "client.base.client_cert_path",
+    "client.base.client_key_path",
+    "source.dsn",
+    "source.standard_dsn",
+    "source.slot",
+    "source.standby_message_timeout_seconds",
+    "source.flush_timeout_ms",
+    "source.buffer_size",
+    "retention",
+    "retention.*",
+    "tier2_retention",
+    "tier2_retention.*",
+];
+
+/// Where older Klio releases kept the cluster name: read when
+/// `client.cluster_name` is not set.
+const OLD_CLUSTER_NAME: &str = "client.wal.cluster_name";
+
+/// Whether `dotted` is a Klio key the player does not use.
+fn klio_only_key(dotted: &str) -> bool {
+    KLIO_KEYS.iter().any(|k| match k.strip_suffix(".*") {
+        Some(section) => dotted
+            .get(..section.len() + 1)
+            .is_some_and(|head| head.eq_ignore_ascii_case(&format!("{section}."))),
+        None => k.eq_ignore_ascii_case(dotted),
+    })
+}
+
+/// Whether `dotted` names one setting the player reads.
+fn setting_key(dotted: &str) -> bool {
+    dotted.eq_ignore_ascii_case(OLD_CLUSTER_NAME)
+        || Key::ALL
+            .iter()
+            .any(|k| k.yaml().eq_ignore_ascii_case(dotted))
+}
+
+/// Reads the settings out of a parsed document of any format.
+fn parse_value(path: &Path, value: serde_norway::Value) -> Result<FileLayer, ConfigError> {
     check_sections(path, &value)?;
     let mut out = FileLayer::default();
     let mut leaves = Vec::new();
     flatten(&value, String::new(), &mut leaves);
+    let mut old_cluster_name = None;
     for (dotted, leaf) in leaves {
-        let Some(key) = Key::ALL
+        let old = dotted.eq_ignore_ascii_case(OLD_CLUSTER_NAME);
+        let key = Key::ALL
             .iter()
             .copied()
-            .find(|k| k.yaml().eq_ignore_ascii_case(&dotted))
-        else {
-            if !dotted.is_empty() {
+            .find(|k| k.yaml().eq_ignore_ascii_case(&dotted));
+        if key.is_none() && !old {
+            if !dotted.is_empty() && !klio_only_key(&dotted) {
                 out.warnings.push(unknown_key_warning(path, &dotted));
             }
             continue;
-        };
+        }
         let text = match leaf {
             serde_norway::Value::String(s) => s.clone(),
             serde_norway::Value::Number(n) => n.to_string(),
@@ -199,7 +298,20 @@ pub fn parse_yaml(path: &Path, text: &str) -> Result<FileLayer, ConfigError> {
                 })
             }
         };
-        out.layer.set(key, Some(text));
+        match key {
+            Some(key) => out.layer.set(key, Some(text)),
+            None => old_cluster_name = Some(text),
+        }
+    }
+    if let Some(old) = old_cluster_name.filter(|v| !v.is_empty()) {
+        match out.layer.0.get(&Key::ClusterName) {
+            None => out.layer.set(Key::ClusterName, Some(old)),
+            Some(new) if *new != old => out.warnings.push(format!(
+                "configuration file {}: client.cluster_name {new:?} and the older {OLD_CLUSTER_NAME} {old:?} differ; using client.cluster_name",
+                path.display()
+            )),
+            Some(_) => {}
+        }
     }
     Ok(out)
 }
@@ -253,12 +365,9 @@ fn flatten<'a>(
                 } else {
                     format!("{prefix}.{name}")
                 };
-                // A known key that holds a mapping is reported as such, not
-                // walked into.
-                if Key::ALL
-                    .iter()
-                    .any(|k| k.yaml().eq_ignore_ascii_case(&dotted))
-                {
+                // A setting that holds a mapping is reported as such, and a
+                // section of Klio's own is not walked into.
+                if setting_key(&dotted) || klio_only_key(&dotted) {
                     out.push((dotted, v));
                 } else {
                     flatten(v, dotted, out);
@@ -309,35 +418,80 @@ pub fn resolve(file: &Layer, env: &Layer, flags: &Layer) -> Result<KlioConfig, C
         return Err(ConfigError::Missing(missing));
     }
     let value = |key| get(key).unwrap_or_default();
+    let address = normalize_address(&value(Key::Address))
+        .map_err(|e| ConfigError::Invalid(format!("client.wal.address {e}")))?;
     let config = KlioConfig {
         cluster_name: value(Key::ClusterName),
-        address: value(Key::Address),
+        address,
         server_ca: PathBuf::from(value(Key::ServerCert)),
         client_cert: PathBuf::from(value(Key::ClientCert)),
         client_key: PathBuf::from(value(Key::ClientKey)),
     };
     check_cluster_name(&config.cluster_name)
         .map_err(|e| ConfigError::Invalid(format!("client.cluster_name: {e}")))?;
-    split_address(&config.address).map_err(ConfigError::Invalid)?;
     Ok(config)
+}
+
+/// The forms of a Klio address walplayer dials, as grpc-go's naming
+/// accepts them, for messages.
+pub const ADDRESS_FORMS: &str =
+    "host:port, [v6]:port, dns:///host:port or dns:host:port (e.g. klio.example:52000, 127.0.0.1:52000, [::1]:52000, dns:///klio.example:52000)";
+
+/// Turns an address in one of grpc-go's forms ([`ADDRESS_FORMS`]; the
+/// `dns` scheme with no authority, or `passthrough:///`) into the
+/// `host:port` walplayer dials with the system's resolver.
+pub fn normalize_address(address: &str) -> Result<String, String> {
+    let bad = |why: String| format!("{address:?} {why}: write {ADDRESS_FORMS}");
+    let target = if let Some(rest) = address.strip_prefix("dns://") {
+        match rest.split_once('/') {
+            Some(("", target)) => target,
+            Some((authority, _)) => {
+                return Err(bad(format!(
+                    "names the DNS server {authority}, which walplayer cannot use (it resolves with the system's resolver)"
+                )))
+            }
+            None => return Err(bad("has no host after dns://".into())),
+        }
+    } else if let Some(rest) = address
+        .strip_prefix("dns:")
+        // A host named dns (dns:52000) stays a host.
+        .filter(|rest| split_host_port(rest).is_ok() || split_host_port(address).is_err())
+    {
+        rest
+    } else if let Some(rest) = address.strip_prefix("passthrough:///") {
+        rest
+    } else if let Some((scheme, _)) = address.split_once("://") {
+        return Err(bad(format!(
+            "has the scheme {scheme}://, which walplayer does not dial"
+        )));
+    } else {
+        address
+    };
+    let (host, port) = split_host_port(target).map_err(|why| bad(why.into()))?;
+    Ok(if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    })
 }
 
 /// Splits `host:port` (`[v6]:port` for IPv6 literals) into host and port.
 pub fn split_address(address: &str) -> Result<(String, u16), String> {
-    let bad = |why: &str| {
+    split_host_port(address).map_err(|why| {
         format!("client.wal.address {address:?} {why}: write it as host:port, e.g. 127.0.0.1:52000 or [::1]:52000")
-    };
-    let (host, port) = address.rsplit_once(':').ok_or_else(|| bad("has no port"))?;
-    let port: u16 = port.parse().map_err(|_| bad("has no valid port"))?;
+    })
+}
+
+fn split_host_port(address: &str) -> Result<(String, u16), &'static str> {
+    let (host, port) = address.rsplit_once(':').ok_or("has no port")?;
+    let port: u16 = port.parse().map_err(|_| "has no valid port")?;
     let host = match host.strip_prefix('[') {
-        Some(v6) => v6
-            .strip_suffix(']')
-            .ok_or_else(|| bad("has an unclosed '['"))?,
-        None if host.contains(':') => return Err(bad("is an IPv6 address without brackets")),
+        Some(v6) => v6.strip_suffix(']').ok_or("has an unclosed '['")?,
+        None if host.contains(':') => return Err("is an IPv6 address without brackets"),
         None => host,
     };
-    if host.is_empty() || host.contains('/') {
-        return Err(bad("has no host"));
+    if host.is_empty() || host.contains('/') || host.contains('[') || host.contains(']') {
+        return Err("has no host");
     }
     Ok((host.to_string(), port))
 }
@@ -402,11 +556,166 @@ mod tests {
 
     #[test]
     fn unknown_key_is_named_with_a_hint() {
-        let f = file("client:\n  wal:\n    cluster_name: oops\n    adress: x\n");
-        assert_eq!(f.warnings.len(), 2, "{:?}", f.warnings);
-        assert!(f.warnings[0].contains("client.wal.cluster_name"));
+        let f = file(
+            "client:\n  base:\n    cluster_name: oops\n  wal:\n    adress: x\nwal:\n  address: y\n",
+        );
+        assert_eq!(f.warnings.len(), 3, "{:?}", f.warnings);
+        assert!(f.warnings[0].contains("client.base.cluster_name"));
         assert!(f.warnings[0].contains("did you mean client.cluster_name"));
         assert!(f.warnings[1].contains("client.wal.adress"));
+        assert!(f.warnings[2].contains("unknown key wal.address"));
+        assert!(f.warnings[2].contains("did you mean client.wal.address"));
+    }
+
+    /// A whole Klio configuration (tests/fixtures/klio-full-config.yaml,
+    /// every client key present) reads without a warning.
+    #[test]
+    fn a_full_klio_configuration_is_accepted_silently() {
+        let f = file(include_str!("../../tests/fixtures/klio-full-config.yaml"));
+        assert!(f.warnings.is_empty(), "{:?}", f.warnings);
+        let c = resolve(&f.layer, &Layer::default(), &Layer::default()).unwrap();
+        assert_eq!(c.cluster_name, "pg-main");
+        assert_eq!(c.address, "klio.klio-system.svc:52000");
+        assert_eq!(c.server_ca, PathBuf::from("/projected/klio/server/ca.crt"));
+        assert_eq!(
+            c.client_key,
+            PathBuf::from("/projected/klio/client/tls.key")
+        );
+    }
+
+    /// No key of Klio's is ever warned about or pointed elsewhere, in any
+    /// case, whatever its value.
+    #[test]
+    fn no_klio_key_gets_a_warning_or_a_hint() {
+        let keys = KLIO_KEYS
+            .iter()
+            .copied()
+            .filter(|k| !k.ends_with(".*"))
+            .chain(Key::ALL.iter().map(|k| k.yaml()))
+            .chain([
+                OLD_CLUSTER_NAME,
+                "retention.anything.below",
+                "tier2_retention.x",
+            ]);
+        for dotted in keys {
+            for spelled in [dotted.to_string(), dotted.to_uppercase()] {
+                let parts: Vec<&str> = spelled.split('.').collect();
+                let mut text = String::new();
+                for (depth, part) in parts.iter().enumerate() {
+                    let value = if depth + 1 == parts.len() { " 7" } else { "" };
+                    text.push_str(&format!("{}{part}:{value}\n", "  ".repeat(depth)));
+                }
+                let f = parse_yaml(Path::new("k.yaml"), &text)
+                    .unwrap_or_else(|e| panic!("{text}: {e}"));
+                assert!(f.warnings.is_empty(), "{text}: {:?}", f.warnings);
+            }
+        }
+    }
+
+    #[test]
+    fn older_klios_cluster_name_is_read_when_the_newer_is_absent() {
+        let old = file("client:\n  wal:\n    cluster_name: old-style\n");
+        assert!(old.warnings.is_empty(), "{:?}", old.warnings);
+        assert_eq!(old.layer.0[&Key::ClusterName], "old-style");
+        let both = file("client:\n  cluster_name: new\n  wal:\n    cluster_name: old\n");
+        assert_eq!(both.layer.0[&Key::ClusterName], "new");
+        assert!(
+            both.warnings[0].contains("differ; using client.cluster_name"),
+            "{:?}",
+            both.warnings
+        );
+        let same = file("client:\n  cluster_name: a\n  wal:\n    cluster_name: a\n");
+        assert!(same.warnings.is_empty());
+    }
+
+    #[test]
+    fn json_and_toml_files_read_like_yaml() {
+        let yaml = file(FULL).layer;
+        let json = r#"{"client": {"cluster_name": "walplayer", "wal": {"address": "localhost:52000",
+            "server_cert_path": "/s/ca.crt", "client_cert_path": "/c/tls.crt", "client_key_path": "/c/tls.key"}}}"#;
+        let toml = "[client]\ncluster_name = \"walplayer\"\n[client.wal]\naddress = \"localhost:52000\"\nserver_cert_path = \"/s/ca.crt\"\nclient_cert_path = \"/c/tls.crt\"\nclient_key_path = \"/c/tls.key\"\n[client.base]\nurl = \"https://k:51515\"\n";
+        let dir = tempfile::tempdir().unwrap();
+        for (name, text) in [("k.json", json), ("k.toml", toml), ("k.yml", FULL)] {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            let f = read_file(&path).unwrap();
+            assert_eq!(f.layer, yaml, "{name}");
+            assert!(f.warnings.is_empty(), "{name}: {:?}", f.warnings);
+        }
+        let bad = dir.path().join("bad.toml");
+        std::fs::write(&bad, "client = [").unwrap();
+        let e = read_file(&bad).unwrap_err().to_string();
+        assert!(e.contains("bad.toml is not valid TOML"), "{e}");
+        let bad = dir.path().join("bad.json");
+        std::fs::write(&bad, "{").unwrap();
+        let e = read_file(&bad).unwrap_err().to_string();
+        assert!(e.contains("bad.json is not valid JSON"), "{e}");
+    }
+
+    #[test]
+    fn the_default_file_is_found_where_and_in_the_order_klio_looks() {
+        let home = tempfile::tempdir().unwrap();
+        let h = home.path();
+        assert_eq!(config_file_path(None, Some(h)), None);
+        // viper's order, last to first: bare name, yml, yaml, toml, json.
+        for name in DEFAULT_FILE_NAMES.iter().rev() {
+            std::fs::write(h.join(name), FULL).unwrap();
+            assert_eq!(
+                config_file_path(None, Some(h)),
+                Some(h.join(name)),
+                "{name}"
+            );
+        }
+        // A directory of that name is not a file.
+        std::fs::remove_file(h.join(".klio.json")).unwrap();
+        std::fs::create_dir(h.join(".klio.json")).unwrap();
+        assert_eq!(config_file_path(None, Some(h)), Some(h.join(".klio.toml")));
+        // --config wins.
+        let explicit = h.join("mine.yaml");
+        assert_eq!(config_file_path(Some(&explicit), Some(h)), Some(explicit));
+        assert_eq!(config_file_path(None, None), None);
+    }
+
+    #[test]
+    fn addresses_in_grpc_go_forms() {
+        for (given, dialed) in [
+            ("klio:52000", "klio:52000"),
+            ("dns:///klio.example:52000", "klio.example:52000"),
+            ("dns:klio.example:52000", "klio.example:52000"),
+            ("passthrough:///10.0.0.5:52000", "10.0.0.5:52000"),
+            ("[::1]:52000", "[::1]:52000"),
+            ("dns:///[::1]:52000", "[::1]:52000"),
+            ("dns:52000", "dns:52000"),
+        ] {
+            assert_eq!(normalize_address(given).unwrap(), dialed, "{given}");
+        }
+        for (given, why) in [
+            ("dns://8.8.8.8/klio:52000", "DNS server 8.8.8.8"),
+            ("unix:///run/klio.sock", "scheme unix://"),
+            ("dns:///klio", "no port"),
+            ("klio", "no port"),
+            ("::1:52000", "without brackets"),
+            ("dns://", "no host"),
+        ] {
+            let e = normalize_address(given).unwrap_err();
+            assert!(e.contains(why), "{given}: {e}");
+            assert!(
+                e.contains("dns:///host:port") && e.contains("[v6]:port"),
+                "{e}"
+            );
+        }
+        let mut f = file(FULL).layer;
+        f.0.insert(Key::Address, "dns:///klio.example:1".into());
+        let c = resolve(&f, &Layer::default(), &Layer::default()).unwrap();
+        assert_eq!(c.address, "klio.example:1");
+        f.0.insert(Key::Address, "https://klio:1".into());
+        let e = resolve(&f, &Layer::default(), &Layer::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("client.wal.address \"https://klio:1\""),
+            "{e}"
+        );
     }
 
     #[test]

@@ -17,16 +17,16 @@ pub const DEFAULT_TIMEOUT: &str = "5m";
 /// Klio client settings as flags (the seed's names).
 #[derive(Debug, Clone, Default, Args)]
 pub struct KlioArgs {
-    /// Configuration file in the seed's YAML format [default: $HOME/.klio.yaml when present]
+    /// Klio configuration file, YAML (JSON or TOML by extension) [default: the first of $HOME/.klio.json, .klio.toml, .klio.yaml, .klio.yml, .klio]
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Cluster name to upload as (client.cluster_name)
     #[arg(long, value_name = "NAME")]
     pub cluster_name: Option<String>,
-    /// Klio WAL server, host:port (client.wal.address)
+    /// Klio WAL server: host:port, [v6]:port or dns:///host:port (client.wal.address)
     #[arg(long, value_name = "HOST:PORT")]
     pub address: Option<String>,
-    /// CA certificate that signed the server's certificate (client.wal.server_cert_path)
+    /// CA certificate that signed the server's certificate, or that certificate itself (client.wal.server_cert_path)
     #[arg(long, value_name = "FILE")]
     pub server_cert: Option<String>,
     /// Client certificate, PEM (client.wal.client_cert_path)

@@ -22,9 +22,11 @@
 //!   histograms for summaries and charts.
 //! - [`progress`]: what a progress display is told.
 //! - [`metrics`]: Prometheus metrics and the `/metrics` endpoint.
+//! - [`console`]: what a command says on stderr besides its logs.
 
 pub mod buckets;
 pub mod config;
+pub mod console;
 pub mod driver;
 pub mod endpoint;
 pub mod exit;

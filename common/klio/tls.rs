@@ -2,15 +2,25 @@
 //!
 //! Keys load as cert-manager and openssl write them: RSA PKCS#1, EC (SEC1)
 //! and PKCS#8. Every error names the file and what is wrong with it.
+//!
+//! Klio's `server_cert_path` may name the CA that signed the server's
+//! certificate or, as Klio's Go client allows, the server's own
+//! certificate: [`PinnedOrCa`] trusts a presented certificate
+//! byte-identical to one in that file, its host name still checked.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
-use rustls::server::WebPkiClientVerifier;
-use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use rustls::server::{ParsedCertificate, WebPkiClientVerifier};
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig,
+    SignatureScheme,
+};
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 
 /// ALPN protocol id of HTTP/2, which gRPC runs on.
 const ALPN_H2: &[u8] = b"h2";
@@ -98,11 +108,96 @@ fn roots(what: &'static str, path: &Path) -> Result<RootCertStore, TlsError> {
     Ok(store)
 }
 
-/// What the three files of a client identity are called in messages.
+/// What the three files of a client identity are called in messages, and
+/// whether a server certificate in the CA file is trusted as itself.
 struct ClientFiles {
     ca: &'static str,
     cert: &'static str,
     key: &'static str,
+    pin_end_entity: bool,
+}
+
+/// Verifies a server as webpki does with the file's certificates as roots;
+/// a certificate no root signed (`UnknownIssuer`) is still trusted when it
+/// is byte-identical to one in the file (the server's own certificate, as
+/// Go's verifier trusts a leaf that is in its root pool) and valid for the
+/// host name. Everything else (expiry, names, signatures, a certificate
+/// used as a CA) is webpki's verdict, unchanged.
+#[derive(Debug)]
+pub struct PinnedOrCa {
+    webpki: Arc<WebPkiServerVerifier>,
+    pinned: Vec<CertificateDer<'static>>,
+}
+
+impl PinnedOrCa {
+    /// A verifier trusting `certs` as roots and as pinned certificates.
+    pub fn new(
+        certs: Vec<CertificateDer<'static>>,
+        roots: RootCertStore,
+    ) -> Result<PinnedOrCa, rustls::server::VerifierBuilderError> {
+        let webpki =
+            WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider()).build()?;
+        Ok(PinnedOrCa {
+            webpki,
+            pinned: certs,
+        })
+    }
+}
+
+impl ServerCertVerifier for PinnedOrCa {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let verdict = self.webpki.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        );
+        match verdict {
+            // webpki reports an unknown issuer only once the certificate
+            // itself passed its validity, basic-constraints and usage checks.
+            Err(rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer))
+                if self
+                    .pinned
+                    .iter()
+                    .any(|p| p.as_ref() == end_entity.as_ref()) =>
+            {
+                let cert = ParsedCertificate::try_from(end_entity)?;
+                rustls::client::verify_server_name(&cert, server_name)?;
+                Ok(ServerCertVerified::assertion())
+            }
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.webpki.supported_verify_schemes()
+    }
 }
 
 /// Client side of mutual TLS to Klio: trust `server_ca`, present the
@@ -116,6 +211,7 @@ pub fn client_config(
         ca: "server CA certificate (server_cert_path)",
         cert: "client certificate (client_cert_path)",
         key: "client key (client_key_path)",
+        pin_end_entity: true,
     };
     client_config_for(&files, server_ca, cert, key)
 }
@@ -131,6 +227,7 @@ pub fn control_client_config(
         ca: "coordinator CA certificate (--control-ca)",
         cert: "agent certificate (--control-cert)",
         key: "agent key (--control-key)",
+        pin_end_entity: false,
     };
     client_config_for(&files, ca, cert, key)
 }
@@ -144,16 +241,31 @@ fn client_config_for(
     let roots = roots(files.ca, server_ca)?;
     let chain = load_certs(files.cert, cert)?;
     let key_der = load_key(files.key, key)?;
-    let mut config = ClientConfig::builder_with_provider(provider())
+    let builder = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
-        .expect("ring supports the default protocol versions")
-        .with_root_certificates(roots)
-        .with_client_auth_cert(chain, key_der)
-        .map_err(|e| TlsError::Unusable {
-            what: files.cert,
-            path: cert.to_path_buf(),
-            detail: format!("and key {} do not form a usable pair: {e}", key.display()),
+        .expect("ring supports the default protocol versions");
+    let builder = if files.pin_end_entity {
+        let verifier = PinnedOrCa::new(load_certs(files.ca, server_ca)?, roots).map_err(|e| {
+            TlsError::Unusable {
+                what: files.ca,
+                path: server_ca.to_path_buf(),
+                detail: format!("cannot verify servers: {e}"),
+            }
         })?;
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(verifier))
+    } else {
+        builder.with_root_certificates(roots)
+    };
+    let mut config =
+        builder
+            .with_client_auth_cert(chain, key_der)
+            .map_err(|e| TlsError::Unusable {
+                what: files.cert,
+                path: cert.to_path_buf(),
+                detail: format!("and key {} do not form a usable pair: {e}", key.display()),
+            })?;
     config.alpn_protocols = vec![ALPN_H2.to_vec()];
     Ok(Arc::new(config))
 }
@@ -192,6 +304,143 @@ pub fn server_config(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rcgen::{
+        BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair,
+    };
+
+    /// A CA: its issuer and its certificate.
+    fn ca() -> (Issuer<'static, KeyPair>, CertificateDer<'static>) {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name = DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "walplayer test CA");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let key = KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap().der().clone();
+        (Issuer::new(params, key), cert)
+    }
+
+    fn leaf_params(host: &str) -> CertificateParams {
+        let mut params = CertificateParams::new(vec![host.to_string()]).unwrap();
+        params.distinguished_name = DistinguishedName::new();
+        params.distinguished_name.push(DnType::CommonName, host);
+        params
+    }
+
+    fn signed(host: &str, issuer: &Issuer<'_, KeyPair>) -> CertificateDer<'static> {
+        let key = KeyPair::generate().unwrap();
+        leaf_params(host)
+            .signed_by(&key, issuer)
+            .unwrap()
+            .der()
+            .clone()
+    }
+
+    fn self_signed(params: CertificateParams) -> CertificateDer<'static> {
+        let key = KeyPair::generate().unwrap();
+        params.self_signed(&key).unwrap().der().clone()
+    }
+
+    /// The verifier `client_config` builds from a server_cert_path file
+    /// holding `file`.
+    fn verifier(file: &[CertificateDer<'static>]) -> PinnedOrCa {
+        let mut roots = RootCertStore::empty();
+        for cert in file {
+            roots.add(cert.clone()).unwrap();
+        }
+        PinnedOrCa::new(file.to_vec(), roots).unwrap()
+    }
+
+    /// The verdict on `presented` for `host`: the certificate error, if any.
+    fn verify(
+        v: &PinnedOrCa,
+        presented: &CertificateDer<'_>,
+        host: &str,
+    ) -> Result<(), CertificateError> {
+        let name = ServerName::try_from(host.to_string()).unwrap();
+        match v.verify_server_cert(presented, &[], &name, &[], UnixTime::now()) {
+            Ok(_) => Ok(()),
+            Err(rustls::Error::InvalidCertificate(e)) => Err(e),
+            Err(other) => panic!("not a certificate error: {other}"),
+        }
+    }
+
+    fn unknown_issuer(e: CertificateError) -> bool {
+        matches!(e, CertificateError::UnknownIssuer)
+    }
+
+    #[test]
+    fn the_servers_own_certificate_is_trusted_with_its_host_name_checked() {
+        let (issuer, _) = ca();
+        let server = signed("klio.example", &issuer);
+        let pinned = verifier(std::slice::from_ref(&server));
+        verify(&pinned, &server, "klio.example").unwrap();
+        let e = verify(&pinned, &server, "other.example").unwrap_err();
+        assert!(
+            matches!(
+                e,
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. }
+            ),
+            "{e:?}"
+        );
+        // A sibling signed by the same CA is not the pinned certificate.
+        let sibling = signed("klio.example", &issuer);
+        let e = verify(&pinned, &sibling, "klio.example").unwrap_err();
+        assert!(unknown_issuer(e.clone()), "{e:?}");
+    }
+
+    #[test]
+    fn an_unrelated_self_signed_certificate_is_still_refused() {
+        let (issuer, ca_cert) = ca();
+        let server = signed("klio.example", &issuer);
+        // Named like the server (so webpki, finding its issuer's name in the
+        // file, tries and fails its signature), or named otherwise.
+        let same_name = self_signed(leaf_params("klio.example"));
+        let mut other = leaf_params("klio.example");
+        other.distinguished_name = DistinguishedName::new();
+        other
+            .distinguished_name
+            .push(DnType::CommonName, "stranger");
+        let other_name = self_signed(other);
+        for file in [vec![server.clone()], vec![ca_cert]] {
+            let v = verifier(&file);
+            let e = verify(&v, &same_name, "klio.example").unwrap_err();
+            assert!(
+                matches!(e, CertificateError::BadSignature) || unknown_issuer(e.clone()),
+                "{e:?}"
+            );
+            let e = verify(&v, &other_name, "klio.example").unwrap_err();
+            assert!(unknown_issuer(e.clone()), "{e:?}");
+        }
+    }
+
+    #[test]
+    fn a_ca_file_works_as_before_and_nothing_else_is_loosened() {
+        let (issuer, ca_cert) = ca();
+        let server = signed("klio.example", &issuer);
+        let v = verifier(&[ca_cert]);
+        verify(&v, &server, "klio.example").unwrap();
+        assert!(verify(&v, &server, "other.example").is_err());
+        // An expired certificate stays refused, pinned or not.
+        let mut old = leaf_params("klio.example");
+        old.not_before = rcgen::date_time_ymd(2000, 1, 1);
+        old.not_after = rcgen::date_time_ymd(2001, 1, 1);
+        let expired = self_signed(old);
+        let e = verify(
+            &verifier(std::slice::from_ref(&expired)),
+            &expired,
+            "klio.example",
+        )
+        .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                CertificateError::Expired | CertificateError::ExpiredContext { .. }
+            ),
+            "{e:?}"
+        );
+    }
 
     #[test]
     fn errors_name_the_file() {

@@ -8,8 +8,9 @@ use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
 use walplayer::agent::cli::{run, AgentArgs};
-use walplayer::cli::{init_logging, with_signals};
+use walplayer::cli::{parse_args, with_signals};
 use walplayer::klio::exit::Exit;
+use walplayer::logs::{self, LogArgs};
 
 #[derive(Parser)]
 #[command(
@@ -20,12 +21,14 @@ use walplayer::klio::exit::Exit;
 struct Args {
     #[command(flatten)]
     agent: AgentArgs,
+    #[command(flatten)]
+    log: LogArgs,
 }
 
 fn main() -> ExitCode {
     walplayer::alloc::tune();
-    let args = Args::parse();
-    init_logging(true);
+    let args: Args = parse_args();
+    logs::init(&args.log, true);
     walplayer::limits::raise_open_files();
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime starts");
     let shutdown = CancellationToken::new();

@@ -7,10 +7,12 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
-use walplayer::cli::{error_text, init_logging, with_signals};
+use walplayer::cli::{error_text, parse_args, with_signals};
+use walplayer::klio::console;
 use walplayer::klio::exit::Exit;
 use walplayer::klio::flags::{KlioArgs, MetricsArgs, OutputArgs, UploadArgs};
 use walplayer::klio::metrics;
+use walplayer::logs::{self, LogArgs};
 use walplayer::wal::{generate, walname};
 use walplayer::{certs, play, quickstart, sink};
 
@@ -23,6 +25,8 @@ use walplayer::{certs, play, quickstart, sink};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    log: LogArgs,
 }
 
 #[derive(Subcommand)]
@@ -163,11 +167,14 @@ struct CertsArgs {
 
 fn main() -> ExitCode {
     walplayer::alloc::tune();
-    let cli = Cli::parse();
-    init_logging(matches!(
-        cli.command,
-        Command::Sink(_) | Command::Coordinator(_) | Command::Agent(_)
-    ));
+    let cli: Cli = parse_args();
+    logs::init(
+        &cli.log,
+        matches!(
+            cli.command,
+            Command::Sink(_) | Command::Coordinator(_) | Command::Agent(_)
+        ),
+    );
     walplayer::limits::raise_open_files();
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime starts");
     let shutdown = CancellationToken::new();
@@ -186,7 +193,7 @@ fn exit_now() -> ! {
 
 /// Prints an up-front error with its causes: exit status 2.
 fn usage_error(e: impl Into<anyhow::Error>) -> Exit {
-    eprintln!("walplayer: error: {}", error_text(&e.into()));
+    console::error(&format!("walplayer: error: {}", error_text(&e.into())));
     Exit::Usage
 }
 
@@ -267,7 +274,7 @@ async fn run_generate(args: GenerateArgs, shutdown: CancellationToken) -> Exit {
     let task = tokio::task::spawn_blocking(move || {
         generate::generate(&spec, &payload, &stop, &mut |path, _| {
             if !quiet {
-                eprintln!("{}", path.display());
+                console::say(&path.display().to_string());
             }
         })
     });
@@ -368,7 +375,10 @@ async fn run_sink(args: SinkArgs, shutdown: CancellationToken) -> Exit {
             Exit::Ok
         }
         Err(e) => {
-            eprintln!("walplayer: sink failed: {}", error_text(&e.into()));
+            console::error(&format!(
+                "walplayer: sink failed: {}",
+                error_text(&e.into())
+            ));
             Exit::FilesFailed
         }
     }

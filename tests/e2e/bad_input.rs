@@ -70,14 +70,14 @@ fn unknown_yaml_key_is_warned_by_name() {
     let config = env.path("klio.yaml");
     std::fs::write(
         &config,
-        "client:\n  wal:\n    cluster_name: oops\n    address: 127.0.0.1:1\n",
+        "client:\n  base:\n    cluster_name: oops\n  wal:\n    address: 127.0.0.1:1\n",
     )
     .unwrap();
     let out = run(env.walplayer(&["play", "--config"]).arg(&config).arg(&wal));
     expect_usage_error(
         out,
         &[
-            "client.wal.cluster_name",
+            "client.base.cluster_name",
             "did you mean client.cluster_name",
             "missing",
         ],

@@ -8,11 +8,13 @@ mod util;
 
 mod bad_input;
 mod cancel;
+mod configuration;
 mod control;
 mod distributed;
 mod faults;
 mod guarantees;
 mod hostile;
+mod logs;
 mod metrics;
 mod multihost;
 mod play;

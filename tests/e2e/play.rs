@@ -24,7 +24,7 @@ fn generate_play_store_byte_identical() {
         .arg(&summary));
     assert_status(&out, 0);
 
-    let lines = json_lines(&stdout(&out));
+    let lines = file_lines(&stdout(&out));
     assert_eq!(lines.len(), 6, "one JSON line per WAL file");
     for line in &lines {
         for key in [
@@ -54,6 +54,11 @@ fn generate_play_store_byte_identical() {
     assert_eq!(assert_stored_identical(&wal, &data.join("walplayer")), 6);
 
     let s = read_json(&summary);
+    assert_eq!(
+        summary_line(&stdout(&out)),
+        s,
+        "stdout ends with the --summary object"
+    );
     assert_eq!(s["filesOk"], 6);
     assert_eq!(s["filesFailed"], 0);
     assert_eq!(s["filesSkipped"], 1);
@@ -91,7 +96,7 @@ fn gzip_input_is_sent_decompressed_with_trailer_size() {
     let sink = env.sink(&data, &[]);
     let out = run(&mut env.play(&wal, &sink.address, &["-j", "2"]));
     assert_status(&out, 0);
-    let lines = json_lines(&stdout(&out));
+    let lines = file_lines(&stdout(&out));
     assert_eq!(lines.len(), 3);
     let mut names: Vec<_> = lines
         .iter()
@@ -151,7 +156,7 @@ fn damaged_gzip_fails_that_file_only() {
     let sink = env.sink(&data, &[]);
     let out = run(&mut env.play(&wal, &sink.address, &[]));
     assert_status(&out, 1);
-    let lines = json_lines(&stdout(&out));
+    let lines = file_lines(&stdout(&out));
     assert_eq!(lines.len(), 3);
     assert!(
         lines[0]["error"].as_str().unwrap().contains("gzip trailer"),
@@ -211,7 +216,9 @@ fn output_file_gets_each_line_and_read_only_server_fails_files() {
         .arg("--summary")
         .arg(&summary));
     assert_status(&out, 1);
-    assert!(stdout(&out).is_empty());
+    // With --output, stdout holds the summary line alone.
+    assert!(file_lines(&stdout(&out)).is_empty(), "{}", stdout(&out));
+    assert_eq!(summary_line(&stdout(&out))["filesFailed"], 3);
     let lines = json_lines(&std::fs::read_to_string(&output).unwrap());
     assert_eq!(lines.len(), 3);
     for l in &lines {
@@ -448,7 +455,7 @@ fn verify_reads_every_file_back() {
         .play(&wal, &sink.address, &["--verify", "-j", "2", "--summary"])
         .arg(&summary));
     assert_status(&out, 0);
-    for l in json_lines(&stdout(&out)) {
+    for l in file_lines(&stdout(&out)) {
         assert_eq!(l["verified"], true, "{l}");
     }
     assert_eq!(read_json(&summary)["filesVerified"], 4);
@@ -460,7 +467,7 @@ fn verify_reads_every_file_back() {
     // Without --verify nothing is read back.
     let out = run(&mut env.play(&wal, &sink.address, &[]));
     assert_status(&out, 0);
-    assert!(json_lines(&stdout(&out))
+    assert!(file_lines(&stdout(&out))
         .iter()
         .all(|l| l.get("verified").is_none()));
 }

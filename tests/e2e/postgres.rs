@@ -149,7 +149,7 @@ fn real_postgres_wal_is_stored_byte_identical() {
     let sink = env.sink(&stored, &[]);
     let out = run(&mut env.play(&wal, &sink.address, &["-j", "2"]));
     assert_status(&out, 0);
-    assert_eq!(json_lines(&stdout(&out)).len(), copied);
+    assert_eq!(file_lines(&stdout(&out)).len(), copied);
     assert_eq!(
         assert_stored_identical(&wal, &stored.join("walplayer")),
         copied

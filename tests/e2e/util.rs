@@ -42,6 +42,8 @@ impl TestEnv {
             "CLIENT_WAL_SERVER_CERT_PATH",
             "CLIENT_WAL_CLIENT_CERT_PATH",
             "CLIENT_WAL_CLIENT_KEY_PATH",
+            "WALPLAYER_LOG_FORMAT",
+            "WALPLAYER_LOG_LEVEL",
         ] {
             cmd.env_remove(var);
         }
@@ -252,6 +254,35 @@ pub fn json_lines(text: &str) -> Vec<serde_json::Value> {
         .filter(|l| !l.trim().is_empty())
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}")))
         .collect()
+}
+
+/// The per-file records of a run's stdout: every JSON line but the
+/// `walplayerSummary` line, which must be the last one when present.
+pub fn file_lines(text: &str) -> Vec<serde_json::Value> {
+    let mut lines = json_lines(text);
+    if lines
+        .last()
+        .is_some_and(|l| l.get("walplayerSummary").is_some())
+    {
+        lines.pop();
+    }
+    for l in &lines {
+        assert!(
+            l.get("walplayerSummary").is_none(),
+            "the summary line is not the last line of stdout:\n{text}"
+        );
+    }
+    lines
+}
+
+/// The `walplayerSummary` object of the last stdout line.
+pub fn summary_line(text: &str) -> serde_json::Value {
+    let last = json_lines(text)
+        .pop()
+        .unwrap_or_else(|| panic!("no JSON line on stdout: {text:?}"));
+    last.get("walplayerSummary")
+        .unwrap_or_else(|| panic!("the last stdout line is not the summary: {last}"))
+        .clone()
 }
 
 pub fn read_json(path: &Path) -> serde_json::Value {

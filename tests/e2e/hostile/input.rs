@@ -16,7 +16,7 @@ fn a_wal_named_file_that_cannot_be_read_fails_with_its_own_record() {
     let summary = env.path("summary.json");
     let out = run(env.play(&wal, &sink.address, &["--summary"]).arg(&summary));
     assert_status(&out, 1);
-    let lines = json_lines(&stdout(&out));
+    let lines = file_lines(&stdout(&out));
     assert_eq!(lines.len(), 3, "one record per WAL-named file");
     let bad = lines
         .iter()

@@ -129,7 +129,7 @@ pub const ROWS: &[Row] = &[
         "configuration file ...: key client.cluster_name must be a string, found a list",
         "write the value as a string"),
     row("play", "YAML wrong type", "`address: 52000`", "walplayer play {wal} --config {yaml:number-address} --server-cert {ca} --client-cert {cert} --client-key {key}", 2,
-        "client.wal.address \"52000\" has no port: write it as host:port, e.g. 127.0.0.1:52000",
+        "client.wal.address \"52000\" has no port: write host:port, [v6]:port, dns:///host:port or dns:host:port",
         "host and port: `address: klio.example:52000`"),
     row("play", "YAML wrong type", "`wal: \"string\"`", "walplayer play {wal} --config {yaml:string-wal}", 2,
         "configuration file ...: client.wal must be a mapping of settings (as in `client:` then `  wal:` on the next lines), found a string",
