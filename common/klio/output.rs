@@ -82,7 +82,10 @@ pub fn summary_from_log(text: &str) -> std::result::Result<serde_json::Value, St
     match serde_json::from_str::<serde_json::Value>(text) {
         Ok(serde_json::Value::Object(mut map)) => match map.remove(SUMMARY_KEY) {
             Some(summary) => checked_summary(summary),
-            None if map.contains_key("filesOk") => Ok(serde_json::Value::Object(map)),
+            // Every summary has `mode`; older ones (and play's) `filesOk`.
+            None if map.contains_key("filesOk") || map.contains_key("mode") => {
+                Ok(serde_json::Value::Object(map))
+            }
             None => Err(no_summary()),
         },
         _ => Err(no_summary()),

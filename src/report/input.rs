@@ -8,10 +8,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
 /// The key of the summary line a coordinator prints last on stdout.
-pub const SUMMARY_KEY: &str = "walplayerSummary";
-
-/// A key every summary has, to tell a summary from other JSON.
-const TOTALS_KEY: &str = "filesOk";
+pub use walplayer_klio::output::SUMMARY_KEY;
 
 /// Largest input read: a summary is kilobytes, a long log megabytes.
 const MAX_INPUT_BYTES: u64 = 1 << 30;
@@ -38,41 +35,11 @@ pub fn read_summary(path: &Path) -> Result<Value> {
     })
 }
 
-/// The summary in `text`, if any: the whole text as one summary object
-/// (possibly wrapped in the summary line's key), else the last line that
-/// is a summary line. Lines that are not JSON are skipped.
+/// The summary in `text`, if any: the last summary line of a log, or the
+/// whole text as one summary object (possibly wrapped in the summary
+/// line's key). Lines that are not JSON are skipped.
 pub fn summary_in(text: &str) -> Result<Value> {
-    if let Ok(whole) = serde_json::from_str::<Value>(text) {
-        if let Some(summary) = as_summary(whole) {
-            return Ok(summary);
-        }
-    }
-    let found = text
-        .lines()
-        .rev()
-        .filter(|line| line.trim_start().starts_with('{'))
-        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-        .find_map(|v| match v {
-            Value::Object(mut o) => o.remove(SUMMARY_KEY).and_then(as_summary),
-            _ => None,
-        });
-    match found {
-        Some(summary) => Ok(summary),
-        None => bail!("no summary object and no {SUMMARY_KEY} line found"),
-    }
-}
-
-/// `v` if it is a summary object, or the summary under the summary line's
-/// key.
-fn as_summary(v: Value) -> Option<Value> {
-    match v {
-        Value::Object(mut o) => match o.remove(SUMMARY_KEY) {
-            Some(inner) => as_summary(inner),
-            None if o.contains_key(TOTALS_KEY) => Some(Value::Object(o)),
-            None => None,
-        },
-        _ => None,
-    }
+    walplayer_klio::output::summary_from_log(text).map_err(anyhow::Error::msg)
 }
 
 #[cfg(test)]
@@ -107,7 +74,10 @@ mod tests {
             "{\"walplayerSummary\": 3}",
         ] {
             let e = summary_in(text).unwrap_err().to_string();
-            assert!(e.contains("no summary"), "{text:?}: {e}");
+            assert!(
+                e.contains("no walplayerSummary line") || e.contains("holds no object"),
+                "{text:?}: {e}"
+            );
         }
     }
 }
