@@ -11,7 +11,8 @@
 //!
 //! - [`config`]: Klio client settings from file, environment and flags.
 //! - [`flags`]: the command-line flags for those settings and for uploads.
-//! - [`tls`]: rustls configurations from PEM files.
+//! - [`tls`]: rustls configurations from PEM files; [`role`]: the role a
+//!   certificate carries and which roles each server takes.
 //! - [`transport`]: TCP, optional rustls and HTTP/2 settings under every
 //!   channel, either side.
 //! - [`endpoint`]: connections to a Klio WAL server, with its limits.
@@ -29,6 +30,7 @@ pub mod output;
 pub mod pipeline;
 pub mod progress;
 pub mod report;
+pub mod role;
 pub mod settings;
 pub mod stats;
 pub mod tls;
