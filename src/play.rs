@@ -17,6 +17,7 @@ use walplayer_klio::config::KlioConfig;
 use walplayer_klio::driver::{drive, Destination};
 use walplayer_klio::endpoint::KlioEndpoint;
 use walplayer_klio::exit::Exit;
+use walplayer_klio::memory::{self, MemoryLimit};
 use walplayer_klio::output::{check_writable, open_output, write_summary};
 use walplayer_klio::progress::Progress as _;
 use walplayer_klio::report::{FileReport, JsonLines};
@@ -38,6 +39,8 @@ pub struct PlayOptions {
     pub output: Option<PathBuf>,
     pub summary: Option<PathBuf>,
     pub quiet: bool,
+    /// `--max-memory`, or the cgroup's limit, or none.
+    pub max_memory: Option<MemoryLimit>,
 }
 
 /// How a run ended.
@@ -96,7 +99,16 @@ impl Destination for Lines {
 /// Runs `play`. Errors are the up-front kind (exit status 2); failed files
 /// are in the outcome.
 pub async fn play(opts: PlayOptions, shutdown: CancellationToken) -> Result<PlayOutcome> {
-    let listing = source::list(&opts.dir, source::Links::Follow)?;
+    memory::check(
+        opts.jobs.get(),
+        opts.upload.block.bytes(),
+        opts.max_memory.clone(),
+    )
+    .map_err(anyhow::Error::msg)?;
+    // Listing reads every `.gz` through to measure it: off the runtime.
+    let dir = opts.dir.clone();
+    let listing =
+        tokio::task::spawn_blocking(move || source::list(&dir, source::Links::Follow)).await??;
     for skipped in &listing.skipped {
         tracing::warn!("skipping {}: {}", skipped.path.display(), skipped.reason);
     }

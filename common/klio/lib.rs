@@ -17,6 +17,7 @@
 //!   channel, either side.
 //! - [`endpoint`]: connections to a Klio WAL server, with its limits.
 //! - [`upload`]: one Put stream per file, retries; [`verify`]: read-back.
+//! - [`memory`]: the memory N jobs need, checked against `--max-memory`.
 //! - [`settings`]: block size, jobs and upload settings as validated types.
 //! - [`output`]: result and summary files.
 //! - [`progress`]: what a progress display is told.
@@ -26,6 +27,7 @@ pub mod driver;
 pub mod endpoint;
 pub mod exit;
 pub mod flags;
+pub mod memory;
 pub mod output;
 pub mod pipeline;
 pub mod progress;

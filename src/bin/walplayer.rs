@@ -79,6 +79,9 @@ struct PlayArgs {
     dir: PathBuf,
     #[command(flatten)]
     upload: UploadArgs,
+    /// Refuse a run whose jobs × block size would need more memory than this (e.g. 2GiB; default: the cgroup's limit, if any)
+    #[arg(long, value_name = "SIZE", value_parser = walplayer::klio::memory::parse_size)]
+    max_memory: Option<u64>,
     #[command(flatten)]
     klio: KlioArgs,
     #[command(flatten)]
@@ -244,6 +247,7 @@ async fn run_play(args: PlayArgs, shutdown: CancellationToken) -> Exit {
         output: args.output.output,
         summary: args.output.summary,
         quiet: args.output.quiet,
+        max_memory: walplayer::klio::memory::limit(args.max_memory),
     };
     match play::play(opts, shutdown).await {
         Ok(outcome) => outcome.exit(),
