@@ -268,6 +268,30 @@ impl Drop for Target {
     }
 }
 
+/// A Put stream not yet counted; dropped unsettled, it was reset by the
+/// client and counts as aborted.
+struct Unsettled<'a> {
+    totals: &'a SinkTotals,
+    peer: &'a str,
+    settled: bool,
+}
+
+impl Unsettled<'_> {
+    /// The stream reached an outcome, which counts itself.
+    fn settle(&mut self) {
+        self.settled = true;
+    }
+}
+
+impl Drop for Unsettled<'_> {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.totals.aborted.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!("Put stream from {} reset by the client", self.peer);
+        }
+    }
+}
+
 /// How a Put stream ended.
 enum PutEnd {
     Complete,
@@ -432,7 +456,17 @@ impl Wal for WalService {
             .unwrap_or_else(|| "unknown peer".into());
         let mut stream = request.into_inner();
         let mut written = 0;
-        match self.receive(&mut stream, &mut written).await {
+        // A client's RST_STREAM while this handler waits on anything but
+        // the stream (a block being written, say) makes the server drop
+        // this future: the guard still counts that stream as aborted.
+        let mut guard = Unsettled {
+            totals: &self.totals,
+            peer: &peer,
+            settled: false,
+        };
+        let outcome = self.receive(&mut stream, &mut written).await;
+        guard.settle();
+        match outcome {
             Ok(Some((id, PutEnd::Complete))) => {
                 self.totals.completed.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(

@@ -280,3 +280,41 @@ async fn an_idle_put_stream_is_refused_and_leaves_nothing() {
     assert_eq!(busy.close().await.unwrap(), 8);
     s.stop.cancel();
 }
+
+/// Issue item 9: every Put stream of a client that dies mid-upload counts
+/// once as aborted, also when the cut comes while the sink is writing a
+/// block, which makes the server drop the handler instead of
+/// telling it (the sink said "2 aborted by the client" after 6).
+#[test]
+fn every_cut_put_stream_counts_once_as_aborted() {
+    const JOBS: usize = 6;
+    let env = crate::util::TestEnv::new();
+    let wal = env.generate("wal", JOBS as u32, 64, &[]);
+    let data = env.path("data");
+    let mut sink = env.sink(&data, &[]);
+    let mut play = env
+        .play(
+            &wal,
+            &sink.address,
+            &["-j", "6", "--block-size", "64", "--quiet"],
+        )
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let cluster = data.join("walplayer");
+    let count = || std::fs::read_dir(&cluster).map(|d| d.count()).unwrap_or(0);
+    let limit = std::time::Duration::from_secs(60);
+    crate::util::wait_until("every job has a stream open", limit, || count() == JOBS);
+    crate::util::signal(&play, libc::SIGKILL);
+    let _ = play.wait();
+    crate::util::wait_until("the cut streams leave nothing", limit, || count() == 0);
+    sink.terminate();
+    let log = sink.log_text();
+    assert!(
+        log.contains(&format!(
+            "0 files complete, 0 left partial, 0 streams rejected, {JOBS} aborted by the client"
+        )),
+        "{log}"
+    );
+}
