@@ -50,6 +50,7 @@ pub struct Sink {
     settings: SinkSettings,
     faults: Option<FaultPlan>,
     idle: Duration,
+    max_connections: Option<usize>,
 }
 
 impl Sink {
@@ -61,6 +62,7 @@ impl Sink {
             settings,
             faults: None,
             idle: DEFAULT_IDLE_TIMEOUT,
+            max_connections: None,
         })
     }
 
@@ -74,6 +76,13 @@ impl Sink {
     /// the client's own default timeout).
     pub fn with_idle_timeout(mut self, idle: Duration) -> Sink {
         self.idle = idle;
+        self
+    }
+
+    /// Holds at most `max` connections at once; one more is closed at once
+    /// and logged (unlimited unless set).
+    pub fn with_max_connections(mut self, max: usize) -> Sink {
+        self.max_connections = Some(max);
         self
     }
 
@@ -101,11 +110,16 @@ impl Sink {
                 totals.handshakes_rejected.fetch_add(1, Ordering::Relaxed);
             })
         };
-        let (incoming, accepting) = transport::incoming(
+        let limit = self.max_connections.map(|max| transport::ConnectionLimit {
+            max,
+            flag: "--max-connections",
+        });
+        let (incoming, accepting) = transport::incoming_limited(
             self.listener,
             Some(self.settings.tls),
             shutdown.clone(),
             refused,
+            limit,
         );
         let result = Server::builder()
             .initial_stream_window_size(STREAM_WINDOW)

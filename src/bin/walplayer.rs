@@ -117,6 +117,9 @@ struct SinkArgs {
     /// Refuse a Put stream that sends nothing for this long (a client's default --timeout)
     #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = walplayer::klio::flags::parse_duration)]
     idle_timeout: std::time::Duration,
+    /// Most connections held at once; one more is closed at once and logged (default: half the open-files limit less 256, at least 16)
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..1_000_000_000))]
+    max_connections: Option<u64>,
     #[command(flatten)]
     faults: sink::FaultArgs,
 }
@@ -275,7 +278,11 @@ async fn run_sink(args: SinkArgs, shutdown: CancellationToken) -> Exit {
     let bound = match sink::Sink::bind(args.listen, settings).await {
         Ok(s) => s
             .with_faults(args.faults.plan())
-            .with_idle_timeout(args.idle_timeout),
+            .with_idle_timeout(args.idle_timeout)
+            .with_max_connections(
+                args.max_connections
+                    .map_or_else(default_max_connections, |n| n as usize),
+            ),
         Err(e) => return usage_error(anyhow::anyhow!("cannot listen on {}: {e}", args.listen)),
     };
     println!("listening on {}", bound.local_addr());
@@ -314,6 +321,15 @@ fn run_certs(args: CertsArgs) -> Exit {
         }
         Err(e) => usage_error(e),
     }
+}
+
+/// Half the open-files limit, less a reserve for the files being written:
+/// each connection holds a descriptor, and its streams hold more.
+fn default_max_connections() -> usize {
+    let open_files = walplayer::limits::raise_open_files().unwrap_or(1024);
+    usize::try_from(open_files.saturating_sub(256) / 2)
+        .unwrap_or(usize::MAX)
+        .max(16)
 }
 
 /// A directory walplayer will create or write into must not be a file.

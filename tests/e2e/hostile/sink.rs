@@ -318,3 +318,64 @@ fn every_cut_put_stream_counts_once_as_aborted() {
         "{log}"
     );
 }
+
+/// Reads from a raw connection until the sink closes it; `false` if it is
+/// still open after `limit`.
+fn closed_within(tcp: &mut std::net::TcpStream, limit: std::time::Duration) -> bool {
+    use std::io::Read;
+    tcp.set_read_timeout(Some(limit)).unwrap();
+    let mut buf = [0u8; 64];
+    loop {
+        match tcp.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return false,
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => return false,
+            Err(_) => return true,
+        }
+    }
+}
+
+/// Issue item 13: a connection that never starts its TLS handshake is
+/// closed by the sink after the handshake timeout (10 s), and logged.
+#[test]
+fn a_connection_that_never_handshakes_is_closed() {
+    let env = crate::util::TestEnv::new();
+    let mut sink = env.sink(&env.path("data"), &[]);
+    let mut idle = std::net::TcpStream::connect(&sink.address).unwrap();
+    assert!(
+        closed_within(&mut idle, std::time::Duration::from_secs(60)),
+        "the sink keeps a connection that never handshakes"
+    );
+    sink.terminate();
+    let log = sink.log_text();
+    assert!(log.contains("timed out after 10s"), "{log}");
+}
+
+/// Issue item 13: over `--max-connections`, a new connection is closed at
+/// once and the refusal logged with the limit and what to do; a good
+/// client uploads once the others close.
+#[test]
+fn connections_over_the_cap_are_closed_and_a_good_client_uploads_once_others_close() {
+    let env = crate::util::TestEnv::new();
+    let wal = env.generate("wal", 2, 1, &[]);
+    let mut sink = env.sink(&env.path("data"), &["--max-connections", "4"]);
+    let hogs: Vec<_> = (0..4)
+        .map(|_| std::net::TcpStream::connect(&sink.address).unwrap())
+        .collect();
+    // Each is accepted in turn; the fifth finds every place taken.
+    let limit = std::time::Duration::from_secs(30);
+    crate::util::wait_until("the sink holds four connections", limit, || {
+        let mut probe = std::net::TcpStream::connect(&sink.address).unwrap();
+        closed_within(&mut probe, std::time::Duration::from_millis(500))
+    });
+    crate::util::wait_until("the refusal is logged", limit, || {
+        sink.log_text().contains(
+            "already holding 4 (--max-connections 4); raise --max-connections (and the open-files limit)",
+        )
+    });
+    drop(hogs);
+    let out = crate::util::run(&mut env.play(&wal, &sink.address, &[]));
+    crate::util::assert_status(&out, 0);
+    sink.terminate();
+}
