@@ -59,6 +59,9 @@ pub struct AgentArgs {
     /// Most clusters this agent simulates
     #[arg(long, default_value_t = Limits::default().max_clusters, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_clusters: u32,
+    /// Refuse runs whose jobs × block size would need more memory than this (e.g. 2GiB; default: the cgroup's limit, if any)
+    #[arg(long, value_name = "SIZE", value_parser = walplayer_klio::memory::parse_size)]
+    pub max_memory: Option<u64>,
 }
 
 fn usage_error(e: impl std::fmt::Display) -> Exit {
@@ -151,6 +154,7 @@ pub async fn run(args: AgentArgs, shutdown: CancellationToken) -> Exit {
             max_jobs: args.max_jobs,
             max_clusters: args.max_clusters,
             allowed_addresses: args.allow_address.clone(),
+            max_memory: walplayer_klio::memory::limit(args.max_memory),
             ..Limits::default()
         },
         health,

@@ -6,6 +6,7 @@
 
 use std::time::Duration;
 
+use walplayer_klio::memory::{self, MemoryLimit};
 use walplayer_klio::settings::{BlockSize, Jobs, UploadSettings, MAX_RETRIES};
 use walplayer_proto::control::{Assignment, Source, Split};
 use walplayer_wal::walname::{check_run_id, segment_bytes_from_mib};
@@ -23,6 +24,8 @@ pub struct Limits {
     pub max_timeout: Duration,
     /// Klio addresses the coordinator may choose besides the agent's own.
     pub allowed_addresses: Vec<String>,
+    /// The memory jobs × block size may take (`--max-memory` or the cgroup's).
+    pub max_memory: Option<MemoryLimit>,
 }
 
 impl Default for Limits {
@@ -34,6 +37,7 @@ impl Default for Limits {
             max_clusters: 1000,
             max_timeout: Duration::from_secs(24 * 3600),
             allowed_addresses: Vec::new(),
+            max_memory: None,
         }
     }
 }
@@ -91,6 +95,8 @@ impl ShardSpec {
             .map_err(|e| format!("jobs {e} (agent --max-jobs)"))?;
         let block = BlockSize::from_kib(a.block_size_kib.into())
             .map_err(|e| format!("block size in KiB {e}"))?;
+        memory::check(jobs.get(), block.bytes(), limits.max_memory.clone())
+            .map_err(|e| format!("{e} (agent --max-memory)"))?;
         in_range(
             "clusters",
             a.clusters.into(),
@@ -257,6 +263,19 @@ pub(crate) mod tests {
         }
         let e = check(&assignment(), &limits, 1 << 20, "own:1").unwrap_err();
         assert!(e.contains("free space"), "{e}");
+        // 2 jobs × 64 KiB blocks need about 10.4 MiB: 10 MiB is too little.
+        let tight = Limits {
+            max_memory: Some(MemoryLimit {
+                bytes: 10 << 20,
+                source: "--max-memory".into(),
+            }),
+            ..Limits::default()
+        };
+        let e = check(&assignment(), &tight, 1 << 40, "own:1").unwrap_err();
+        assert!(
+            e.contains("2 jobs × 64 KiB blocks") && e.contains("agent --max-memory"),
+            "{e}"
+        );
         let mut a = assignment();
         a.address = "own:1".into();
         assert_eq!(check(&a, &limits, 1 << 40, "own:1").unwrap().address, None);

@@ -130,7 +130,7 @@ impl CoordinatorArgs {
         }
         let tls = match (&self.tls_cert, &self.tls_key, &self.client_ca) {
             (Some(cert), Some(key), Some(ca)) => {
-                Some(walplayer_klio::tls::server_config(cert, key, ca)?)
+                Some(walplayer_klio::tls::control_server_config(cert, key, ca)?)
             }
             _ => None,
         };

@@ -20,6 +20,7 @@ use walplayer_klio::console;
 use walplayer_klio::driver::{drive, Destination, Uploads};
 use walplayer_klio::endpoint::KlioEndpoint;
 use walplayer_klio::exit::Exit;
+use walplayer_klio::memory::{self, MemoryLimit};
 use walplayer_klio::metrics::{self, ClientMetrics, Registry};
 use walplayer_klio::output::{check_writable, open_output, print_summary_line, write_summary};
 use walplayer_klio::progress::Progress as _;
@@ -50,6 +51,8 @@ pub struct PlayOptions {
     pub metrics_cluster_labels: bool,
     /// Keep serving `/metrics` this long after the run (a stop signal ends it).
     pub metrics_hold: Option<Duration>,
+    /// `--max-memory`, or the cgroup's limit, or none.
+    pub max_memory: Option<MemoryLimit>,
 }
 
 /// How a run ended.
@@ -149,7 +152,16 @@ async fn run(
     client_metrics: &ClientMetrics,
     shutdown: &CancellationToken,
 ) -> Result<PlayOutcome> {
-    let listing = source::list(&opts.dir, source::Links::Follow)?;
+    memory::check(
+        opts.jobs.get(),
+        opts.upload.block.bytes(),
+        opts.max_memory.clone(),
+    )
+    .map_err(anyhow::Error::msg)?;
+    // Listing reads every `.gz` through to measure it: off the runtime.
+    let dir = opts.dir.clone();
+    let listing =
+        tokio::task::spawn_blocking(move || source::list(&dir, source::Links::Follow)).await??;
     for skipped in &listing.skipped {
         tracing::warn!("skipping {}: {}", skipped.path.display(), skipped.reason);
     }

@@ -179,7 +179,7 @@ fn coordinator_options(
         },
         output: Some(root.join("results.json")),
         summary: Some(root.join("summary.json")),
-        tls: Some(tls::server_config(&c.cert, &c.key, &c.ca)?),
+        tls: Some(tls::control_server_config(&c.cert, &c.key, &c.ca)?),
     })
 }
 

@@ -11,11 +11,13 @@
 //!
 //! - [`config`]: Klio client settings from file, environment and flags.
 //! - [`flags`]: the command-line flags for those settings and for uploads.
-//! - [`tls`]: rustls configurations from PEM files.
+//! - [`tls`]: rustls configurations from PEM files; [`role`]: the role a
+//!   certificate carries and which roles each server takes.
 //! - [`transport`]: TCP, optional rustls and HTTP/2 settings under every
 //!   channel, either side.
 //! - [`endpoint`]: connections to a Klio WAL server, with its limits.
 //! - [`upload`]: one Put stream per file, retries; [`verify`]: read-back.
+//! - [`memory`]: the memory N jobs need, checked against `--max-memory`.
 //! - [`settings`]: block size, jobs and upload settings as validated types.
 //! - [`output`]: result and summary files.
 //! - [`timeline`]: a run second by second; [`buckets`]: log-spaced
@@ -31,11 +33,13 @@ pub mod driver;
 pub mod endpoint;
 pub mod exit;
 pub mod flags;
+pub mod memory;
 pub mod metrics;
 pub mod output;
 pub mod pipeline;
 pub mod progress;
 pub mod report;
+pub mod role;
 pub mod settings;
 pub mod stats;
 pub mod timeline;

@@ -22,6 +22,8 @@ use rustls::{
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 
+use crate::role::{ClientPolicy, RoleVerifier};
+
 /// ALPN protocol id of HTTP/2, which gRPC runs on.
 const ALPN_H2: &[u8] = b"h2";
 
@@ -270,21 +272,42 @@ fn client_config_for(
     Ok(Arc::new(config))
 }
 
-/// Server side of mutual TLS: present `cert`/`key`, require client
-/// certificates signed by `client_ca`.
+/// Server side of mutual TLS on the Klio channel (the sink): present
+/// `cert`/`key`, require client certificates signed by `client_ca` and not
+/// of a control-channel role.
 pub fn server_config(
     cert: &Path,
     key: &Path,
     client_ca: &Path,
 ) -> Result<Arc<ServerConfig>, TlsError> {
+    server_config_for(cert, key, client_ca, ClientPolicy::KlioChannel)
+}
+
+/// Server side of the control channel (the coordinator): present
+/// `cert`/`key`, require agent certificates signed by `client_ca`.
+pub fn control_server_config(
+    cert: &Path,
+    key: &Path,
+    client_ca: &Path,
+) -> Result<Arc<ServerConfig>, TlsError> {
+    server_config_for(cert, key, client_ca, ClientPolicy::ControlChannel)
+}
+
+fn server_config_for(
+    cert: &Path,
+    key: &Path,
+    client_ca: &Path,
+    policy: ClientPolicy,
+) -> Result<Arc<ServerConfig>, TlsError> {
     let roots = roots("client CA certificate", client_ca)?;
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+    let webpki = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
         .build()
         .map_err(|e| TlsError::Unusable {
             what: "client CA certificate",
             path: client_ca.to_path_buf(),
             detail: format!("cannot verify clients: {e}"),
         })?;
+    let verifier = Arc::new(RoleVerifier::new(webpki, policy));
     let chain = load_certs("server certificate", cert)?;
     let key_der = load_key("server key", key)?;
     let mut config = ServerConfig::builder_with_provider(provider())

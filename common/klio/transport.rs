@@ -154,9 +154,68 @@ pub fn incoming(
     tls: Option<Arc<ServerConfig>>,
     shutdown: CancellationToken,
     on_refused: Arc<dyn Fn() + Send + Sync>,
-) -> (ReceiverStream<std::io::Result<Stream>>, Accepting) {
+) -> (ReceiverStream<std::io::Result<Accepted>>, Accepting) {
+    incoming_limited(listener, tls, shutdown, on_refused, None)
+}
+
+/// Most connections a server holds at once (handshaking or served), and
+/// the flag that sets it, for the log line.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnectionLimit {
+    pub max: usize,
+    pub flag: &'static str,
+}
+
+/// How often, at most, refusals over the limit are logged.
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// Counts connections refused over the limit and logs them once per burst.
+struct Refusals {
+    limit: ConnectionLimit,
+    unlogged: u64,
+    logged_at: Option<tokio::time::Instant>,
+}
+
+impl Refusals {
+    fn refuse(&mut self) {
+        self.unlogged += 1;
+        let now = tokio::time::Instant::now();
+        if self
+            .logged_at
+            .is_some_and(|at| now.duration_since(at) < REFUSAL_LOG_EVERY)
+        {
+            return;
+        }
+        tracing::warn!(
+            "refused {} connection(s): already holding {} ({} {}); raise {} (and the open-files limit) if these are real clients, or find the peers holding idle connections",
+            self.unlogged,
+            self.limit.max,
+            self.limit.flag,
+            self.limit.max,
+            self.limit.flag
+        );
+        self.unlogged = 0;
+        self.logged_at = Some(now);
+    }
+}
+
+/// [`incoming`] holding at most `limit` connections: one more is closed at
+/// once, and the refusals are logged once per burst.
+pub fn incoming_limited(
+    listener: TcpListener,
+    tls: Option<Arc<ServerConfig>>,
+    shutdown: CancellationToken,
+    on_refused: Arc<dyn Fn() + Send + Sync>,
+    limit: Option<ConnectionLimit>,
+) -> (ReceiverStream<std::io::Result<Accepted>>, Accepting) {
     let (tx, rx) = mpsc::channel(64);
     let acceptor = tls.map(TlsAcceptor::from);
+    let slots = limit.map(|l| Arc::new(tokio::sync::Semaphore::new(l.max)));
+    let mut refusals = limit.map(|limit| Refusals {
+        limit,
+        unlogged: 0,
+        logged_at: None,
+    });
     let task = tokio::spawn(async move {
         let mut handshakes = JoinSet::new();
         loop {
@@ -176,9 +235,26 @@ pub fn incoming(
                 Some(_) = handshakes.join_next(), if !handshakes.is_empty() => continue,
                 _ = shutdown.cancelled() => return,
             };
+            let slot = match &slots {
+                None => None,
+                Some(slots) => match slots.clone().try_acquire_owned() {
+                    Ok(slot) => Some(slot),
+                    Err(_) => {
+                        drop(tcp);
+                        if let Some(r) = refusals.as_mut() {
+                            r.refuse();
+                        }
+                        continue;
+                    }
+                },
+            };
             tune_socket(&tcp);
             let Some(acceptor) = acceptor.clone() else {
-                if tx.send(Ok(Stream::Plain(tcp))).await.is_err() {
+                let accepted = Accepted {
+                    stream: Stream::Plain(tcp),
+                    _slot: slot,
+                };
+                if tx.send(Ok(accepted)).await.is_err() {
                     return;
                 }
                 continue;
@@ -187,7 +263,11 @@ pub fn incoming(
             handshakes.spawn(async move {
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(tls)) => {
-                        let _ = tx.send(Ok(Stream::ServerTls(Box::new(tls)))).await;
+                        let accepted = Accepted {
+                            stream: Stream::ServerTls(Box::new(tls)),
+                            _slot: slot,
+                        };
+                        let _ = tx.send(Ok(accepted)).await;
                     }
                     Ok(Err(e)) => {
                         on_refused();
@@ -214,6 +294,56 @@ impl Accepting {
     /// cancelled.
     pub async fn join(self) {
         let _ = self.0.await;
+    }
+}
+
+/// A connection a server accepted, holding its place under the
+/// connection limit until it closes.
+pub struct Accepted {
+    stream: Stream,
+    _slot: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+impl Connected for Accepted {
+    type ConnectInfo = TcpConnectInfo;
+    fn connect_info(&self) -> TcpConnectInfo {
+        self.stream.connect_info()
+    }
+}
+
+impl AsyncRead for Accepted {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Accepted {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
     }
 }
 

@@ -55,6 +55,7 @@ pub struct Sink {
     idle: Duration,
     put_log: Option<std::fs::File>,
     metrics: SinkMetrics,
+    max_connections: Option<usize>,
 }
 
 impl Sink {
@@ -68,6 +69,7 @@ impl Sink {
             idle: DEFAULT_IDLE_TIMEOUT,
             put_log: None,
             metrics: SinkMetrics::default(),
+            max_connections: None,
         })
     }
 
@@ -93,6 +95,13 @@ impl Sink {
     /// Records into `metrics` (served by `--metrics-listen`).
     pub fn with_metrics(mut self, metrics: SinkMetrics) -> Sink {
         self.metrics = metrics;
+        self
+    }
+
+    /// Holds at most `max` connections at once; one more is closed at once
+    /// and logged (unlimited unless set).
+    pub fn with_max_connections(mut self, max: usize) -> Sink {
+        self.max_connections = Some(max);
         self
     }
 
@@ -125,11 +134,16 @@ impl Sink {
                 metrics.handshake_rejected();
             })
         };
-        let (incoming, accepting) = transport::incoming(
+        let limit = self.max_connections.map(|max| transport::ConnectionLimit {
+            max,
+            flag: "--max-connections",
+        });
+        let (incoming, accepting) = transport::incoming_limited(
             self.listener,
             Some(self.settings.tls),
             shutdown.clone(),
             refused,
+            limit,
         );
         let result = Server::builder()
             .initial_stream_window_size(STREAM_WINDOW)

@@ -336,6 +336,30 @@ impl PutLog {
     }
 }
 
+/// A Put stream not yet counted; dropped unsettled, it was reset by the
+/// client and counts as aborted.
+struct Unsettled<'a> {
+    totals: &'a SinkTotals,
+    peer: &'a str,
+    settled: bool,
+}
+
+impl Unsettled<'_> {
+    /// The stream reached an outcome, which counts itself.
+    fn settle(&mut self) {
+        self.settled = true;
+    }
+}
+
+impl Drop for Unsettled<'_> {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.totals.aborted.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!("Put stream from {} reset by the client", self.peer);
+        }
+    }
+}
+
 /// How a Put stream ended.
 enum PutEnd {
     Complete,
@@ -532,7 +556,16 @@ impl Wal for WalService {
         let _open = self.metrics.stream_opened();
         let (mut written, mut messages) = (0, 0);
         let opened = std::time::SystemTime::now();
+        // A client's RST_STREAM while this handler waits on anything but
+        // the stream (a block being written, say) makes the server drop
+        // this future: the guard still counts that stream as aborted.
+        let mut guard = Unsettled {
+            totals: &self.totals,
+            peer: &peer,
+            settled: false,
+        };
         let received = self.receive(&mut stream, &mut written, &mut messages).await;
+        guard.settle();
         if let (Some(log), Ok(Some((id, end)))) = (&self.put_log, &received) {
             log.write(id, end, written, messages, opened);
         }

@@ -1,7 +1,10 @@
 //! Source: the WAL files of a directory, in name order, ready to upload.
 //!
-//! Plain files and `NAME.gz` are accepted; `.gz` sizes come from the gzip
-//! trailer (ISIZE). Subdirectories such as `archive_status/` are ignored;
+//! Plain files and `NAME.gz` are accepted; a `.gz` file's size is what
+//! `gunzip` gives, measured while listing by reading every member and
+//! checking each member's trailer (CRC-32 and ISIZE), so a file of several
+//! members is sent whole and a damaged one fails before a byte is sent.
+//! Subdirectories such as `archive_status/` are ignored;
 //! files whose name is not a WAL name are reported as skipped, not sent.
 
 use std::fs::File;
@@ -53,7 +56,7 @@ impl Segment {
         };
         if self.gzip {
             format!(
-                "decompressed length differs from the gzip trailer: {read} instead of {} (file is damaged or not one gzip member)",
+                "decompressed length differs from the one measured when listing: {read} instead of {} (the file changed while being sent)",
                 self.size
             )
         } else {
@@ -184,7 +187,7 @@ fn classify(path: &Path, links: Links) -> Entry {
         return Entry::Skip("not a WAL file name".into());
     }
     let (size, unreadable) = if gzip {
-        match gzip_trailer_size(path) {
+        match gzip_trailer_size(path).and_then(|_| gunzipped_size(path)) {
             Ok(size) => (size, None),
             Err(e) => (0, Some(format!("not a usable gzip file: {e}"))),
         }
@@ -200,8 +203,16 @@ fn classify(path: &Path, links: Links) -> Entry {
     })
 }
 
-/// The uncompressed size a gzip file declares in its trailer (ISIZE, the
-/// last four bytes, little-endian).
+/// The bytes `gunzip` gives for `path`: every member read, each member's
+/// CRC-32 and length checked against its trailer.
+pub fn gunzipped_size(path: &Path) -> std::io::Result<u64> {
+    let file = File::open(path)?;
+    let mut reader = GzipReader::new(BufReader::with_capacity(256 << 10, file));
+    std::io::copy(&mut reader, &mut std::io::sink())
+}
+
+/// The uncompressed size a gzip file's last member declares in its
+/// trailer (ISIZE, the last four bytes, little-endian).
 pub fn gzip_trailer_size(path: &Path) -> std::io::Result<u64> {
     let mut file = File::open(path)?;
     let len = file.metadata()?.len();
@@ -328,11 +339,12 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join("000000010000000000000001.gz");
             std::fs::write(&path, &bytes).unwrap();
-            let trailer = gzip_trailer_size(&path);
+            let whole = gzip_trailer_size(&path).and_then(|_| gunzipped_size(&path));
             let l = list(dir.path(), Links::Follow).unwrap();
             prop_assert_eq!(l.segments.len() + l.skipped.len(), 1);
-            if let Ok(size) = trailer {
+            if let Ok(size) = whole {
                 prop_assert_eq!(l.segments[0].size, size);
+                prop_assert!(l.segments[0].unreadable.is_none());
             }
         }
 
@@ -389,6 +401,34 @@ mod tests {
             .to_string()
             .contains("is a file"));
         assert!(list(dir.path(), Links::Follow).unwrap().segments.is_empty());
+    }
+
+    /// Issue item 4: two gzip members of one segment (as `cat a.gz b.gz`
+    /// makes) are one segment of what `gunzip` gives; a damaged member, or
+    /// one whose trailer disagrees with its data, fails the file.
+    #[test]
+    fn a_gzip_file_of_two_members_is_listed_whole_and_a_lying_member_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..40_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let mut two = gzip(&data[..15_000]);
+        two.extend(gzip(&data[15_000..]));
+        let path = dir.path().join("000000010000000000000001.gz");
+        std::fs::write(&path, &two).unwrap();
+        let l = list(dir.path(), Links::Follow).unwrap();
+        assert_eq!(l.segments[0].size, 40_000);
+        assert!(l.segments[0].unreadable.is_none());
+        let mut out = Vec::new();
+        l.segments[0].open().unwrap().read_to_end(&mut out).unwrap();
+        assert_eq!(out, data);
+
+        // The first member's ISIZE one more than its data: that member lies.
+        let first = gzip(&data[..15_000]);
+        let at = first.len() - 4;
+        two[at] ^= 1;
+        std::fs::write(&path, &two).unwrap();
+        let l = list(dir.path(), Links::Follow).unwrap();
+        let why = l.segments[0].unreadable.as_deref().unwrap();
+        assert!(why.contains("gzip trailer"), "{why}");
     }
 
     #[test]

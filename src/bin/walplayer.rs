@@ -97,6 +97,9 @@ struct PlayArgs {
     dir: PathBuf,
     #[command(flatten)]
     upload: UploadArgs,
+    /// Refuse a run whose jobs × block size would need more memory than this (e.g. 2GiB; default: the cgroup's limit, if any)
+    #[arg(long, value_name = "SIZE", value_parser = walplayer::klio::memory::parse_size)]
+    max_memory: Option<u64>,
     #[command(flatten)]
     klio: KlioArgs,
     #[command(flatten)]
@@ -143,6 +146,9 @@ struct SinkArgs {
     /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 0.0.0.0:9465; port 0 picks a free one)
     #[arg(long, value_name = "ADDR")]
     metrics_listen: Option<std::net::SocketAddr>,
+    /// Most connections held at once; one more is closed at once and logged (default: half the open-files limit less 256, at least 16)
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..1_000_000_000))]
+    max_connections: Option<u64>,
     #[command(flatten)]
     faults: sink::FaultArgs,
 }
@@ -303,6 +309,7 @@ async fn run_play(args: PlayArgs, shutdown: CancellationToken) -> Exit {
         metrics_listen: args.metrics.metrics_listen,
         metrics_cluster_labels: args.metrics.metrics_cluster_labels,
         metrics_hold: args.metrics_hold,
+        max_memory: walplayer::klio::memory::limit(args.max_memory),
     };
     match play::play(opts, shutdown).await {
         Ok(outcome) => outcome.exit(),
@@ -355,7 +362,11 @@ async fn run_sink(args: SinkArgs, shutdown: CancellationToken) -> Exit {
             .with_faults(args.faults.plan())
             .with_idle_timeout(args.idle_timeout)
             .with_put_log(put_log)
-            .with_metrics(metrics),
+            .with_metrics(metrics)
+            .with_max_connections(
+                args.max_connections
+                    .map_or_else(default_max_connections, |n| n as usize),
+            ),
         Err(e) => {
             if let Some(server) = metrics_server {
                 server.stop().await;
@@ -406,6 +417,15 @@ fn run_certs(args: CertsArgs) -> Exit {
         }
         Err(e) => usage_error(e),
     }
+}
+
+/// Half the open-files limit, less a reserve for the files being written:
+/// each connection holds a descriptor, and its streams hold more.
+fn default_max_connections() -> usize {
+    let open_files = walplayer::limits::raise_open_files().unwrap_or(1024);
+    usize::try_from(open_files.saturating_sub(256) / 2)
+        .unwrap_or(usize::MAX)
+        .max(16)
 }
 
 /// A directory walplayer will create or write into must not be a file.

@@ -1,24 +1,49 @@
-//! The CA and the leaf certificates it signs: names, key usages, extended
-//! key usages and validity, all ECDSA P-256.
+//! The two CAs and the leaf certificates they sign: names, roles, key
+//! usages, extended key usages and validity, all ECDSA P-256.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256,
+    Issuer, KeyPair, KeyUsagePurpose, SanType, PKCS_ECDSA_P256_SHA256,
 };
+use walplayer_klio::role::Role;
 
 use super::{
     CertSpec, CertsError, MintedCerts, TlsFiles, AGENT_COMMON_NAME, CA_COMMON_NAME,
-    COORDINATOR_COMMON_NAME,
+    CONTROL_CA_COMMON_NAME, COORDINATOR_COMMON_NAME,
 };
+
+/// Which CA signs a leaf: Klio's or the control channel's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Channel {
+    Klio,
+    Control,
+}
+
+impl Channel {
+    /// The directory of this channel's CA.
+    pub(super) fn ca_dir(self) -> &'static str {
+        match self {
+            Channel::Klio => "ca",
+            Channel::Control => "control-ca",
+        }
+    }
+
+    pub(super) fn ca_common_name(self) -> &'static str {
+        match self {
+            Channel::Klio => CA_COMMON_NAME,
+            Channel::Control => CONTROL_CA_COMMON_NAME,
+        }
+    }
+}
 
 pub(super) const DAY: Duration = Duration::from_secs(24 * 60 * 60);
 /// Agents run on other machines whose clocks may run a little behind ours.
 const CLOCK_SKEW: Duration = Duration::from_secs(60 * 60);
 
 pub(super) const SERVER_AUTH: &[ExtendedKeyUsagePurpose] = &[ExtendedKeyUsagePurpose::ServerAuth];
-const CLIENT_AUTH: &[ExtendedKeyUsagePurpose] = &[ExtendedKeyUsagePurpose::ClientAuth];
+pub(super) const CLIENT_AUTH: &[ExtendedKeyUsagePurpose] = &[ExtendedKeyUsagePurpose::ClientAuth];
 const SERVER_AND_CLIENT_AUTH: &[ExtendedKeyUsagePurpose] = &[
     ExtendedKeyUsagePurpose::ServerAuth,
     ExtendedKeyUsagePurpose::ClientAuth,
@@ -31,6 +56,8 @@ pub(super) struct Leaf<'a> {
     pub(super) common_name: &'a str,
     pub(super) hosts: &'a [String],
     pub(super) usages: &'static [ExtendedKeyUsagePurpose],
+    pub(super) role: Role,
+    pub(super) channel: Channel,
 }
 
 pub(super) fn leaves<'a>(
@@ -45,6 +72,8 @@ pub(super) fn leaves<'a>(
             common_name: &spec.hosts[0],
             hosts: &spec.hosts,
             usages: SERVER_AUTH,
+            role: Role::KlioServer,
+            channel: Channel::Klio,
         },
         Leaf {
             what: "client",
@@ -52,6 +81,8 @@ pub(super) fn leaves<'a>(
             common_name: client_cn,
             hosts: &[],
             usages: CLIENT_AUTH,
+            role: Role::KlioClient,
+            channel: Channel::Klio,
         },
         Leaf {
             what: "coordinator",
@@ -59,6 +90,8 @@ pub(super) fn leaves<'a>(
             common_name: COORDINATOR_COMMON_NAME,
             hosts: &spec.hosts,
             usages: SERVER_AND_CLIENT_AUTH,
+            role: Role::Coordinator,
+            channel: Channel::Control,
         },
         Leaf {
             what: "agent",
@@ -66,6 +99,8 @@ pub(super) fn leaves<'a>(
             common_name: AGENT_COMMON_NAME,
             hosts: &[],
             usages: CLIENT_AUTH,
+            role: Role::Agent,
+            channel: Channel::Control,
         },
     ]
 }
@@ -74,12 +109,12 @@ pub(super) fn leaves<'a>(
 /// variants (parsing needs rcgen's `x509-parser` feature), so they must not
 /// depend on anything but constants: the issuer name written into a leaf
 /// must equal the CA's subject byte for byte.
-pub(super) fn ca_params() -> CertificateParams {
+pub(super) fn ca_params(channel: Channel) -> CertificateParams {
     let mut params = CertificateParams::default();
     params.distinguished_name = DistinguishedName::new();
     params
         .distinguished_name
-        .push(DnType::CommonName, CA_COMMON_NAME);
+        .push(DnType::CommonName, channel.ca_common_name());
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     params.key_usages = vec![
         KeyUsagePurpose::KeyCertSign,
@@ -105,10 +140,11 @@ fn new_key(what: &'static str) -> Result<KeyPair, CertsError> {
 }
 
 pub(super) fn mint_ca(
+    channel: Channel,
     validity: Validity,
 ) -> Result<(Issuer<'static, KeyPair>, Identity), CertsError> {
     let key = new_key("CA")?;
-    let mut params = ca_params();
+    let mut params = ca_params(channel);
     validity.apply(&mut params);
     let cert = params.self_signed(&key).map_err(mint_err("CA"))?.pem();
     let identity = Identity {
@@ -125,6 +161,8 @@ pub(super) fn issue(
 ) -> Result<Identity, CertsError> {
     // new() turns IP literals into IP SANs and everything else into DNS SANs.
     let mut params = CertificateParams::new(leaf.hosts).map_err(mint_err(leaf.what))?;
+    let role = leaf.role.uri().try_into().map_err(mint_err(leaf.what))?;
+    params.subject_alt_names.push(SanType::URI(role));
     params.distinguished_name = DistinguishedName::new();
     params
         .distinguished_name

@@ -1,19 +1,25 @@
-//! Development certificates: a CA, Klio's server and client identities, and
-//! the pair for walplayer's own control channel, written where cert-manager
-//! would put them so the same paths work in Kubernetes.
+//! Development certificates: a CA for the Klio channel with Klio's server
+//! and client identities, and a separate CA for walplayer's own control
+//! channel with the coordinator's and agents' identities, written where
+//! cert-manager would put them so the same paths work in Kubernetes.
 //!
 //! `walplayer certs DIR` calls [`mint`], which writes:
 //!
 //! ```text
-//! DIR/ca/{tls.crt,tls.key,ca.crt}           the CA itself
+//! DIR/ca/{tls.crt,tls.key,ca.crt}           the Klio channel's CA
 //! DIR/server/{tls.crt,tls.key,ca.crt}       Klio WAL server (server auth, SANs = hosts)
 //! DIR/client/{tls.crt,tls.key,ca.crt}       Klio client, CN klio@<cluster> (client auth)
+//! DIR/control-ca/{tls.crt,tls.key,ca.crt}   the control channel's CA
 //! DIR/coordinator/{tls.crt,tls.key,ca.crt}  control channel (server + client auth, SANs = hosts)
 //! DIR/agent/{tls.crt,tls.key,ca.crt}        control channel, CN walplayer-agent (client auth)
 //! DIR/klio-config.yaml                      the seed player's configuration, absolute paths
 //! ```
 //!
-//! Keys are ECDSA P-256 in PKCS#8 PEM, created with mode 0600.
+//! Each leaf carries its role as a URI SAN (`walplayer:role:klio-server`,
+//! `klio-client`, `coordinator`, `agent`; see [`walplayer_klio::role`]), so
+//! the sink refuses control-channel identities and the coordinator takes
+//! only agents, even when one CA signed them all. Keys are ECDSA P-256 in
+//! PKCS#8 PEM, created with mode 0600.
 //!
 //! # Layout
 //!
@@ -44,9 +50,10 @@ mod tests;
 mod variants;
 
 #[cfg(feature = "test-certs")]
-pub use variants::{mint_server_variant, ServerVariant, WRONG_HOST};
+pub use variants::{mint_client_variant, mint_server_variant, ServerVariant, WRONG_HOST};
 
 use files::{identity_outputs, klio_config_yaml, write_outputs, Output, PUBLIC_MODE};
+pub use issue::Channel;
 use issue::{issue, leaves, mint_ca, Validity};
 
 /// Where the Klio-compatible sink listens unless told otherwise.
@@ -59,8 +66,10 @@ pub const DEFAULT_HOSTS: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
 pub const DEFAULT_VALIDITY_DAYS: u32 = 365;
 /// Longest accepted lifetime; rcgen's dates stop at year 9999.
 pub const MAX_VALIDITY_DAYS: u32 = 100 * 366;
-/// Common Name of the development CA.
+/// Common Name of the development CA of the Klio channel.
 pub const CA_COMMON_NAME: &str = "walplayer development CA";
+/// Common Name of the development CA of the control channel.
+pub const CONTROL_CA_COMMON_NAME: &str = "walplayer control CA";
 /// Common Name of the agent's control-channel certificate.
 pub const AGENT_COMMON_NAME: &str = "walplayer-agent";
 /// Common Name of the coordinator's control-channel certificate.
@@ -122,8 +131,10 @@ impl TlsFiles {
 pub struct MintedCerts {
     /// The output directory.
     pub dir: PathBuf,
-    /// `DIR/ca/ca.crt`: the CA certificate.
+    /// `DIR/ca/ca.crt`: the Klio channel's CA certificate.
     pub ca: PathBuf,
+    /// `DIR/control-ca/ca.crt`: the control channel's CA certificate.
+    pub control_ca: PathBuf,
     /// Klio WAL server identity.
     pub server: TlsFiles,
     /// Klio client identity, CN `klio@<cluster>`.
@@ -193,14 +204,23 @@ pub fn mint(dir: &Path, spec: &CertSpec) -> Result<MintedCerts, CertsError> {
     validate(spec)?;
     let minted = MintedCerts::under(absolute_dir(dir)?);
     let validity = Validity::days_from_now(spec.validity_days);
-    let (issuer, ca) = mint_ca(validity)?;
-    let ca_files = TlsFiles::in_dir(&minted.dir.join("ca"));
-    let mut outputs = identity_outputs(&ca_files, &ca, &ca.cert);
+    let mut outputs = Vec::new();
+    let mut cas = Vec::new();
+    for channel in [Channel::Klio, Channel::Control] {
+        let (issuer, ca) = mint_ca(channel, validity)?;
+        let ca_files = TlsFiles::in_dir(&minted.dir.join(channel.ca_dir()));
+        outputs.extend(identity_outputs(&ca_files, &ca, &ca.cert));
+        cas.push((channel, issuer, ca.cert));
+    }
 
     let client_cn = format!("{KLIO_USER}@{}", spec.cluster);
     for leaf in leaves(&minted, spec, &client_cn) {
-        let identity = issue(&leaf, validity, &issuer)?;
-        outputs.extend(identity_outputs(leaf.files, &identity, &ca.cert));
+        let (_, issuer, ca_pem) = cas
+            .iter()
+            .find(|(channel, _, _)| *channel == leaf.channel)
+            .expect("a CA was minted for each channel");
+        let identity = issue(&leaf, validity, issuer)?;
+        outputs.extend(identity_outputs(leaf.files, &identity, ca_pem));
     }
     outputs.push(Output {
         contents: klio_config_yaml(&minted, spec)?,
@@ -214,7 +234,8 @@ pub fn mint(dir: &Path, spec: &CertSpec) -> Result<MintedCerts, CertsError> {
 impl MintedCerts {
     fn under(dir: PathBuf) -> MintedCerts {
         MintedCerts {
-            ca: dir.join("ca").join("ca.crt"),
+            ca: dir.join(Channel::Klio.ca_dir()).join("ca.crt"),
+            control_ca: dir.join(Channel::Control.ca_dir()).join("ca.crt"),
             server: TlsFiles::in_dir(&dir.join("server")),
             client: TlsFiles::in_dir(&dir.join("client")),
             coordinator: TlsFiles::in_dir(&dir.join("coordinator")),

@@ -101,34 +101,41 @@ pub(super) fn minted(spec: &CertSpec) -> (tempfile::TempDir, MintedCerts) {
     (tmp, minted)
 }
 
-fn identities(m: &MintedCerts) -> Vec<TlsFiles> {
+/// Every identity minted, with the CA certificate that signed it.
+fn identities(m: &MintedCerts) -> Vec<(TlsFiles, &Path)> {
     let ca = TlsFiles::in_dir(&m.dir.join("ca"));
+    let control_ca = TlsFiles::in_dir(&m.dir.join("control-ca"));
     vec![
-        ca,
-        m.server.clone(),
-        m.client.clone(),
-        m.coordinator.clone(),
-        m.agent.clone(),
+        (ca, &m.ca),
+        (m.server.clone(), &m.ca),
+        (m.client.clone(), &m.ca),
+        (control_ca, &m.control_ca),
+        (m.coordinator.clone(), &m.control_ca),
+        (m.agent.clone(), &m.control_ca),
     ]
 }
 
 #[test]
 fn mint_writes_every_file_with_absolute_paths() {
     let (_tmp, m) = minted(&CertSpec::default());
-    let ca_pem = fs::read(&m.ca).unwrap();
-    for files in identities(&m) {
+    for (files, ca) in identities(&m) {
         for path in [&files.cert, &files.key, &files.ca] {
             assert!(path.is_absolute() && path.is_file(), "{}", path.display());
         }
         assert_eq!(
             fs::read(&files.ca).unwrap(),
-            ca_pem,
+            fs::read(ca).unwrap(),
             "{}",
             files.ca.display()
         );
     }
     assert_eq!(m.ca, m.dir.join("ca/ca.crt"));
-    assert_eq!(fs::read(m.dir.join("ca/tls.crt")).unwrap(), ca_pem);
+    assert_eq!(m.control_ca, m.dir.join("control-ca/ca.crt"));
+    assert_eq!(
+        fs::read(m.dir.join("ca/tls.crt")).unwrap(),
+        fs::read(&m.ca).unwrap()
+    );
+    assert_ne!(fs::read(&m.ca).unwrap(), fs::read(&m.control_ca).unwrap());
     assert!(m.klio_config.is_absolute() && m.klio_config.is_file());
 }
 
@@ -136,7 +143,7 @@ fn mint_writes_every_file_with_absolute_paths() {
 fn key_files_are_private_and_certificates_are_not() {
     let (_tmp, m) = minted(&CertSpec::default());
     let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
-    for files in identities(&m) {
+    for (files, _) in identities(&m) {
         assert_eq!(mode(&files.key), 0o600, "{}", files.key.display());
         assert_eq!(mode(&files.cert) & 0o600, 0o600, "{}", files.cert.display());
     }
@@ -175,6 +182,45 @@ fn client_and_agent_certificates_carry_their_common_names() {
     assert!(contains(agent, &common_name_der(AGENT_COMMON_NAME)));
     let ca = &certs(&m.ca)[0];
     assert!(contains(ca, &common_name_der(CA_COMMON_NAME)));
+    let control_ca = &certs(&m.control_ca)[0];
+    assert!(contains(
+        control_ca,
+        &common_name_der(CONTROL_CA_COMMON_NAME)
+    ));
+}
+
+#[test]
+fn every_identity_carries_its_role_and_the_channels_take_only_their_own() {
+    use walplayer_klio::role::{ClientPolicy, Marks};
+    let (_tmp, m) = minted(&CertSpec::default());
+    let roles = |files: &TlsFiles| Marks::of(&certs(&files.cert)[0]).unwrap().roles;
+    assert_eq!(roles(&m.server), ["klio-server"]);
+    assert_eq!(roles(&m.client), ["klio-client"]);
+    assert_eq!(roles(&m.coordinator), ["coordinator"]);
+    assert_eq!(roles(&m.agent), ["agent"]);
+    let marks = |files: &TlsFiles| Marks::of(&certs(&files.cert)[0]).unwrap();
+    ClientPolicy::KlioChannel.check(&marks(&m.client)).unwrap();
+    ClientPolicy::ControlChannel
+        .check(&marks(&m.agent))
+        .unwrap();
+    assert!(ClientPolicy::KlioChannel.check(&marks(&m.agent)).is_err());
+    assert!(ClientPolicy::KlioChannel
+        .check(&marks(&m.coordinator))
+        .is_err());
+    assert!(ClientPolicy::ControlChannel
+        .check(&marks(&m.client))
+        .is_err());
+}
+
+#[test]
+fn the_control_channel_has_its_own_ca() {
+    let (_tmp, m) = minted(&CertSpec::default());
+    // A Klio client certificate is not even signed by the control CA.
+    let err = handshake(&m.client, &m.coordinator, "localhost").unwrap_err();
+    assert!(
+        matches!(err, rustls::Error::InvalidCertificate(_)),
+        "{err:?}"
+    );
 }
 
 #[test]

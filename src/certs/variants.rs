@@ -1,5 +1,6 @@
-//! Deliberately broken server certificates, signed by a CA that
-//! [`mint`](super::mint) wrote, so tests can check that clients refuse them.
+//! Deliberately broken server certificates, and client certificates of a
+//! role signed by the other channel's CA, from the CAs that
+//! [`mint`](super::mint) wrote, so tests can check that peers refuse them.
 //!
 //! Test-only: compiled with the `test-certs` feature, which the tests enable
 //! (a dev-dependency of the package on itself) and the product leaves out.
@@ -13,8 +14,12 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
 
 use super::files::{identity_outputs, write_outputs};
-use super::issue::{ca_params, contains, issue, Leaf, Validity, DAY, SERVER_AUTH};
-use super::{absolute_dir, validate, CertSpec, CertsError, TlsFiles, CA_COMMON_NAME};
+use walplayer_klio::role::Role;
+
+use super::issue::{
+    ca_params, contains, issue, Channel, Leaf, Validity, CLIENT_AUTH, DAY, SERVER_AUTH,
+};
+use super::{absolute_dir, validate, CertSpec, CertsError, TlsFiles};
 
 /// The only name a [`ServerVariant::WrongHost`] certificate is valid for.
 pub const WRONG_HOST: &str = "wrong-host.walplayer.invalid";
@@ -40,8 +45,7 @@ pub fn mint_server_variant(
     spec: &CertSpec,
 ) -> Result<TlsFiles, CertsError> {
     validate(spec)?;
-    let ca_files = TlsFiles::in_dir(&dir.join("ca"));
-    let (issuer, ca_pem) = load_ca(&ca_files)?;
+    let (issuer, ca_pem) = load_ca(dir, Channel::Klio)?;
     let out = absolute_dir(out)?;
     let files = TlsFiles::in_dir(&out);
 
@@ -60,15 +64,48 @@ pub fn mint_server_variant(
         common_name: &hosts[0],
         hosts,
         usages: SERVER_AUTH,
+        role: Role::KlioServer,
+        channel: Channel::Klio,
     };
     let identity = issue(&leaf, validity, &issuer)?;
     write_outputs(&identity_outputs(&files, &identity, &ca_pem), spec.force)?;
     Ok(files)
 }
 
-/// Read back the CA written by [`mint`](super::mint) and check its key
-/// matches its certificate.
-fn load_ca(files: &TlsFiles) -> Result<(Issuer<'static, KeyPair>, String), CertsError> {
+/// Mint a client certificate of `role` signed by `channel`'s CA into
+/// `out/{tls.crt,tls.key,ca.crt}`: an agent certificate from Klio's CA, or
+/// a Klio client certificate from the control CA, as one CA for everything
+/// would give. Its `ca.crt` is that CA.
+pub fn mint_client_variant(
+    dir: &Path,
+    out: &Path,
+    role: Role,
+    channel: Channel,
+    spec: &CertSpec,
+) -> Result<TlsFiles, CertsError> {
+    validate(spec)?;
+    let (issuer, ca_pem) = load_ca(dir, channel)?;
+    let out = absolute_dir(out)?;
+    let files = TlsFiles::in_dir(&out);
+    let common_name = format!("{}-from-{}", role.name(), channel.ca_dir());
+    let leaf = Leaf {
+        what: "client variant",
+        files: &files,
+        common_name: &common_name,
+        hosts: &[],
+        usages: CLIENT_AUTH,
+        role,
+        channel,
+    };
+    let identity = issue(&leaf, Validity::days_from_now(spec.validity_days), &issuer)?;
+    write_outputs(&identity_outputs(&files, &identity, &ca_pem), spec.force)?;
+    Ok(files)
+}
+
+/// Read back `channel`'s CA written by [`mint`](super::mint) and check its
+/// key matches its certificate.
+fn load_ca(dir: &Path, channel: Channel) -> Result<(Issuer<'static, KeyPair>, String), CertsError> {
+    let files = &TlsFiles::in_dir(&dir.join(channel.ca_dir()));
     let read = |path: &Path| {
         fs::read_to_string(path).map_err(|source| CertsError::Read {
             path: path.to_path_buf(),
@@ -87,13 +124,11 @@ fn load_ca(files: &TlsFiles) -> Result<(Issuer<'static, KeyPair>, String), Certs
     if !contains(&der, key.public_key_raw()) {
         return Err(bad(&files.key, "the key does not match tls.crt".into()));
     }
-    if !contains(&der, CA_COMMON_NAME.as_bytes()) {
-        return Err(bad(
-            &files.cert,
-            format!("its subject is not {CA_COMMON_NAME:?}"),
-        ));
+    let name = channel.ca_common_name();
+    if !contains(&der, name.as_bytes()) {
+        return Err(bad(&files.cert, format!("its subject is not {name:?}")));
     }
-    Ok((Issuer::new(ca_params(), key), ca_pem))
+    Ok((Issuer::new(ca_params(channel), key), ca_pem))
 }
 
 impl Validity {

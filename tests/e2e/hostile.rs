@@ -3,4 +3,5 @@
 
 mod coordinator;
 mod input;
+mod roles;
 mod sink;

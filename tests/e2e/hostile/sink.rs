@@ -280,3 +280,102 @@ async fn an_idle_put_stream_is_refused_and_leaves_nothing() {
     assert_eq!(busy.close().await.unwrap(), 8);
     s.stop.cancel();
 }
+
+/// Issue item 9: every Put stream of a client that dies mid-upload counts
+/// once as aborted, also when the cut comes while the sink is writing a
+/// block, which makes the server drop the handler instead of
+/// telling it (the sink said "2 aborted by the client" after 6).
+#[test]
+fn every_cut_put_stream_counts_once_as_aborted() {
+    const JOBS: usize = 6;
+    let env = crate::util::TestEnv::new();
+    let wal = env.generate("wal", JOBS as u32, 64, &[]);
+    let data = env.path("data");
+    let mut sink = env.sink(&data, &[]);
+    let mut play = env
+        .play(
+            &wal,
+            &sink.address,
+            &["-j", "6", "--block-size", "64", "--quiet"],
+        )
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let cluster = data.join("walplayer");
+    let count = || std::fs::read_dir(&cluster).map(|d| d.count()).unwrap_or(0);
+    let limit = std::time::Duration::from_secs(60);
+    crate::util::wait_until("every job has a stream open", limit, || count() == JOBS);
+    crate::util::signal(&play, libc::SIGKILL);
+    let _ = play.wait();
+    crate::util::wait_until("the cut streams leave nothing", limit, || count() == 0);
+    sink.terminate();
+    let log = sink.log_text();
+    assert!(
+        log.contains(&format!(
+            "0 files complete, 0 left partial, 0 streams rejected, {JOBS} aborted by the client"
+        )),
+        "{log}"
+    );
+}
+
+/// Reads from a raw connection until the sink closes it; `false` if it is
+/// still open after `limit`.
+fn closed_within(tcp: &mut std::net::TcpStream, limit: std::time::Duration) -> bool {
+    use std::io::Read;
+    tcp.set_read_timeout(Some(limit)).unwrap();
+    let mut buf = [0u8; 64];
+    loop {
+        match tcp.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return false,
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => return false,
+            Err(_) => return true,
+        }
+    }
+}
+
+/// Issue item 13: a connection that never starts its TLS handshake is
+/// closed by the sink after the handshake timeout (10 s), and logged.
+#[test]
+fn a_connection_that_never_handshakes_is_closed() {
+    let env = crate::util::TestEnv::new();
+    let mut sink = env.sink(&env.path("data"), &[]);
+    let mut idle = std::net::TcpStream::connect(&sink.address).unwrap();
+    assert!(
+        closed_within(&mut idle, std::time::Duration::from_secs(60)),
+        "the sink keeps a connection that never handshakes"
+    );
+    sink.terminate();
+    let log = sink.log_text();
+    assert!(log.contains("timed out after 10s"), "{log}");
+}
+
+/// Issue item 13: over `--max-connections`, a new connection is closed at
+/// once and the refusal logged with the limit and what to do; a good
+/// client uploads once the others close.
+#[test]
+fn connections_over_the_cap_are_closed_and_a_good_client_uploads_once_others_close() {
+    let env = crate::util::TestEnv::new();
+    let wal = env.generate("wal", 2, 1, &[]);
+    let mut sink = env.sink(&env.path("data"), &["--max-connections", "4"]);
+    let hogs: Vec<_> = (0..4)
+        .map(|_| std::net::TcpStream::connect(&sink.address).unwrap())
+        .collect();
+    // Each is accepted in turn; the fifth finds every place taken.
+    let limit = std::time::Duration::from_secs(30);
+    crate::util::wait_until("the sink holds four connections", limit, || {
+        let mut probe = std::net::TcpStream::connect(&sink.address).unwrap();
+        closed_within(&mut probe, std::time::Duration::from_millis(500))
+    });
+    crate::util::wait_until("the refusal is logged", limit, || {
+        sink.log_text().contains(
+            "already holding 4 (--max-connections 4); raise --max-connections (and the open-files limit)",
+        )
+    });
+    drop(hogs);
+    let out = crate::util::run(&mut env.play(&wal, &sink.address, &[]));
+    crate::util::assert_status(&out, 0);
+    sink.terminate();
+}
