@@ -18,6 +18,7 @@ pub mod cli;
 pub mod health;
 pub mod session;
 pub mod shard;
+pub mod simulation;
 pub mod spec;
 
 use std::path::PathBuf;

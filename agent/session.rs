@@ -58,13 +58,13 @@ pub enum SessionEnd {
 }
 
 /// The agent's half of the control stream.
-struct Link {
-    up: mpsc::Sender<AgentMessage>,
-    down: Streaming<CoordinatorMessage>,
+pub(crate) struct Link {
+    pub(crate) up: mpsc::Sender<AgentMessage>,
+    pub(crate) down: Streaming<CoordinatorMessage>,
 }
 
 impl Link {
-    async fn send(&self, body: Up) -> Result<(), SessionEnd> {
+    pub(crate) async fn send(&self, body: Up) -> Result<(), SessionEnd> {
         self.up
             .send(AgentMessage { body: Some(body) })
             .await
@@ -148,7 +148,7 @@ impl Drop for GeneratedDir {
     }
 }
 
-async fn fail(link: &mut Link, reason: String) -> SessionEnd {
+pub(crate) async fn fail(link: &mut Link, reason: String) -> SessionEnd {
     if link
         .send(Up::Failed(Failed {
             reason: reason.clone(),
@@ -165,7 +165,7 @@ async fn fail(link: &mut Link, reason: String) -> SessionEnd {
 }
 
 /// Waits for `work` while watching the control stream and the signal.
-async fn watching<T>(
+pub(crate) async fn watching<T>(
     link: &mut Link,
     shutdown: &CancellationToken,
     work: impl std::future::Future<Output = T>,
@@ -190,10 +190,14 @@ async fn play_assignment(
     a: &Assignment,
     shutdown: &CancellationToken,
 ) -> SessionEnd {
-    let mut klio = match opts.klio.resolve() {
+    let klio = match opts.klio.resolve() {
         Ok(k) => k,
         Err(e) => return fail(link, format!("agent {}: {e}", opts.name)).await,
     };
+    if let Some(spec) = &a.simulate {
+        return crate::simulation::run(opts, link, a, spec, klio, shutdown).await;
+    }
+    let mut klio = klio;
     let free = shard::free_bytes(&opts.data_dir);
     let spec = match ShardSpec::from_assignment(a, &opts.limits, free, &klio.address) {
         Ok(spec) => spec,
@@ -240,25 +244,8 @@ async fn play_assignment(
         klio.address
     );
 
-    // The barrier: wait for Start, then for its instant, still listening
-    // for an Abort or the coordinator going away.
-    let start_at = match watching_start(link, shutdown).await {
-        Ok(t) => t,
-        Err(end) => return end,
-    };
-    if let Ok(wait) = start_at.duration_since(SystemTime::now()) {
-        if wait > MAX_START_AHEAD {
-            let reason = format!(
-                "agent {} refuses a start {} ahead (at most {} is sane): check the clocks of the coordinator and this agent",
-                opts.name,
-                humantime::format_duration(Duration::from_secs(wait.as_secs())),
-                humantime::format_duration(MAX_START_AHEAD)
-            );
-            return fail(link, reason).await;
-        }
-        if let Err(end) = watching(link, shutdown, tokio::time::sleep(wait)).await {
-            return end;
-        }
+    if let Err(end) = wait_for_start(opts, link, shutdown).await {
+        return end;
     }
     stream_run(link, shard, clients, spec.upload, &opts.metrics, shutdown).await
 }
@@ -293,6 +280,29 @@ async fn prepare_shard(
             Err(end)
         }
     }
+}
+
+/// The barrier: waits for Start, then for its instant, still listening
+/// for an Abort or the coordinator going away.
+pub(crate) async fn wait_for_start(
+    opts: &AgentOptions,
+    link: &mut Link,
+    shutdown: &CancellationToken,
+) -> Result<(), SessionEnd> {
+    let start_at = watching_start(link, shutdown).await?;
+    if let Ok(wait) = start_at.duration_since(SystemTime::now()) {
+        if wait > MAX_START_AHEAD {
+            let reason = format!(
+                "agent {} refuses a start {} ahead (at most {} is sane): check the clocks of the coordinator and this agent",
+                opts.name,
+                humantime::format_duration(Duration::from_secs(wait.as_secs())),
+                humantime::format_duration(MAX_START_AHEAD)
+            );
+            return Err(fail(link, reason).await);
+        }
+        watching(link, shutdown, tokio::time::sleep(wait)).await?;
+    }
+    Ok(())
 }
 
 async fn watching_start(
@@ -352,13 +362,13 @@ impl Destination for Uplink<'_> {
 /// What stops a run from the coordinator's side: an Abort (reports still
 /// go out), or the stream breaking (nothing can go out).
 #[derive(Debug)]
-enum Stop {
+pub(crate) enum Stop {
     Aborted(String),
     Lost(SessionEnd),
 }
 
 /// Waits for the message that stops a run.
-async fn watch_for_stop(down: &mut Streaming<CoordinatorMessage>) -> Stop {
+pub(crate) async fn watch_for_stop(down: &mut Streaming<CoordinatorMessage>) -> Stop {
     let stop = match recv(down).await {
         Ok(Down::Abort(a)) => Stop::Aborted(a.reason),
         Ok(other) => Stop::Lost(SessionEnd::CoordinatorLost(format!(
@@ -424,9 +434,14 @@ async fn stream_run(
     if shutdown.is_cancelled() {
         return SessionEnd::Stopped;
     }
-    // The coordinator closes the session once it has taken Finished: only
-    // that clean close says the results arrived. A broken or silent link
-    // (a coordinator killed or stopped near the end) is the coordinator lost.
+    await_close(link).await
+}
+
+/// After Finished: the coordinator closes the session once it has taken
+/// it, and only that clean close says the results arrived. A broken or
+/// silent link (a coordinator killed or stopped near the end) is the
+/// coordinator lost.
+pub(crate) async fn await_close(link: &mut Link) -> SessionEnd {
     let closed = tokio::time::timeout(Duration::from_secs(10), async {
         loop {
             match link.down.message().await {

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use walplayer_klio::memory::{self, MemoryLimit};
 use walplayer_klio::settings::{BlockSize, Jobs, UploadSettings, MAX_RETRIES};
-use walplayer_proto::control::{Assignment, Source, Split};
+use walplayer_proto::control::{Assignment, SimulateSpec, Source, Split};
+use walplayer_simulate::workload::Workload;
 use walplayer_wal::walname::{check_run_id, segment_bytes_from_mib};
 
 /// What an agent accepts from a coordinator.
@@ -111,18 +112,7 @@ impl ShardSpec {
                 a.retries
             ));
         }
-        let address = match a.address.as_str() {
-            "" => None,
-            same if same == own_address => None,
-            other if limits.allowed_addresses.iter().any(|x| x == other) => {
-                Some(other.to_string())
-            }
-            other => {
-                return Err(format!(
-                    "the coordinator sends it to Klio at {other}, but its configuration says {own_address}; start the agent with --allow-address {other} to permit that"
-                ))
-            }
-        };
+        let address = chosen_address(&a.address, limits, own_address)?;
         let source = match Source::try_from(a.source) {
             Ok(Source::Generate) => generated(a, limits, free_bytes)?,
             Ok(Source::Dir) => match Split::try_from(a.split) {
@@ -148,6 +138,50 @@ impl ShardSpec {
             max_files: limits.max_files,
         })
     }
+}
+
+/// The Klio address the coordinator chose, when it differs from the
+/// agent's own: only one the agent allows (`--allow-address`).
+pub fn chosen_address(
+    chosen: &str,
+    limits: &Limits,
+    own_address: &str,
+) -> Result<Option<String>, String> {
+    match chosen {
+        "" => Ok(None),
+        same if same == own_address => Ok(None),
+        other if limits.allowed_addresses.iter().any(|x| x == other) => Ok(Some(other.to_string())),
+        other => Err(format!(
+            "the coordinator sends it to Klio at {other}, but its configuration says {own_address}; start the agent with --allow-address {other} to permit that"
+        )),
+    }
+}
+
+/// Most clusters one agent simulates.
+pub const MAX_SIMULATED_CLUSTERS: u64 = 100_000;
+
+/// A simulation's share, checked against the agent's bounds: the workload
+/// and the Klio address to use instead of its own, if any.
+pub fn simulation(
+    a: &Assignment,
+    spec: &SimulateSpec,
+    limits: &Limits,
+    own_address: &str,
+    prefix: &str,
+) -> Result<(Workload, Option<String>), String> {
+    check_run_id(&a.run_id)?;
+    in_range(
+        "simulated clusters",
+        spec.clusters,
+        MAX_SIMULATED_CLUSTERS,
+        "",
+    )?;
+    let max_timeout_ms = u64::try_from(limits.max_timeout.as_millis()).unwrap_or(u64::MAX);
+    in_range("timeout in ms", a.timeout_ms, max_timeout_ms, "")?;
+    let address = chosen_address(&a.address, limits, own_address)?;
+    let timeout = Duration::from_millis(a.timeout_ms);
+    let workload = walplayer_simulate::wire::workload_of(spec, prefix, a.wal_size_mib, timeout)?;
+    Ok((workload, address))
 }
 
 fn generated(a: &Assignment, limits: &Limits, free_bytes: u64) -> Result<ShardSource, String> {

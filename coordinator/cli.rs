@@ -9,11 +9,15 @@ use clap::Args;
 use tokio_util::sync::CancellationToken;
 
 use crate::plan::{Length, Workload};
-use crate::{Coordinator, CoordinatorMetrics, CoordinatorOptions, RunOutcome, DEFAULT_LISTEN};
+use crate::{
+    Coordinator, CoordinatorMetrics, CoordinatorOptions, RunOutcome, Simulation, DEFAULT_LISTEN,
+};
 use walplayer_klio::flags::{parse_duration, MetricsArgs, OutputArgs, UploadArgs};
 use walplayer_klio::metrics::{self, Registry};
 use walplayer_klio::progress::Progress;
+use walplayer_proto::control::SimulateSpec;
 use walplayer_proto::control::{Source, Split};
+use walplayer_simulate::flags::WorkloadArgs;
 use walplayer_wal::walname::segment_bytes_from_mib;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -100,9 +104,50 @@ pub struct CoordinatorArgs {
     /// CA that agents' certificates must be signed by
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     pub client_ca: Option<PathBuf>,
+    /// Simulate PostgreSQL clusters streaming WAL (the workload flags of `walplayer simulate`; --clusters is the total, split across agents)
+    #[arg(long)]
+    pub simulate: bool,
+    #[command(flatten)]
+    pub sim: WorkloadArgs,
 }
 
 impl CoordinatorArgs {
+    /// A simulation's options: its share template and what the summary
+    /// needs. Refuses what a distributed simulation cannot do yet.
+    fn simulation(&self) -> Result<(SimulateSpec, Simulation)> {
+        if self.sim.find_max_clusters {
+            bail!("--find-max-clusters runs in one process for now: run `walplayer simulate --find-max-clusters` (an agent's host can), or give --clusters to simulate a fixed count");
+        }
+        if self.sim.rate_file.is_some() || self.sim.template.is_some() {
+            bail!("--rate-file and --template are read by `walplayer simulate` only; a distributed simulation takes --wal-rate");
+        }
+        if self.length.is_some()
+            || self.length_per_agent.is_some()
+            || self.source != SourceArg::Generate
+        {
+            bail!("--simulate sets its length with --duration and its clusters with --clusters; leave out --length, --length-per-agent and --source");
+        }
+        if self.sim.clusters < u64::from(self.agents) {
+            bail!(
+                "--clusters {} is fewer than --agents {}: give every agent at least one cluster",
+                self.sim.clusters,
+                self.agents
+            );
+        }
+        let workload = self
+            .sim
+            .workload("cluster", 0, self.wal_size, self.upload.timeout)
+            .map_err(anyhow::Error::msg)?;
+        let spec = walplayer_simulate::wire::spec(&self.sim, self.sim.clusters, 0);
+        let simulation = Simulation {
+            slos: workload.slos.clone(),
+            doc: workload.describe(),
+            max_rate: self.sim.wal_rate.max(),
+            seconds: (self.sim.duration + self.sim.drain).as_secs() + 60,
+        };
+        Ok((spec, simulation))
+    }
+
     /// Validates the flags into options.
     pub fn options(&self) -> Result<CoordinatorOptions> {
         let source = match self.source {
@@ -112,7 +157,13 @@ impl CoordinatorArgs {
         if self.length == Some(0) || self.length_per_agent == Some(0) {
             bail!("a run of zero files measures nothing: give --length or --length-per-agent of at least 1");
         }
+        let simulation = if self.simulate {
+            Some(self.simulation()?)
+        } else {
+            None
+        };
         let length = match (source, self.length, self.length_per_agent) {
+            _ if simulation.is_some() => Length::Total(0),
             (Source::Generate, Some(n), None) => Length::Total(n),
             (Source::Generate, None, Some(n)) => Length::PerAgent(n),
             (Source::Generate, None, None) => bail!("--source generate needs --length (files in total) or --length-per-agent"),
@@ -154,7 +205,9 @@ impl CoordinatorArgs {
                 jobs: self.upload.jobs,
                 upload: self.upload.settings(),
                 address: self.address.clone(),
+                simulate: simulation.as_ref().map(|(spec, _)| spec.clone()),
             },
+            simulation: simulation.map(|(_, s)| s),
             output: self.output.output.clone(),
             summary: self.output.summary.clone(),
             tls,

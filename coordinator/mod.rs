@@ -69,10 +69,25 @@ pub struct CoordinatorOptions {
     /// `None`: [`run::default_run_timeout`] of the planned files.
     pub run_timeout: Option<Duration>,
     pub workload: plan::Workload,
+    /// A cluster simulation's objectives and description, when it is one.
+    pub simulation: Option<Simulation>,
     pub output: Option<PathBuf>,
     pub summary: Option<PathBuf>,
     /// Mutual TLS on the control channel.
     pub tls: Option<Arc<ServerConfig>>,
+}
+
+/// What the coordinator needs of a distributed simulation beyond the
+/// shares it sends.
+#[derive(Clone, Debug)]
+pub struct Simulation {
+    /// Judged on the merged results.
+    pub slos: Vec<walplayer_simulate::slo::Slo>,
+    pub doc: walplayer_simulate::workload::WorkloadDoc,
+    /// The highest rate a cluster can get, to bound the segments planned.
+    pub max_rate: f64,
+    /// The longest a timeline may be, in seconds.
+    pub seconds: u64,
 }
 
 /// A coordinator with its control port bound.
@@ -157,14 +172,15 @@ impl Coordinator {
         }
         accepting.join().await;
 
-        console::say(&outcome.summary.to_text());
+        console::say(&outcome.text());
         if let Some(why) = &outcome.failure {
             console::error(&format!("walplayer: run failed: {why}"));
         }
         // The last stdout line, so `kubectl logs` of the Job carries it.
-        print_summary_line(&outcome.summary)?;
+        let document = outcome.document();
+        print_summary_line(&document)?;
         if let Some(path) = &self.opts.summary {
-            write_summary(path, &outcome.summary)?;
+            write_summary(path, &document)?;
         }
         Ok(outcome)
     }

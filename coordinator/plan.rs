@@ -4,7 +4,7 @@
 //! shards. Generated workloads are divided as evenly as whole files allow.
 
 use walplayer_klio::settings::{Jobs, UploadSettings};
-use walplayer_proto::control::{Assignment, ClusterPlan, Source, Split};
+use walplayer_proto::control::{Assignment, ClusterPlan, SimulateSpec, Source, Split};
 
 /// How many files a generated workload has.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -16,7 +16,7 @@ pub enum Length {
 }
 
 /// What every agent of a run does.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Workload {
     pub source: Source,
     pub length: Length,
@@ -29,6 +29,9 @@ pub struct Workload {
     pub upload: UploadSettings,
     /// Klio address every agent uses instead of its own, if set.
     pub address: Option<String>,
+    /// A cluster simulation: the share every agent gets, before its
+    /// clusters and first index are set.
+    pub simulate: Option<SimulateSpec>,
 }
 
 /// Splits `total` into `parts` shares differing by at most one.
@@ -43,6 +46,9 @@ pub fn split_evenly(total: u64, parts: u64) -> Vec<u64> {
 
 /// One assignment per agent, in the order of `agents`.
 pub fn assignments(run_id: &str, agents: usize, w: &Workload) -> Vec<Assignment> {
+    if let Some(sim) = &w.simulate {
+        return simulations(run_id, agents, w, sim);
+    }
     let per_agent = match w.length {
         Length::Total(n) => split_evenly(n, agents as u64),
         Length::PerAgent(n) => vec![n; agents],
@@ -71,6 +77,42 @@ pub fn assignments(run_id: &str, agents: usize, w: &Workload) -> Vec<Assignment>
             verify: w.upload.verify,
             retries: w.upload.retries,
             simulate: None,
+        })
+        .collect()
+}
+
+/// A simulation's assignments: its clusters split evenly, each agent's
+/// from the index after the previous agent's last.
+fn simulations(run_id: &str, agents: usize, w: &Workload, sim: &SimulateSpec) -> Vec<Assignment> {
+    let mut first_index = 0;
+    split_evenly(sim.clusters, agents as u64)
+        .into_iter()
+        .enumerate()
+        .map(|(index, clusters)| {
+            let share = SimulateSpec {
+                clusters,
+                first_index,
+                ..sim.clone()
+            };
+            first_index += clusters;
+            Assignment {
+                run_id: run_id.to_string(),
+                agent_index: index as u32,
+                agent_count: agents as u32,
+                source: Source::Unspecified as i32,
+                split: Split::Unspecified as i32,
+                segments_per_cluster: Vec::new(),
+                wal_size_mib: w.wal_size_mib,
+                gzip: false,
+                clusters: u32::try_from(clusters).unwrap_or(u32::MAX),
+                jobs: 1,
+                block_size_kib: w.upload.block.kib(),
+                timeout_ms: u64::try_from(w.upload.timeout.as_millis()).unwrap_or(u64::MAX),
+                address: w.address.clone().unwrap_or_default(),
+                verify: false,
+                retries: 0,
+                simulate: Some(Box::new(share)),
+            }
         })
         .collect()
 }
@@ -107,6 +149,9 @@ pub fn check_plans(agent: &str, a: &Assignment, plans: &[ClusterPlan]) -> Result
                 )
             })?;
         base = Some(prefix);
+        if let Some(sim) = &a.simulate {
+            check_simulated(plan, sim, a.wal_size_mib)?;
+        }
         if a.source == Source::Generate as i32 {
             let want = a.segments_per_cluster.get(i).copied().unwrap_or(0);
             let bytes = a.wal_size_mib << 20;
@@ -120,6 +165,31 @@ pub fn check_plans(agent: &str, a: &Assignment, plans: &[ClusterPlan]) -> Result
                 ));
             }
         }
+    }
+    Ok(())
+}
+
+/// A simulated cluster's plan: segments of the assigned size, no more
+/// than the fastest rate of the workload completes in its duration.
+fn check_simulated(
+    plan: &ClusterPlan,
+    sim: &SimulateSpec,
+    wal_size_mib: u64,
+) -> Result<(), String> {
+    let bytes = wal_size_mib << 20;
+    let max_rate = sim
+        .wal_rate
+        .parse::<walplayer_simulate::rate::RateSpec>()
+        .map_or(0.0, |r| r.max());
+    let most = (max_rate * sim.duration_ms as f64 / 1000.0 / bytes.max(1) as f64).ceil() as u64 + 1;
+    if !plan.wal_names.is_empty() || plan.segment_bytes != bytes || plan.count > most {
+        return Err(format!(
+            "simulated cluster {} plans {} segments of {} bytes ({} named files), but its workload makes at most {most} segments of {bytes} bytes",
+            walplayer_klio::stats::bounded(&plan.cluster),
+            plan.count,
+            plan.segment_bytes,
+            plan.wal_names.len()
+        ));
     }
     Ok(())
 }
@@ -145,6 +215,7 @@ mod tests {
                 verify: false,
             },
             address: None,
+            simulate: None,
         }
     }
 

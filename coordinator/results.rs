@@ -19,7 +19,8 @@ use walplayer_klio::report::JsonLines;
 use walplayer_klio::stats::{bounded, decode_histogram, new_histogram, Latency, Stats, Totals};
 use walplayer_klio::timeline::{second_of, Timeline};
 use walplayer_klio::wire;
-use walplayer_proto::control::{FileResult, Finished, Ready};
+use walplayer_proto::control::{FileResult, Finished, Ready, SimulationResult};
+use walplayer_simulate::parts::Parts;
 
 /// The counts of one agent or cluster, and its latency once it finished.
 #[derive(Default)]
@@ -60,6 +61,10 @@ pub(crate) struct Results {
     started: Option<Instant>,
     /// Every counted file is also counted here, for `/metrics`.
     metrics: ClientMetrics,
+    /// A simulation's results merged as agents finish: the longest
+    /// timeline an agent may send, and what they measured.
+    simulation_seconds: u64,
+    simulated: Option<Parts>,
 }
 
 impl Results {
@@ -77,6 +82,34 @@ impl Results {
             start_unix_nanos: 0,
             started: None,
             metrics,
+            simulation_seconds: 0,
+            simulated: None,
+        }
+    }
+
+    /// A simulation: agents' timelines may be up to `seconds` long.
+    pub(crate) fn simulating(&mut self, seconds: u64) {
+        self.simulation_seconds = seconds;
+    }
+
+    /// What the agents' simulations measured, merged; `None` if none sent
+    /// its results.
+    pub(crate) fn simulated(&self) -> Option<&Parts> {
+        self.simulated.as_ref()
+    }
+
+    /// Takes what `agent`'s simulation measured, checked against the
+    /// clusters it planned.
+    fn simulation(&mut self, agent: &str, r: &SimulationResult) {
+        let owned = self.clusters.values().filter(|c| c.agent == agent).count() as u64;
+        let clusters = &self.clusters;
+        let owns = |name: &str| clusters.get(name).is_some_and(|c| c.agent == agent);
+        match walplayer_simulate::wire::parts_of(r.clone(), owned, self.simulation_seconds, owns) {
+            Ok(parts) => match &mut self.simulated {
+                Some(all) => all.merge(&parts),
+                None => self.simulated = Some(parts),
+            },
+            Err(e) => self.violation(agent, &format!("sent unusable simulation results: {e}")),
         }
     }
 
@@ -206,6 +239,9 @@ impl Results {
 
     /// Takes the histograms and skipped count `agent` sent with Finished.
     pub(crate) fn finished(&mut self, agent: &str, f: &Finished) {
+        if let Some(sim) = &f.simulation {
+            self.simulation(agent, sim);
+        }
         match decode_histogram(&f.histogram) {
             Ok(h) => {
                 self.agents.entry(agent.to_string()).or_default().latency = Some(Latency::of(&h));

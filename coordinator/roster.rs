@@ -368,6 +368,7 @@ mod tests {
                 verify: false,
             },
             address: None,
+            simulate: None,
         }
     }
 

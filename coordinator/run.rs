@@ -23,6 +23,7 @@ use walplayer_klio::progress::Progress;
 use walplayer_klio::report::unix_nanos;
 use walplayer_proto::control::agent_message::Body as Up;
 use walplayer_proto::control::{FileResult, Finished, Ready, Register, Start};
+use walplayer_simulate::parts::Parts;
 
 /// Protocol violations after which an agent is dropped.
 pub const MAX_VIOLATIONS: u64 = 100;
@@ -51,8 +52,29 @@ enum Phase {
 /// before uploading.
 pub struct RunOutcome {
     pub summary: RunSummary,
+    /// A cluster simulation's summary, which is then the run's document.
+    pub simulation: Option<walplayer_simulate::summary::Summary>,
     pub exit: Exit,
     pub failure: Option<String>,
+}
+
+impl RunOutcome {
+    /// The run's summary document: the simulation's, or the files'.
+    pub fn document(&self) -> serde_json::Value {
+        let doc = match &self.simulation {
+            Some(s) => serde_json::to_value(s),
+            None => serde_json::to_value(&self.summary),
+        };
+        doc.expect("a summary always serializes")
+    }
+
+    /// The text printed at the end of the run.
+    pub fn text(&self) -> String {
+        match &self.simulation {
+            Some(s) => s.to_text(),
+            None => self.summary.to_text(),
+        }
+    }
 }
 
 pub(crate) struct Run {
@@ -75,11 +97,15 @@ impl Run {
         metrics: CoordinatorMetrics,
     ) -> Run {
         let nanos = unix_nanos(SystemTime::now());
+        let mut results = Results::new(progress, metrics.files.clone());
+        if let Some(sim) = &opts.simulation {
+            results.simulating(sim.seconds);
+        }
         Run {
             run_id: format!("run-{:x}", nanos / 1_000_000),
             phase: Phase::Registering,
             roster: Roster::new(opts.agents),
-            results: Results::new(progress, metrics.files.clone()),
+            results,
             clock: Clock::new(opts.register_timeout),
             run_timeout: Duration::ZERO,
             failure: None,
@@ -385,14 +411,44 @@ impl Run {
             timeline: self.results.timeline(wall, ran),
             latency_histogram: self.results.latency_histogram(lost),
         };
-        let exit = match &self.failure {
-            Some((exit, _)) => *exit,
-            None if lost && !interrupted => Exit::Lost,
-            None => Exit::of_run(summary.totals.files_failed, interrupted),
+        let simulation = self.opts.simulation.as_ref().map(|sim| {
+            let parts = self
+                .results
+                .simulated()
+                .cloned()
+                .unwrap_or_else(Parts::empty);
+            let address = self
+                .opts
+                .workload
+                .address
+                .as_deref()
+                .unwrap_or("each agent's own");
+            let mut s = walplayer_simulate::summary::Summary::from_parts(
+                parts,
+                sim.doc.clone(),
+                &sim.slos,
+                address,
+                wall.as_secs_f64(),
+            );
+            s.interrupted = interrupted;
+            s.distributed = Some(serde_json::json!({
+                "runId": summary.run_id,
+                "startSkewNs": summary.start_skew_ns,
+                "segmentsUnreported": summary.files_unreported,
+                "agents": summary.agents,
+            }));
+            s
+        });
+        let exit = match (&self.failure, &simulation) {
+            (Some((exit, _)), _) => *exit,
+            (None, _) if lost && !interrupted => Exit::Lost,
+            (None, Some(s)) => s.exit(),
+            (None, None) => Exit::of_run(summary.totals.files_failed, interrupted),
         };
         self.roster.close();
         RunOutcome {
             summary,
+            simulation,
             exit,
             failure: self.failure.map(|(_, why)| why),
         }

@@ -128,7 +128,7 @@ pub async fn run(args: QuickstartArgs, shutdown: CancellationToken) -> Result<Ex
         console::warn(&format!("quickstart: {e}"));
     }
 
-    crate::report::write(&root.join("report.html"), &outcome.summary)?;
+    crate::report::write(&root.join("report.html"), &outcome.document())?;
     let stored = check_stored(&sink_data, segment_bytes)?;
     console::say(&format!("quickstart: {stored} stored files checked: sizes and page headers valid for their positions"));
     if args.keep {
@@ -176,7 +176,9 @@ fn coordinator_options(
                 verify: true,
             },
             address: None,
+            simulate: None,
         },
+        simulation: None,
         output: Some(root.join("results.json")),
         summary: Some(root.join("summary.json")),
         tls: Some(tls::control_server_config(&c.cert, &c.key, &c.ca)?),

@@ -71,7 +71,7 @@ pub async fn run(args: SimulateArgs, shutdown: CancellationToken) -> Result<Exit
         Some(_) => Segments::to_writer(open_output(args.output.as_deref())?),
         None => Segments::default(),
     };
-    sim.set_segments(segments);
+    sim.begin(segments);
     let mut display = Display::new(args.quiet);
     let mut live = |l: &Live<'_>| display.show(l);
     let mut summary = match workload.search {

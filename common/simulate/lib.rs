@@ -23,4 +23,5 @@ pub mod run;
 pub mod segments;
 pub mod slo;
 pub mod summary;
+pub mod wire;
 pub mod workload;

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use hdrhistogram::Histogram;
 
-use walplayer_klio::stats::Errors;
+use walplayer_klio::stats::{new_histogram, Errors};
 
 use crate::record::{ClusterRow, Point};
 use crate::run::Sim;
@@ -34,6 +34,27 @@ pub struct Parts {
 }
 
 impl Parts {
+    /// Nothing measured (no agent sent its results).
+    pub fn empty() -> Parts {
+        Parts {
+            clusters: 0,
+            lag: new_histogram(),
+            ttfb: new_histogram(),
+            schedule: new_histogram(),
+            timeline: Vec::new(),
+            rows: Vec::new(),
+            produced: 0,
+            sent: 0,
+            acked: 0,
+            whole: 0,
+            segments_acked: 0,
+            segments_unacknowledged: 0,
+            backlog_max: 0,
+            errors: Errors::default(),
+            aborted: None,
+        }
+    }
+
     /// What `sim` measured by `end`, with the lag so far of whole segments
     /// never acknowledged counted in (so a server that stops answering
     /// cannot hide its lag).

@@ -95,11 +95,16 @@ impl Sim {
         })
     }
 
-    /// Where segment lines go from now on (set once the run starts).
-    pub fn set_segments(&mut self, segments: Segments) {
-        Arc::get_mut(&mut self.shared)
-            .expect("segments are set before any cluster starts")
-            .segments = segments;
+    /// Starts the run's clock now (a distributed run connects long before
+    /// its start instant) and sends segment reports to `segments`. Before
+    /// any cluster is added.
+    pub fn begin(&mut self, segments: Segments) {
+        let now = Instant::now();
+        let shared =
+            Arc::get_mut(&mut self.shared).expect("a run begins before any cluster starts");
+        shared.segments = segments;
+        shared.recorder = Arc::new(Recorder::new(now));
+        self.started = now;
     }
 
     pub fn recorder(&self) -> &Recorder {

@@ -240,7 +240,7 @@ async fn run_coordinator(
         Err(e) => return usage_error(e),
     };
     if let Some(path) = &report {
-        if let Err(e) = walplayer::report::write(path, &outcome.summary) {
+        if let Err(e) = walplayer::report::write(path, &outcome.document()) {
             return usage_error(e);
         }
     }

@@ -281,3 +281,65 @@ fn the_capacity_search_finds_what_a_fixed_cost_per_block_allows() {
         "largest cluster count that met every SLO: {found}"
     )));
 }
+
+#[test]
+fn a_distributed_simulation_splits_clusters_and_merges_lags_exactly() {
+    let c = crate::distributed::Cluster::new();
+    let (mut coord, addr) = c.coordinator(&[
+        "--agents",
+        "2",
+        "--simulate",
+        "--clusters",
+        "5",
+        "--wal-rate",
+        "512KiB/s",
+        "--wal-size",
+        "1",
+        "--duration",
+        "5s",
+        "--slo",
+        "lag.p99<30s",
+    ]);
+    let mut a = c.agent("node-0", &addr, &["--once"]);
+    let mut b = c.agent("node-1", &addr, &["--once"]);
+    let limit = std::time::Duration::from_secs(90);
+    assert_eq!(coord.wait(limit).code(), Some(0), "{}", coord.text());
+    for agent in [&mut a, &mut b] {
+        assert_eq!(agent.wait(limit).code(), Some(0), "{}", agent.text());
+    }
+    // 512 KiB/s for 5 s makes 2 whole 1 MiB segments per cluster; the
+    // clusters are split 3 and 2, named after their agent.
+    let lines = c.merged();
+    assert_eq!(lines.len(), 10, "{lines:?}");
+    let mut per_agent =
+        std::collections::BTreeMap::<String, std::collections::BTreeSet<String>>::new();
+    let mut lags = walplayer::klio::stats::new_histogram();
+    for l in &lines {
+        assert_eq!(l["error"], "", "{l}");
+        let agent = l["agent"].as_str().unwrap().to_string();
+        let cluster = l["cluster"].as_str().unwrap().to_string();
+        assert!(cluster.starts_with(&format!("walplayer-{agent}-")), "{l}");
+        per_agent.entry(agent).or_default().insert(cluster);
+        lags.record(l["lagNs"].as_u64().unwrap().max(1)).unwrap();
+        assert!(l["segment"].as_u64().unwrap() < 2, "{l}");
+    }
+    let sizes: Vec<usize> = per_agent.values().map(|c| c.len()).collect();
+    assert_eq!(sizes, vec![3, 2]);
+    assert_eq!(c.stored().len(), 10);
+    let s = c.summary();
+    assert_eq!(s["mode"], "simulate");
+    assert_eq!(s["clusters"], 5);
+    assert_eq!(s["segmentsAcked"], 10);
+    assert_eq!(s["sloPass"], true);
+    assert_eq!(s["clusterStats"].as_array().unwrap().len(), 5);
+    let agents = s["distributed"]["agents"].as_array().unwrap();
+    assert_eq!(agents.len(), 2);
+    assert!(
+        agents.iter().all(|a| a["state"] == "finished"),
+        "{agents:?}"
+    );
+    // The merged lag percentiles are those of every segment's lag together.
+    let expect = walplayer::klio::stats::Latency::of(&lags);
+    assert_eq!(s["lag"], serde_json::to_value(expect).unwrap());
+    assert!(s["timeline"].as_array().unwrap().len() >= 5);
+}
