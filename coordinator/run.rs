@@ -298,10 +298,14 @@ impl Run {
             start_unix_nanos: unix_nanos(at),
         });
         self.phase = Phase::Running;
-        let limit = self
-            .opts
-            .run_timeout
-            .unwrap_or_else(|| default_run_timeout(self.results.planned()));
+        let limit = self.opts.run_timeout.unwrap_or_else(|| {
+            let files = default_run_timeout(self.results.planned());
+            // A simulation runs for its duration whatever it plans.
+            let simulated = self.opts.simulation.as_ref().map_or(Duration::ZERO, |s| {
+                Duration::from_secs(s.seconds) + MIN_RUN_TIMEOUT
+            });
+            files.max(simulated)
+        });
         self.run_timeout = limit;
         self.clock.start_after(self.opts.barrier_delay, limit);
         if let Some(started) = self.clock.started() {
