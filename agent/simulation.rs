@@ -91,9 +91,12 @@ pub(crate) async fn run(
     let (tx, rx) = mpsc::unbounded_channel();
     let forwarding = tokio::spawn(forward(link.up.clone(), rx));
     let segments = tx.clone();
-    sim.begin(Segments::to_fn(move |report| {
-        let _ = segments.send(Message::File(Box::new(report)));
-    }));
+    sim.begin(
+        Segments::to_fn(move |report| {
+            let _ = segments.send(Message::File(Box::new(report)));
+        }),
+        None,
+    );
     let started = SystemTime::now();
     let (mut files_done, mut bytes_done) = (0u64, 0u64);
     let beats = tx.clone();

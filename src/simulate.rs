@@ -13,6 +13,7 @@ use walplayer_klio::console;
 use walplayer_klio::endpoint::KlioEndpoint;
 use walplayer_klio::exit::Exit;
 use walplayer_klio::flags::{parse_duration, KlioArgs, DEFAULT_TIMEOUT};
+use walplayer_klio::metrics::{serve, Registry, SimulationMetrics};
 use walplayer_klio::output::{check_writable, open_output, print_summary_line, write_summary};
 use walplayer_klio::tls;
 use walplayer_simulate::drive;
@@ -48,6 +49,12 @@ pub struct SimulateArgs {
     /// No live display on stderr
     #[arg(long, short)]
     pub quiet: bool,
+    /// Serve Prometheus metrics at http://ADDR/metrics during the run (segment lag, backlog, open streams, WAL produced)
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Keep serving /metrics this long after the run, for a last scrape (a stop signal ends the wait)
+    #[arg(long, value_name = "DURATION", requires = "metrics_listen", value_parser = parse_duration)]
+    pub metrics_hold: Option<std::time::Duration>,
 }
 
 /// Runs `simulate`. Errors are the up-front kind (exit status 2).
@@ -60,6 +67,17 @@ pub async fn run(args: SimulateArgs, shutdown: CancellationToken) -> Result<Exit
     check_writable(args.output.as_deref(), "--output")?;
     check_writable(args.summary.as_deref(), "--summary")?;
     check_writable(args.report.as_deref(), "--report")?;
+    let (metrics, server) = match args.metrics_listen {
+        Some(addr) => {
+            let mut registry = Registry::default();
+            let m = SimulationMetrics::register(&mut registry);
+            (
+                Some(m),
+                Some(serve(addr, registry, "--metrics-listen").await?),
+            )
+        }
+        None => (None, None),
+    };
     let tls = tls::client_config(&klio.server_ca, &klio.client_cert, &klio.client_key)?;
     let endpoint = KlioEndpoint::new(&klio.address, tls).map_err(anyhow::Error::msg)?;
     let mut sim = tokio::select! {
@@ -71,7 +89,7 @@ pub async fn run(args: SimulateArgs, shutdown: CancellationToken) -> Result<Exit
         Some(_) => Segments::to_writer(open_output(args.output.as_deref())?),
         None => Segments::default(),
     };
-    sim.begin(segments);
+    sim.begin(segments, metrics);
     let mut display = Display::new(args.quiet);
     let mut live = |l: &Live<'_>| display.show(l);
     let mut summary = match workload.search {
@@ -103,6 +121,20 @@ pub async fn run(args: SimulateArgs, shutdown: CancellationToken) -> Result<Exit
     }
     // The last stdout line, for `walplayer report` and jq on a log.
     print_summary_line(&summary)?;
+    if let Some(server) = server {
+        if let Some(hold) = args.metrics_hold {
+            tracing::info!(
+                "run over; serving /metrics on {} for {} more (--metrics-hold; Ctrl-C ends it)",
+                server.local_addr(),
+                humantime::format_duration(hold)
+            );
+            tokio::select! {
+                _ = tokio::time::sleep(hold) => {}
+                _ = shutdown.cancelled() => {}
+            }
+        }
+        server.stop().await;
+    }
     Ok(summary.exit())
 }
 

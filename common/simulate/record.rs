@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+use walplayer_klio::metrics::SimulationMetrics;
 use walplayer_klio::report::FailureKind;
 use walplayer_klio::stats::{new_histogram, Errors};
 
@@ -197,6 +198,8 @@ struct Inner {
 /// Everything measured across clusters.
 pub struct Recorder {
     pub origin: Instant,
+    /// Prometheus metrics, when served (`--metrics-listen`).
+    metrics: Option<SimulationMetrics>,
     inner: Mutex<Inner>,
     pub sent: AtomicU64,
     pub acked: AtomicU64,
@@ -219,9 +222,10 @@ fn ns(d: Duration) -> u64 {
 }
 
 impl Recorder {
-    pub fn new(origin: Instant) -> Recorder {
+    pub fn new(origin: Instant, metrics: Option<SimulationMetrics>) -> Recorder {
         Recorder {
             origin,
+            metrics,
             inner: Mutex::new(Inner {
                 run: Interval::new(),
                 second: Interval::new(),
@@ -259,6 +263,9 @@ impl Recorder {
         self.acked.fetch_add(bytes, Relaxed);
         cluster.acked.fetch_add(bytes, Relaxed);
         cluster.segments.fetch_add(1, Relaxed);
+        if let Some(m) = &self.metrics {
+            m.segment_lag(lag);
+        }
         let ms = u64::try_from(lag.as_millis()).unwrap_or(u64::MAX).max(1);
         cluster
             .lag_ms
@@ -308,6 +315,11 @@ impl Recorder {
         let (p0, s0, a0) = *last;
         *last = (produced, sent, acked);
         drop(last);
+        if let Some(m) = &self.metrics {
+            m.produced_bytes(produced.saturating_sub(p0));
+            m.set_backlog_bytes(backlog);
+            m.set_open_streams(self.open_streams.load(Relaxed));
+        }
         self.with(|i| {
             for interval in [&mut i.run, &mut i.second, &mut i.window] {
                 interval.backlog_max = interval.backlog_max.max(backlog_max);

@@ -14,6 +14,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use walplayer_klio::endpoint::{Client, KlioEndpoint};
+use walplayer_klio::metrics::SimulationMetrics;
 use walplayer_wal::generate::Payload;
 use walplayer_wal::walname::SegmentName;
 
@@ -80,7 +81,7 @@ impl Sim {
             flush_interval: workload.flush_interval,
             flush_bytes: workload.flush_bytes,
             timeout: workload.timeout,
-            recorder: Arc::new(Recorder::new(started)),
+            recorder: Arc::new(Recorder::new(started, None)),
             segments,
         });
         Ok(Sim {
@@ -96,14 +97,14 @@ impl Sim {
     }
 
     /// Starts the run's clock now (a distributed run connects long before
-    /// its start instant) and sends segment reports to `segments`. Before
-    /// any cluster is added.
-    pub fn begin(&mut self, segments: Segments) {
+    /// its start instant), sends segment reports to `segments` and records
+    /// into `metrics`, if served. Before any cluster is added.
+    pub fn begin(&mut self, segments: Segments, metrics: Option<SimulationMetrics>) {
         let now = Instant::now();
         let shared =
             Arc::get_mut(&mut self.shared).expect("a run begins before any cluster starts");
         shared.segments = segments;
-        shared.recorder = Arc::new(Recorder::new(now));
+        shared.recorder = Arc::new(Recorder::new(now, metrics));
         self.started = now;
     }
 

@@ -343,3 +343,57 @@ fn a_distributed_simulation_splits_clusters_and_merges_lags_exactly() {
     assert_eq!(s["lag"], serde_json::to_value(expect).unwrap());
     assert!(s["timeline"].as_array().unwrap().len() >= 5);
 }
+
+#[test]
+fn simulation_metrics_are_served_and_agree_with_the_summary() {
+    let env = TestEnv::new();
+    let sink = env.sink(&env.path("data"), &[]);
+    let summary = env.path("summary.json");
+    let mut cmd = simulate(
+        &env,
+        &sink.address,
+        &[
+            "--clusters",
+            "2",
+            "--wal-rate",
+            "512KiB/s",
+            "--duration",
+            "4s",
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--metrics-hold",
+            "60s",
+            "--summary",
+            summary.to_str().unwrap(),
+        ],
+    );
+    cmd.stdout(std::process::Stdio::null());
+    let mut run = crate::util::Logged::start(cmd, env.path("simulate.log"));
+    let limit = std::time::Duration::from_secs(60);
+    let line = run.wait_line("metrics on http://", limit);
+    let addr = line
+        .split("http://")
+        .nth(1)
+        .and_then(|r| r.strip_suffix("/metrics"))
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+        .to_string();
+    let live = crate::metrics::Metrics::scrape(&addr);
+    assert!(
+        live.text.contains("walplayer_open_streams"),
+        "{}",
+        live.text
+    );
+    run.wait_line("serving /metrics on", limit);
+    let end = crate::metrics::Metrics::scrape(&addr);
+    let s = read_json(&summary);
+    let acked = s["segmentsAcked"].as_f64().unwrap();
+    assert_eq!(acked, 4.0, "{s}");
+    assert_eq!(end.value("walplayer_segment_lag_seconds_count", &[]), acked);
+    let produced = end.value("walplayer_produced_bytes_total", &[]);
+    assert!(
+        produced > 0.0 && produced <= s["producedBytes"].as_f64().unwrap(),
+        "{produced}"
+    );
+    crate::util::signal(&run.child, libc::SIGINT);
+    run.wait(limit);
+}
