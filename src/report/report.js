@@ -197,7 +197,9 @@
     var known = ["mode", "runId", "address", "cluster", "jobs", "jobsPerAgent", "blockSizeKib",
       "clustersPerAgent", "interrupted", "startSkewNs", "filesNotStarted", "filesUnreported"];
     var totalsKeys = ["filesOk", "filesFailed", "filesSkipped", "filesVerified", "bytes",
-      "wallSeconds", "mibPerSecond", "filesPerSecond"];
+      "wallSeconds", "mibPerSecond", "filesPerSecond", "clusters", "segmentsAcked",
+      "segmentsUnacknowledged", "producedBytes", "sentBytes", "ackedBytes", "ackRate",
+      "backlogMaxBytes", "errorsTotal", "sloPass"];
     var pairs = [];
     known.forEach(function (k) {
       if (summary[k] === undefined) return;
@@ -215,6 +217,30 @@
 
   part("totals", function () {
     var s = section("Totals", "totals");
+    var names = ["minNs", "meanNs", "p50Ns", "p90Ns", "p99Ns", "p999Ns", "maxNs"];
+    var heads = names.map(function (n) { return n.replace(/Ns$/, ""); });
+    var row = function (label, l) {
+      return [label].concat(names.map(function (n) { return fmtNs((l || {})[n]); }));
+    };
+    if (lagged) {
+      keyValues(s, [
+        ["clusters", fmtNum(num(summary.clusters))],
+        ["segments acknowledged", fmtNum(num(summary.segmentsAcked))],
+        ["whole segments never acknowledged", fmtNum(num(summary.segmentsUnacknowledged))],
+        ["WAL produced", fmtBytes(summary.producedBytes)],
+        ["WAL acknowledged", fmtBytes(summary.ackedBytes)],
+        ["acknowledged / produced", fmtNum(num(summary.ackRate), 4)],
+        ["largest backlog of a cluster", fmtBytes(summary.backlogMaxBytes)],
+        ["failed Put attempts", fmtNum(num(summary.errorsTotal))],
+        ["wall time", fmtNum(num(summary.wallSeconds)) + " s"]
+      ]);
+      table(s, [""].concat(heads), [
+        row("segment lag", summary.lag),
+        row("time to first block", summary.ttfb),
+        row("schedule error", summary.scheduleError)
+      ]);
+      return;
+    }
     keyValues(s, [
       ["files stored", fmtNum(num(summary.filesOk))],
       ["files failed", fmtNum(num(summary.filesFailed))],
@@ -225,10 +251,32 @@
       ["throughput", fmtNum(num(summary.mibPerSecond), 1) + " MiB/s"],
       ["files per second", fmtNum(num(summary.filesPerSecond), 1)]
     ]);
-    var l = summary.latency || {};
-    var names = ["minNs", "meanNs", "p50Ns", "p90Ns", "p99Ns", "p999Ns", "maxNs"];
-    table(s, ["time per file"].concat(names.map(function (n) { return n.replace(/Ns$/, ""); })),
-      [["all files"].concat(names.map(function (n) { return fmtNs(l[n]); }))]);
+    table(s, ["time per file"].concat(heads), [row("all files", summary.latency)]);
+  });
+
+  part("workload", function () {
+    var w = summary.workload;
+    if (!w || typeof w !== "object") return;
+    var s = section("Workload", "workload");
+    keyValues(s, Object.keys(w).map(function (k) {
+      var v = w[k];
+      return [k, Array.isArray(v) ? v.join(", ") : fmtNum(v)];
+    }));
+  });
+
+  part("search", function () {
+    var search = summary.search;
+    if (!search || !Array.isArray(search.steps)) return;
+    var s = section("Capacity search", "search");
+    s.appendChild(el("p", search.maxClusters === null || search.maxClusters === undefined
+      ? "No step met every SLO."
+      : "The largest cluster count that met every SLO: " + fmtNum(search.maxClusters) + ".", "note"));
+    table(s, ["clusters", "produced MiB/s", "acknowledged MiB/s", "lag p50", "lag p99", "backlog max", "errors", "result"],
+      search.steps.map(function (r) {
+        return [fmtNum(num(r.clusters)), fmtNum(num(r.producedMibPerSecond), 2), fmtNum(num(r.ackedMibPerSecond), 2),
+          fmtNs(num(r.lagP50Ms) * 1e6), fmtNs(num(r.lagP99Ms) * 1e6), fmtBytes(r.backlogMaxBytes),
+          fmtNum(num(r.errors)), { text: r.pass ? "pass" : "FAIL", cls: r.pass ? "pass" : "fail" }];
+      }), "search");
   });
 
   part("slos", function () {
@@ -262,7 +310,7 @@
     var s = section(what + " over time", "latency");
     var timed = timeline.filter(function (p) { return typeof p.p50Ns === "number"; });
     lineChart(s, "chart-latency",
-      (lagged ? "segment lag" : "time per file") + " of the files finished each second", [
+      (lagged ? "segment lag of the segments acknowledged" : "time per file of the files finished") + " each second", [
         { name: "p50", points: timed.map(function (p) { return [num(p.t), num(p.p50Ns)]; }) },
         { name: "p99", points: timed.map(function (p) { return [num(p.t), num(p.p99Ns)]; }) }
       ], fmtNs, "seconds since the start");
@@ -270,18 +318,21 @@
 
   part("histograms", function () {
     var s = section("Histograms", "histograms");
-    var lat = Array.isArray(summary.latencyHistogram) ? summary.latencyHistogram : [];
-    histogramChart(s, "chart-latency-histogram", "time per file: files per bucket", lat);
+    if (!lagged || Array.isArray(summary.latencyHistogram)) {
+      var lat = Array.isArray(summary.latencyHistogram) ? summary.latencyHistogram : [];
+      histogramChart(s, "chart-latency-histogram", "time per file: files per bucket", lat);
+    }
     if (Array.isArray(summary.lagHistogram)) {
       histogramChart(s, "chart-lag-histogram", "segment lag: segments per bucket", summary.lagHistogram);
     }
   });
 
   part("agents", function () {
-    if (!Array.isArray(summary.agents)) return;
+    var agents = summary.agents || (summary.distributed || {}).agents;
+    if (!Array.isArray(agents)) return;
     var s = section("Agents", "agents");
-    table(s, ["agent", "state", "stored", "failed", "unreported", "bytes", "MiB/s", "p50", "p99", "protocol violations"],
-      summary.agents.map(function (a) {
+    table(s, ["agent", "state", lagged ? "segments" : "stored", "failed", "unreported", "bytes", "MiB/s", "p50", "p99", "protocol violations"],
+      agents.map(function (a) {
         var l = a.latency || {};
         return [a.name, { text: a.state, cls: a.state === "finished" ? "" : "fail" }, fmtNum(num(a.filesOk)),
           fmtNum(num(a.filesFailed)), fmtNum(num(a.filesUnreported)), fmtBytes(a.bytes),
@@ -307,14 +358,27 @@
     }));
   });
 
+  part("simulated-clusters", function () {
+    if (!lagged || !Array.isArray(summary.worstClusters) || summary.worstClusters.length === 0) return;
+    var s = section("Worst clusters", "clusters");
+    s.appendChild(el("p", "The " + summary.worstClusters.length + " of " + fmtNum(num(summary.clusters)) +
+      " clusters with the highest lag p99, then the largest backlog; every cluster is in the summary's clusterStats.", "note"));
+    table(s, ["cluster", "WAL rate", "segments", "lag p50", "lag p99", "lag max", "backlog max", "errors"],
+      summary.worstClusters.map(function (c) {
+        return [c.name, fmtBytes(c.rateBytesPerSecond) + "/s", fmtNum(num(c.segments)),
+          fmtNs(num(c.lagP50Ms) * 1e6), fmtNs(num(c.lagP99Ms) * 1e6), fmtNs(num(c.lagMaxMs) * 1e6),
+          fmtBytes(c.backlogMaxBytes), { text: fmtNum(num(c.errors)), cls: num(c.errors) > 0 ? "fail" : "" }];
+      }));
+  });
+
   part("errors", function () {
     var s = section("Errors by kind", "errors");
     var errors = Array.isArray(summary.errors) ? summary.errors : [];
     if (errors.length === 0) {
-      s.appendChild(el("p", "No file failed.", "note"));
+      s.appendChild(el("p", lagged ? "No Put failed." : "No file failed.", "note"));
       return;
     }
-    table(s, ["kind", "message", "files"], errors.map(function (e) {
+    table(s, ["kind", "message", lagged ? "Put attempts" : "files"], errors.map(function (e) {
       return [e.kind, e.message, fmtNum(num(e.count))];
     }), "errors");
   });

@@ -304,3 +304,55 @@ fn report_from_a_log_is_the_report_from_the_summary_file() {
         stderr(&missing)
     );
 }
+
+#[test]
+fn report_of_a_simulation_draws_lag_and_names_its_worst_clusters() {
+    const TEST: &str = "report_of_a_simulation_draws_lag_and_names_its_worst_clusters";
+    if browser::find().is_none() {
+        return browser::skipped(TEST, "no chromium on PATH (apt-get install chromium)");
+    }
+    let env = TestEnv::new();
+    let sink = env.sink(&env.path("data"), &[]);
+    let (summary, page) = (env.path("summary.json"), env.path("simulation.html"));
+    let c = &env.certs.client;
+    let out = run(env
+        .walplayer(&["simulate", "--quiet", "--wal-size", "1", "--clusters", "2"])
+        .args([
+            "--wal-rate",
+            "512KiB/s",
+            "--duration",
+            "3s",
+            "--slo",
+            "lag.p99<30s",
+        ])
+        .args(["--cluster-name", "sim", "--address", &sink.address])
+        .arg("--server-cert")
+        .arg(&c.ca)
+        .arg("--client-cert")
+        .arg(&c.cert)
+        .arg("--client-key")
+        .arg(&c.key)
+        .arg("--summary")
+        .arg(&summary)
+        .arg("--report")
+        .arg(&page));
+    assert_status(&out, 0);
+    let s = read_json(&summary);
+    let dom = browser::dump_dom(&env, &page);
+    assert_no_script_errors(&dom);
+    // Produced, sent and acknowledged, one point per second of the run.
+    let seconds = s["timeline"].as_array().unwrap().len();
+    assert_eq!(drawn_points(&dom, "chart-throughput"), vec![seconds; 3]);
+    let bars = browser::tags(browser::inner(&dom, "chart-lag-histogram"), "rect");
+    assert!(
+        bars.len() >= s["lagHistogram"].as_array().unwrap().len(),
+        "{bars:?}"
+    );
+    let clusters = browser::inner(&dom, "clusters");
+    assert!(
+        clusters.contains("sim-0") && clusters.contains("sim-1"),
+        "{clusters}"
+    );
+    assert!(browser::inner(&dom, "totals").contains("segments acknowledged"));
+    assert!(browser::inner(&dom, "slos").contains("lag.p99&lt;30s"));
+}
