@@ -16,7 +16,7 @@
 //!   16 KiB/s, 1 MiB segments, 70 s (each cluster completes one segment),
 //!   and the same with 16 MiB segments (each Put stays open all run);
 //! - backlog: N/20 clusters at 256 KiB/s, 1 MiB segments: the sink keeping
-//!   up; the sink process stopped (`SIGSTOP`) from 15 s for 8 s, and for
+//!   up; the sink process stopped (`SIGSTOP`) from 14 s for 8 s, and for
 //!   30 s (more WAL piles up per cluster than a flush, 2 MiB, and than the
 //!   kernel's socket buffers hold, so the simulator itself is behind); and
 //!   the 30 s stop again with `--flush-bytes 256KiB`, the largest block;
@@ -106,7 +106,7 @@ impl Knobs {
             rate: if smoke { 512 * KIB } else { 16 * KIB },
             backlog_clusters: (clusters / 20).max(1),
             backlog_rate: if smoke { 512 * KIB } else { 256 * KIB },
-            // From 15 s, for 8 s or 30 s, of a 70 s run.
+            // From 14 s, for 8 s or 30 s, of a 70 s run.
             pause_at: duration.mul_f64(0.2),
             short_pause: duration.mul_f64(0.115),
             pause: duration.mul_f64(0.43),
