@@ -37,11 +37,13 @@
 #[path = "support/mod.rs"]
 #[allow(dead_code)]
 mod support;
-use support::{status_kib, walplayer_binary};
+use support::{
+    build_go, linked_wal, mem_available_kib, spawn_listening, wait_measured, walplayer_binary,
+    walplayer_command,
+};
 
 use std::fmt::Write as _;
 use std::fs::File;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -137,46 +139,6 @@ fn run() -> Result<()> {
         server.stop()?;
     }
     Ok(())
-}
-
-/// Builds `benches/go` into the target directory; the error is the reason
-/// to skip.
-fn build_go() -> std::result::Result<PathBuf, String> {
-    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/go");
-    if !source.join("main.go").is_file() {
-        return Err(format!("no grpc-go sources in {}", source.display()));
-    }
-    match Command::new("go").arg("version").output() {
-        Ok(out) if out.status.success() => {}
-        _ => return Err("no `go` on PATH (Debian: apt-get install golang-go golang-google-grpc-dev golang-google-protobuf-dev)".into()),
-    }
-    let gopath = std::env::var("WALPLAYER_BENCH_GOPATH")
-        .or_else(|_| std::env::var("GOPATH"))
-        .unwrap_or_else(|_| "/usr/share/gocode".to_string());
-    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("klio-go-bench");
-    // GOPATH mode, nothing fetched: grpc-go and protobuf come from the
-    // distribution's source packages under GOPATH.
-    let built = Command::new("go")
-        .arg("build")
-        .arg("-o")
-        .arg(&out)
-        .arg(".")
-        .current_dir(&source)
-        .env("GO111MODULE", "off")
-        .env("GOPATH", &gopath)
-        .env("GOPROXY", "off")
-        .env("GOFLAGS", "")
-        .output()
-        .map_err(|e| format!("cannot run go build: {e}"))?;
-    if !built.status.success() {
-        return Err(format!(
-            "go build of {} failed with GOPATH={gopath} (Debian: apt-get install \
-             golang-google-grpc-dev golang-google-protobuf-dev): {}",
-            source.display(),
-            String::from_utf8_lossy(&built.stderr).trim()
-        ));
-    }
-    Ok(out)
 }
 
 // ---------------------------------------------------------------- processes
@@ -280,33 +242,13 @@ impl Server {
                 cmd
             }
         };
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(File::create(&log)?)
-            .spawn()
-            .with_context(|| format!("cannot start the {}", kind.name()))?;
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        let mut server = Server {
+        let (child, address) = spawn_listening(&mut cmd, kind.name(), &log)?;
+        Ok(Server {
             kind,
             child,
-            address: String::new(),
+            address,
             log,
-        };
-        let line = rx
-            .recv_timeout(Duration::from_secs(30))
-            .with_context(|| format!("the {} printed no address within 30 s", kind.name()))?;
-        match line.trim().strip_prefix("listening on ") {
-            Some(address) => server.address = address.to_string(),
-            None => bail!("the {} said {line:?}: {}", kind.name(), server.log_text()),
-        }
-        Ok(server)
+        })
     }
 
     fn pid(&self) -> i32 {
@@ -351,18 +293,7 @@ fn walplayer(bins: &Bins, before: bool) -> Command {
         (Some(bin), true) => bin,
         _ => &bins.walplayer,
     };
-    let mut cmd = Command::new(bin);
-    cmd.env("HOME", &bins.home).env_remove("RUST_LOG");
-    for var in [
-        "CLIENT_CLUSTER_NAME",
-        "CLIENT_WAL_ADDRESS",
-        "CLIENT_WAL_SERVER_CERT_PATH",
-        "CLIENT_WAL_CLIENT_CERT_PATH",
-        "CLIENT_WAL_CLIENT_KEY_PATH",
-    ] {
-        cmd.env_remove(var);
-    }
-    cmd
+    walplayer_command(bin, &bins.home)
 }
 
 /// One client run: what to send, where, how.
@@ -510,61 +441,6 @@ fn play(bins: &Bins, run: &Play, scratch: &Path) -> Result<Measured> {
     })
 }
 
-struct Finished {
-    status: i32,
-    /// user + system seconds, from `wait4`.
-    cpu: f64,
-    /// peak RSS, polled from `/proc/PID/status` (`VmHWM`); not `ru_maxrss`,
-    /// which Linux carries over from the forking process.
-    peak_kib: u64,
-}
-
-/// Waits for `child` with `wait4`, polling its peak RSS; kills it past
-/// `limit`.
-fn wait_measured(child: Child, limit: Duration) -> Result<Finished> {
-    let pid = child.id() as i32;
-    let status_file = format!("/proc/{pid}/status");
-    let start = Instant::now();
-    let mut peak_kib = 0;
-    loop {
-        if let Some(kib) = std::fs::read_to_string(&status_file)
-            .ok()
-            .as_deref()
-            .and_then(|s| status_kib(s, "VmHWM:"))
-        {
-            peak_kib = peak_kib.max(kib);
-        }
-        let mut status = 0;
-        // SAFETY: plain FFI call on our own child; both out-pointers are
-        // valid for the call. `child` is never waited through std.
-        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-        let reaped = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
-        if reaped == pid {
-            let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-            let code = if libc::WIFEXITED(status) {
-                libc::WEXITSTATUS(status)
-            } else {
-                -1
-            };
-            return Ok(Finished {
-                status: code,
-                cpu: seconds(usage.ru_utime) + seconds(usage.ru_stime),
-                peak_kib,
-            });
-        }
-        ensure!(reaped == 0, "wait4: {}", std::io::Error::last_os_error());
-        if start.elapsed() > limit {
-            // SAFETY: signalling our own child; then reaped.
-            unsafe {
-                libc::kill(pid, libc::SIGKILL);
-                libc::waitpid(pid, &mut status, 0);
-            }
-            bail!("a client did not finish within {limit:?}; killed it");
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
 /// user + system seconds of a running process, all threads.
 fn process_cpu(pid: i32) -> Result<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
@@ -580,24 +456,6 @@ fn process_cpu(pid: i32) -> Result<f64> {
 }
 
 // ---------------------------------------------------------------- data
-
-/// A directory of `count` WAL names, all hard links of one generated file
-/// of `bytes`: as many files as wanted, in no more memory than one.
-fn linked_wal(dir: &Path, count: u64, bytes: u64) -> Result<()> {
-    let seed = dir.with_extension("seed");
-    support::generate_wal(&seed, 1, bytes)?;
-    let first = std::fs::read_dir(&seed)?
-        .next()
-        .context("generate wrote nothing")??
-        .path();
-    std::fs::create_dir_all(dir)?;
-    for i in 0..count {
-        let name = format!("{:08X}{:08X}{:08X}", 1, i >> 8, i & 0xff);
-        std::fs::hard_link(&first, dir.join(name))?;
-    }
-    std::fs::remove_dir_all(&seed)?;
-    Ok(())
-}
 
 // ---------------------------------------------------------------- speed
 
@@ -785,7 +643,7 @@ fn memory(bins: &Bins, sink: &Server, knobs: &Knobs, scratch: &Path) -> Result<(
                 }
                 let dir = scratch.join(format!("memory-{jobs}x{block_kib}"));
                 let file_bytes = 2 * block_kib as u64 * 1024;
-                linked_wal(&dir, jobs as u64, file_bytes)?;
+                linked_wal(&dir, jobs as u64, file_bytes, file_bytes)?;
                 let run = Play {
                     client,
                     server: sink,
@@ -837,11 +695,6 @@ fn fit(points: &[(f64, f64)]) -> Option<(f64, f64)> {
     }
     let slope = sxy / sxx;
     Some((my - slope * mx, slope))
-}
-
-fn mem_available_kib() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    status_kib(&text, "MemAvailable:")
 }
 
 fn median(values: impl Iterator<Item = f64>) -> f64 {

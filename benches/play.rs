@@ -20,14 +20,17 @@
 #[path = "support/mod.rs"]
 #[allow(dead_code)]
 mod support;
-use support::{rounds, segments, smoke, status_kib, walplayer_binary};
+use support::{
+    rounds, segments, smoke, wait_measured, walplayer_binary, walplayer_command, Finished,
+    SinkProcess,
+};
 
 use std::collections::VecDeque;
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -417,22 +420,6 @@ struct PlayRun<'a> {
     block_kib: usize,
 }
 
-/// `walplayer` with no Klio settings inherited.
-fn walplayer(bin: &Path, home: &Path) -> Command {
-    let mut cmd = Command::new(bin);
-    cmd.env("HOME", home).env_remove("RUST_LOG");
-    for var in [
-        "CLIENT_CLUSTER_NAME",
-        "CLIENT_WAL_ADDRESS",
-        "CLIENT_WAL_SERVER_CERT_PATH",
-        "CLIENT_WAL_CLIENT_CERT_PATH",
-        "CLIENT_WAL_CLIENT_KEY_PATH",
-    ] {
-        cmd.env_remove(var);
-    }
-    cmd
-}
-
 /// Runs `walplayer play` and returns its peak RSS in KiB, after checking
 /// that every file was stored.
 fn play_peak_kib(
@@ -445,7 +432,7 @@ fn play_peak_kib(
     let files = run.files;
     let c = &certs.client;
     let (summary, log) = (scratch.join("summary.json"), scratch.join("play.log"));
-    let child = walplayer(bin, scratch)
+    let child = walplayer_command(bin, scratch)
         .arg("play")
         .arg(run.dir)
         .args(["--cluster-name", CLUSTER, "--address", address])
@@ -465,7 +452,9 @@ fn play_peak_kib(
         .stderr(File::create(&log)?)
         .spawn()
         .context("cannot start walplayer play")?;
-    let (status, peak_kib) = wait_with_peak(child, PHASE_DEADLINE)?;
+    let Finished {
+        status, peak_kib, ..
+    } = wait_measured(child, PHASE_DEADLINE)?;
     let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
     ensure!(
         status == 0,
@@ -480,89 +469,6 @@ fn play_peak_kib(
         log_text()
     );
     Ok(peak_kib)
-}
-
-/// Waits for `child`, polling its peak RSS (`VmHWM`, KiB); kills it past
-/// `limit`. Not `ru_maxrss`: Linux carries the forking process's peak
-/// across exec into it, so every child would report this bench's size.
-fn wait_with_peak(mut child: Child, limit: Duration) -> Result<(i32, u64)> {
-    let status_file = format!("/proc/{}/status", child.id());
-    let start = Instant::now();
-    let mut peak_kib = 0;
-    loop {
-        // Gone once the process has exited: the last value read stands.
-        if let Some(kib) = std::fs::read_to_string(&status_file)
-            .ok()
-            .as_deref()
-            .and_then(|s| status_kib(s, "VmHWM:"))
-        {
-            peak_kib = peak_kib.max(kib);
-        }
-        if let Some(status) = child.try_wait()? {
-            return Ok((status.code().unwrap_or(-1), peak_kib));
-        }
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!("walplayer play did not finish within {limit:?}; killed it");
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
-/// A `walplayer sink --discard` process; killed when dropped.
-struct SinkProcess {
-    child: Child,
-    address: String,
-}
-
-impl SinkProcess {
-    fn start(bin: &Path, certs: &MintedCerts, scratch: &Path) -> Result<SinkProcess> {
-        let s = &certs.server;
-        let log = scratch.join("sink.log");
-        let mut child = walplayer(bin, scratch)
-            .args(["sink", "--listen", LOOPBACK, "--discard", "--fsync", "none"])
-            .arg("--tls-cert")
-            .arg(&s.cert)
-            .arg("--tls-key")
-            .arg(&s.key)
-            .arg("--client-ca")
-            .arg(&s.ca)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(File::create(&log)?)
-            .spawn()
-            .context("cannot start walplayer sink")?;
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        let mut sink = SinkProcess {
-            child,
-            address: String::new(),
-        };
-        let line = rx
-            .recv_timeout(Duration::from_secs(30))
-            .context("walplayer sink printed no address within 30 s")?;
-        match line.trim().strip_prefix("listening on ") {
-            Some(address) => sink.address = address.to_string(),
-            None => bail!(
-                "walplayer sink said {line:?}: {}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            ),
-        }
-        Ok(sink)
-    }
-}
-
-impl Drop for SinkProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 // ---------------------------------------------------------------- helpers

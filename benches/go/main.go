@@ -1,6 +1,8 @@
 // klio-go-bench: a grpc-go player and a discarding grpc-go server with
 // Klio's transport settings, the baseline the walplayer benches compare
-// against (benches/grpc_go.rs builds and runs it).
+// against (benches/grpc_go.rs and benches/simulate_scale.rs build and run
+// it; `play -pace 250ms` holds each upload open, sending a block every
+// 250 ms).
 //
 //	klio-go-bench server -listen 127.0.0.1:0 -cert tls.crt -key tls.key -ca ca.crt
 //	klio-go-bench play -addr HOST:PORT -ca ca.crt -cert tls.crt -key tls.key -j 4 -block 2048 DIR

@@ -37,6 +37,7 @@ func play(args []string) error {
 	blockKiB := fs.Int("block", 2048, "block size in KiB (1 to 8192)")
 	cluster := fs.String("cluster", "walplayer", "cluster name")
 	timeout := fs.Duration("timeout", 5*time.Minute, "longest one file may take")
+	pace := fs.Duration("pace", 0, "wait this long before each block but the first, holding the upload open as a WAL sender does (0: as fast as the server takes them)")
 	aes256 := fs.Bool("aes256", false, "TLS 1.2 with ECDHE-ECDSA-AES256-GCM only (Go's TLS 1.3 client always prefers AES-128-GCM; rustls prefers AES-256-GCM)")
 	_ = fs.Parse(args)
 	if fs.NArg() != 1 || *addr == "" || *jobs < 1 {
@@ -97,7 +98,7 @@ func play(args []string) error {
 					return
 				}
 				f := files[i]
-				n, err := putFile(conn, f, *cluster, buf, *timeout, &cipher)
+				n, err := putFile(conn, f, *cluster, buf, *pace, *timeout, &cipher)
 				if err != nil {
 					failed.Store(f.name, err)
 					continue
@@ -160,8 +161,9 @@ func dial(addr string, creds credentials.TransportCredentials) (*grpc.ClientConn
 }
 
 // putFile streams one file in blocks read into buf (reused: SendMsg has
-// encoded the message before it returns) and checks written_size.
-func putFile(conn *grpc.ClientConn, f walFile, cluster string, buf []byte, timeout time.Duration, cipher *atomic.Value) (int64, error) {
+// encoded the message before it returns), pace apart, and checks
+// written_size.
+func putFile(conn *grpc.ClientConn, f walFile, cluster string, buf []byte, pace, timeout time.Duration, cipher *atomic.Value) (int64, error) {
 	in, err := os.Open(f.path)
 	if err != nil {
 		return 0, err
@@ -177,6 +179,9 @@ func putFile(conn *grpc.ClientConn, f walFile, cluster string, buf []byte, timeo
 	var sent int64
 	for {
 		n, err := io.ReadFull(in, buf)
+		if n > 0 && sent > 0 && pace > 0 {
+			time.Sleep(pace)
+		}
 		if n > 0 {
 			req := PutRequest{ClusterName: cluster, WalName: f.name, WalBlock: buf[:n], SegmentSize: uint64(f.size)}
 			if err := stream.SendMsg(&req); err != nil {

@@ -1,9 +1,16 @@
 //! What the benchmarks share: the smoke switch, finding the built binary,
-//! reading a process's memory from `/proc` and generating WAL to play.
+//! running `walplayer` and the grpc-go baseline as measured processes
+//! (peak RSS from `/proc`, CPU from `wait4`), and generating WAL to play.
 
+use std::fs::File;
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
+use anyhow::{bail, ensure, Context, Result};
 use tokio_util::sync::CancellationToken;
+use walplayer::certs::MintedCerts;
 use walplayer::wal::generate::{generate, GenerateError, GenerateSpec, Payload, PgVersion};
 
 /// The `walplayer` binary cargo built with this bench, or the one next to
@@ -84,4 +91,234 @@ pub fn scratch_in_memory(prefix: &str) -> std::io::Result<tempfile::TempDir> {
                 format!("cannot create a directory in {}: {e}", root.display()),
             )
         })
+}
+
+/// `walplayer` (`bin`) with no Klio settings inherited, and `home` as HOME
+/// so no `~/.klio.yaml` is read.
+pub fn walplayer_command(bin: &Path, home: &Path) -> Command {
+    let mut cmd = Command::new(bin);
+    cmd.env("HOME", home).env_remove("RUST_LOG");
+    for var in [
+        "CLIENT_CLUSTER_NAME",
+        "CLIENT_WAL_ADDRESS",
+        "CLIENT_WAL_SERVER_CERT_PATH",
+        "CLIENT_WAL_CLIENT_CERT_PATH",
+        "CLIENT_WAL_CLIENT_KEY_PATH",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
+/// Starts a server `cmd` whose first line on stdout is `listening on
+/// ADDR` (stderr goes to `log`); returns it and ADDR.
+pub fn spawn_listening(cmd: &mut Command, what: &str, log: &Path) -> Result<(Child, String)> {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(File::create(log)?)
+        .spawn()
+        .with_context(|| format!("cannot start the {what}"))?;
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = match rx.recv_timeout(Duration::from_secs(30)) {
+        Ok(line) => line,
+        Err(_) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("the {what} printed no address within 30 s");
+        }
+    };
+    match line.trim().strip_prefix("listening on ") {
+        Some(address) => Ok((child, address.to_string())),
+        None => {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!(
+                "the {what} said {line:?}: {}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            )
+        }
+    }
+}
+
+/// A `walplayer sink --discard --fsync none` process on loopback with the
+/// minted server certificate; killed when dropped.
+pub struct SinkProcess {
+    pub child: Child,
+    pub address: String,
+    pub log: PathBuf,
+}
+
+impl SinkProcess {
+    /// Starts the sink of `bin`; its log is `scratch/sink.log`.
+    pub fn start(bin: &Path, certs: &MintedCerts, scratch: &Path) -> Result<SinkProcess> {
+        let s = &certs.server;
+        let log = scratch.join("sink.log");
+        let mut cmd = walplayer_command(bin, scratch);
+        cmd.args([
+            "sink",
+            "--listen",
+            "127.0.0.1:0",
+            "--discard",
+            "--fsync",
+            "none",
+        ])
+        .arg("--tls-cert")
+        .arg(&s.cert)
+        .arg("--tls-key")
+        .arg(&s.key)
+        .arg("--client-ca")
+        .arg(&s.ca);
+        let (child, address) = spawn_listening(&mut cmd, "walplayer sink", &log)?;
+        Ok(SinkProcess {
+            child,
+            address,
+            log,
+        })
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+}
+
+impl Drop for SinkProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// How a measured child process ended.
+pub struct Finished {
+    pub status: i32,
+    /// user + system seconds, from `wait4`.
+    pub cpu: f64,
+    /// Peak RSS in KiB, polled from `/proc/PID/status` (`VmHWM`); not
+    /// `ru_maxrss`, which Linux carries over from the forking process.
+    pub peak_kib: u64,
+}
+
+/// Waits for `child` with `wait4`, polling its peak RSS; kills it past
+/// `limit`.
+pub fn wait_measured(child: Child, limit: Duration) -> Result<Finished> {
+    let pid = child.id() as i32;
+    let status_file = format!("/proc/{pid}/status");
+    let start = Instant::now();
+    let mut peak_kib = 0;
+    loop {
+        // Gone once the process has exited: the last value read stands.
+        if let Some(kib) = std::fs::read_to_string(&status_file)
+            .ok()
+            .as_deref()
+            .and_then(|s| status_kib(s, "VmHWM:"))
+        {
+            peak_kib = peak_kib.max(kib);
+        }
+        let mut status = 0;
+        // SAFETY: plain FFI call on our own child; both out-pointers are
+        // valid for the call. `child` is never waited through std.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        let reaped = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
+        if reaped == pid {
+            let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+            let code = if libc::WIFEXITED(status) {
+                libc::WEXITSTATUS(status)
+            } else {
+                -1
+            };
+            return Ok(Finished {
+                status: code,
+                cpu: seconds(usage.ru_utime) + seconds(usage.ru_stime),
+                peak_kib,
+            });
+        }
+        ensure!(reaped == 0, "wait4: {}", std::io::Error::last_os_error());
+        if start.elapsed() > limit {
+            // SAFETY: signalling our own child; then reaped.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+                libc::waitpid(pid, &mut status, 0);
+            }
+            bail!("a measured process did not finish within {limit:?}; killed it");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// `MemAvailable` of `/proc/meminfo`, KiB.
+pub fn mem_available_kib() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    status_kib(&text, "MemAvailable:")
+}
+
+/// A directory of `count` WAL names, all hard links of one generated
+/// segment of `segment_bytes` cut to `file_bytes`: as many files as
+/// wanted, in no more memory than one.
+pub fn linked_wal(dir: &Path, count: u64, segment_bytes: u64, file_bytes: u64) -> Result<()> {
+    let seed = dir.with_extension("seed");
+    generate_wal(&seed, 1, segment_bytes)?;
+    let first = std::fs::read_dir(&seed)?
+        .next()
+        .context("generate wrote nothing")??
+        .path();
+    if file_bytes < segment_bytes {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&first)?
+            .set_len(file_bytes)?;
+    }
+    std::fs::create_dir_all(dir)?;
+    for i in 0..count {
+        let name = format!("{:08X}{:08X}{:08X}", 1, i >> 8, i & 0xff);
+        std::fs::hard_link(&first, dir.join(name))?;
+    }
+    std::fs::remove_dir_all(&seed)?;
+    Ok(())
+}
+
+/// Builds the grpc-go baseline (`benches/go`: a player and a discarding
+/// server with Klio's transport settings) into the target directory with
+/// Debian's `golang-go` and `golang-google-grpc-dev`, offline (GOPATH mode,
+/// nothing fetched); the error is the reason to skip.
+pub fn build_go() -> std::result::Result<PathBuf, String> {
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/go");
+    if !source.join("main.go").is_file() {
+        return Err(format!("no grpc-go sources in {}", source.display()));
+    }
+    match Command::new("go").arg("version").output() {
+        Ok(out) if out.status.success() => {}
+        _ => return Err("no `go` on PATH (Debian: apt-get install golang-go golang-google-grpc-dev golang-google-protobuf-dev)".into()),
+    }
+    let gopath = std::env::var("WALPLAYER_BENCH_GOPATH")
+        .or_else(|_| std::env::var("GOPATH"))
+        .unwrap_or_else(|_| "/usr/share/gocode".to_string());
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("klio-go-bench");
+    let built = Command::new("go")
+        .arg("build")
+        .arg("-o")
+        .arg(&out)
+        .arg(".")
+        .current_dir(&source)
+        .env("GO111MODULE", "off")
+        .env("GOPATH", &gopath)
+        .env("GOPROXY", "off")
+        .env("GOFLAGS", "")
+        .output()
+        .map_err(|e| format!("cannot run go build: {e}"))?;
+    if !built.status.success() {
+        return Err(format!(
+            "go build of {} failed with GOPATH={gopath} (Debian: apt-get install \
+             golang-google-grpc-dev golang-google-protobuf-dev): {}",
+            source.display(),
+            String::from_utf8_lossy(&built.stderr).trim()
+        ));
+    }
+    Ok(out)
 }
