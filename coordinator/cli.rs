@@ -238,18 +238,8 @@ pub async fn run(
     };
     let outcome = run_bound(args.listen, opts, metrics, &shutdown, progress).await;
     if let Some(server) = server {
-        if let (Ok(_), Some(hold)) = (&outcome, args.metrics_hold) {
-            tracing::info!(
-                "run over; serving /metrics on {} for {} more (--metrics-hold; Ctrl-C ends it)",
-                server.local_addr(),
-                humantime::format_duration(hold)
-            );
-            tokio::select! {
-                _ = tokio::time::sleep(hold) => {}
-                _ = shutdown.cancelled() => {}
-            }
-        }
-        server.stop().await;
+        let hold = args.metrics_hold.filter(|_| outcome.is_ok());
+        server.hold_then_stop(hold, &shutdown).await;
     }
     outcome
 }

@@ -131,18 +131,8 @@ pub async fn play(opts: PlayOptions, shutdown: CancellationToken) -> Result<Play
     };
     let outcome = run(&opts, &client_metrics, &shutdown).await;
     if let Some(server) = server {
-        if let (Ok(_), Some(hold)) = (&outcome, opts.metrics_hold) {
-            tracing::info!(
-                "run over; serving /metrics on {} for {} more (--metrics-hold; Ctrl-C ends it)",
-                server.local_addr(),
-                humantime::format_duration(hold)
-            );
-            tokio::select! {
-                _ = tokio::time::sleep(hold) => {}
-                _ = shutdown.cancelled() => {}
-            }
-        }
-        server.stop().await;
+        let hold = opts.metrics_hold.filter(|_| outcome.is_ok());
+        server.hold_then_stop(hold, &shutdown).await;
     }
     outcome
 }

@@ -122,18 +122,7 @@ pub async fn run(args: SimulateArgs, shutdown: CancellationToken) -> Result<Exit
     // The last stdout line, for `walplayer report` and jq on a log.
     print_summary_line(&summary)?;
     if let Some(server) = server {
-        if let Some(hold) = args.metrics_hold {
-            tracing::info!(
-                "run over; serving /metrics on {} for {} more (--metrics-hold; Ctrl-C ends it)",
-                server.local_addr(),
-                humantime::format_duration(hold)
-            );
-            tokio::select! {
-                _ = tokio::time::sleep(hold) => {}
-                _ = shutdown.cancelled() => {}
-            }
-        }
-        server.stop().await;
+        server.hold_then_stop(args.metrics_hold, &shutdown).await;
     }
     Ok(summary.exit())
 }

@@ -430,6 +430,23 @@ impl MetricsServer {
         self.stop.cancel();
         let _ = self.task.await;
     }
+
+    /// `--metrics-hold`: keeps serving for `hold` after a run, so the last
+    /// counts can be scraped (`shutdown` ends the wait), then stops.
+    pub async fn hold_then_stop(self, hold: Option<Duration>, shutdown: &CancellationToken) {
+        if let Some(hold) = hold {
+            tracing::info!(
+                "run over; serving /metrics on {} for {} more (--metrics-hold; Ctrl-C ends it)",
+                self.local_addr(),
+                humantime::format_duration(hold)
+            );
+            tokio::select! {
+                _ = tokio::time::sleep(hold) => {}
+                _ = shutdown.cancelled() => {}
+            }
+        }
+        self.stop().await;
+    }
 }
 
 /// Serves `registry` as `GET /metrics` over HTTP/1.1 on `addr` until
