@@ -397,3 +397,45 @@ fn simulation_metrics_are_served_and_agree_with_the_summary() {
     crate::util::signal(&run.child, libc::SIGINT);
     run.wait(limit);
 }
+
+#[test]
+fn abort_on_breach_stops_a_run_whose_backlog_stays_past_its_bound() {
+    let env = TestEnv::new();
+    // The third stream's first block stops the sink reading for 25 s: the
+    // backlog climbs past 2 MiB within seconds and stays there.
+    let sink = env.sink(
+        &env.path("data"),
+        &["--fault", "pause:25s", "--fault-after", "2"],
+    );
+    let summary = env.path("summary.json");
+    let started = std::time::Instant::now();
+    let out = run(&mut simulate(
+        &env,
+        &sink.address,
+        &[
+            "--clusters",
+            "1",
+            "--wal-rate",
+            "1MiB/s",
+            "--duration",
+            "40s",
+            "--slo",
+            "backlog.max<2MiB",
+            "--abort-on-breach",
+            "--summary",
+            summary.to_str().unwrap(),
+        ],
+    ));
+    assert_status(&out, 4);
+    let s = read_json(&summary);
+    let why = s["aborted"]
+        .as_str()
+        .unwrap_or_else(|| panic!("not aborted: {s}"));
+    assert!(
+        why.contains("backlog.max<2MiB") && why.contains("10 s"),
+        "{why}"
+    );
+    assert!(s["wallSeconds"].as_f64().unwrap() < 30.0, "{s}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(35));
+    assert!(stderr(&out).contains("stopped early"), "{}", stderr(&out));
+}
