@@ -103,7 +103,7 @@ fn a_gzip_file_of_two_members_is_stored_whole_and_verified() {
     let sink = env.sink(&data, &[]);
     let out = run(&mut env.play(&wal, &sink.address, &["--verify"]));
     assert_status(&out, 0);
-    let lines = json_lines(&stdout(&out));
+    let lines = file_lines(&stdout(&out));
     assert_eq!(lines.len(), 1);
     assert_eq!(lines[0]["error"], "", "{}", lines[0]);
     assert_eq!(lines[0]["bytes"], segment.len() as u64);
