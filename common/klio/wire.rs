@@ -7,7 +7,8 @@ use walplayer_proto::control::{self, FileResult};
 
 use crate::report::{from_unix_nanos, unix_nanos, FailureKind, FileReport, Outcome};
 
-fn kind_to_wire(kind: FailureKind) -> control::FailureKind {
+/// A failure kind as the control protocol's enum.
+pub fn kind_to_wire(kind: FailureKind) -> control::FailureKind {
     match kind {
         FailureKind::Refused => control::FailureKind::Refused,
         FailureKind::Transport => control::FailureKind::Transport,
@@ -18,7 +19,8 @@ fn kind_to_wire(kind: FailureKind) -> control::FailureKind {
     }
 }
 
-fn kind_from_wire(kind: i32) -> Option<FailureKind> {
+/// A failure kind from the wire; `None` for unspecified or unknown.
+pub fn kind_from_wire(kind: i32) -> Option<FailureKind> {
     Some(match control::FailureKind::try_from(kind).ok()? {
         control::FailureKind::Unspecified => return None,
         control::FailureKind::Refused => FailureKind::Refused,

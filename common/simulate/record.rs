@@ -421,51 +421,6 @@ impl Recorder {
 
 /// p50, p90, p99, p99.9 and max of a histogram, 0 when empty.
 pub fn quantiles(h: &Histogram<u64>) -> [u64; 5] {
-    if h.is_empty() {
-        return [0; 5];
-    }
-    [
-        h.value_at_quantile(0.5),
-        h.value_at_quantile(0.9),
-        h.value_at_quantile(0.99),
-        h.value_at_quantile(0.999),
-        h.max(),
-    ]
-}
-
-/// Log-spaced buckets of a histogram, as the summary's `lagHistogram`:
-/// counts of values up to `leNs` (and above the bucket before), empty
-/// buckets left out.
-pub fn buckets(h: &Histogram<u64>) -> Vec<Bucket> {
-    let mut out = Vec::new();
-    if h.is_empty() {
-        return out;
-    }
-    // Four buckets per power of two from 1 µs; about 100 up to an hour.
-    let mut edges = Vec::new();
-    let mut edge = 1000f64;
-    while edge < h.max() as f64 * 1.2 {
-        edges.push(edge as u64);
-        edge *= 2f64.powf(0.25);
-    }
-    edges.push(h.max());
-    let mut below = 0u64;
-    for le in edges {
-        let upto = h.count_between(0, le);
-        if upto > below {
-            out.push(Bucket {
-                le_ns: le,
-                count: upto - below,
-            });
-            below = upto;
-        }
-    }
-    out
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Bucket {
-    pub le_ns: u64,
-    pub count: u64,
+    let l = walplayer_klio::stats::Latency::of(h);
+    [l.p50_ns, l.p90_ns, l.p99_ns, l.p999_ns, l.max_ns]
 }

@@ -9,7 +9,9 @@ use walplayer_klio::exit::Exit;
 use walplayer_klio::stats::{ErrorCount, Latency};
 
 use crate::parts::Parts;
-use crate::record::{buckets, quantiles, Bucket, ClusterRow, Point};
+use walplayer_klio::buckets::{self, Bucket};
+
+use crate::record::{quantiles, ClusterRow, Point};
 use crate::run::Sim;
 use crate::slo::{check_all, Measured, Slo, Verdict};
 use crate::workload::WorkloadDoc;
@@ -148,7 +150,7 @@ impl Summary {
             distributed: None,
             worst_clusters: worst,
             cluster_stats: rows,
-            lag_histogram: buckets(&parts.lag),
+            lag_histogram: buckets::of_histogram(&parts.lag),
             timeline: parts.timeline,
         }
     }

@@ -9,6 +9,7 @@ use clap::ValueEnum;
 
 use walplayer_klio::report::FailureKind;
 use walplayer_klio::stats::{decode_histogram, encode_histogram, Errors};
+use walplayer_klio::wire::{kind_from_wire, kind_to_wire};
 use walplayer_proto::control::{
     self, SimulateSpec, SimulatedCluster, SimulationResult, TimelinePoint,
 };
@@ -99,24 +100,6 @@ pub fn workload_of(
     Ok(w)
 }
 
-fn kind_to_wire(kind: FailureKind) -> i32 {
-    let k = match kind {
-        FailureKind::Refused => control::FailureKind::Refused,
-        FailureKind::Transport => control::FailureKind::Transport,
-        FailureKind::Timeout => control::FailureKind::Timeout,
-        FailureKind::LocalFile => control::FailureKind::LocalFile,
-        FailureKind::Mismatch => control::FailureKind::Mismatch,
-        FailureKind::Interrupted => control::FailureKind::Interrupted,
-    };
-    k as i32
-}
-
-fn kind_from_wire(kind: i32) -> Option<FailureKind> {
-    FailureKind::ALL
-        .into_iter()
-        .find(|k| kind_to_wire(*k) == kind)
-}
-
 /// What `parts` measured, to send with Finished.
 pub fn result_of(parts: &Parts) -> SimulationResult {
     SimulationResult {
@@ -167,7 +150,7 @@ pub fn result_of(parts: &Parts) -> SimulationResult {
             .counts()
             .into_iter()
             .map(|e| control::ErrorCount {
-                kind: kind_to_wire(e.kind),
+                kind: kind_to_wire(e.kind) as i32,
                 message: e.message,
                 count: e.count,
             })
