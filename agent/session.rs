@@ -122,6 +122,9 @@ pub async fn run(
         Ok(Down::Start(_)) => {
             return SessionEnd::CoordinatorLost("start before any assignment".into())
         }
+        Ok(Down::EndSearch(_)) => {
+            return SessionEnd::CoordinatorLost("end of a search before any assignment".into())
+        }
         Err(end) => return end,
     };
     tracing::info!(
@@ -365,12 +368,15 @@ impl Destination for Uplink<'_> {
 pub(crate) enum Stop {
     Aborted(String),
     Lost(SessionEnd),
+    /// A capacity search is over (the coordinator judged its last step).
+    SearchOver(String),
 }
 
 /// Waits for the message that stops a run.
 pub(crate) async fn watch_for_stop(down: &mut Streaming<CoordinatorMessage>) -> Stop {
     let stop = match recv(down).await {
         Ok(Down::Abort(a)) => Stop::Aborted(a.reason),
+        Ok(Down::EndSearch(e)) => Stop::SearchOver(e.reason),
         Ok(other) => Stop::Lost(SessionEnd::CoordinatorLost(format!(
             "unexpected message during the run: {other:?}"
         ))),
@@ -419,6 +425,9 @@ async fn stream_run(
     let aborted = match driven.stopped {
         Some(Stop::Lost(end)) => return end,
         Some(Stop::Aborted(reason)) => Some(reason),
+        Some(Stop::SearchOver(_)) => {
+            return SessionEnd::CoordinatorLost("ended a search during a file run".into())
+        }
         None => None,
     };
     if let Some(reason) = driven.undeliverable {

@@ -5,7 +5,7 @@
 //! acknowledged segment and a beat every second, and end with Finished
 //! carrying what the simulation measured.
 
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -18,13 +18,14 @@ use walplayer_klio::tls;
 use walplayer_klio::wire;
 use walplayer_proto::control::agent_message::Body as Up;
 use walplayer_proto::control::{
-    AgentMessage, Assignment, Beat, ClusterPlan, Finished, Ready, SimulateSpec,
+    AgentMessage, Assignment, Beat, ClusterPlan, Finished, Ready, SimulateSpec, StepResult,
 };
-use walplayer_simulate::drive;
+use walplayer_simulate::drive::{self, Lockstep};
 use walplayer_simulate::parts::Parts;
 use walplayer_simulate::run::{Live, Sim};
 use walplayer_simulate::segments::Segments;
-use walplayer_simulate::workload::Workload;
+use walplayer_simulate::step::{self, StepWindow};
+use walplayer_simulate::workload::{Search, Workload};
 use walplayer_wal::walname::SegmentName;
 
 use crate::session::{
@@ -56,7 +57,8 @@ pub(crate) async fn run(
     if let Some(address) = address {
         klio.address = address;
     }
-    let plans = plans(&workload);
+    let lockstep = workload.search.map(|s| Steps::of(s, a));
+    let plans = plans(&workload, lockstep.as_ref());
     let endpoint = match tls::client_config(&klio.server_ca, &klio.client_cert, &klio.client_key)
         .map_err(|e| e.to_string())
         .and_then(|t| KlioEndpoint::new(&klio.address, t))
@@ -91,6 +93,7 @@ pub(crate) async fn run(
     let (tx, rx) = mpsc::unbounded_channel();
     let forwarding = tokio::spawn(forward(link.up.clone(), rx));
     let segments = tx.clone();
+    let results = tx.clone();
     sim.begin(
         Segments::to_fn(move |report| {
             let _ = segments.send(Message::File(Box::new(report)));
@@ -113,7 +116,23 @@ pub(crate) async fn run(
     let stop = shutdown.child_token();
     let mut aborted = None;
     let ended = {
-        let running = drive::fixed(&mut sim, &stop, &mut live);
+        let running = async {
+            let Some(steps) = &lockstep else {
+                return drive::fixed(&mut sim, &stop, &mut live).await;
+            };
+            let share = |k| steps.share(k);
+            let plan = Lockstep {
+                origin: Instant::now(),
+                step_duration: steps.search.step_duration,
+                steps: steps.steps,
+                share: &share,
+            };
+            let mut done = |k: u32, w: StepWindow| {
+                let _ = results.send(Message::Step(w.to_wire(k)));
+            };
+            let at = drive::lockstep(&mut sim, plan, &stop, &mut live, &mut done).await?;
+            Ok(drive::Ended { at, aborted: None })
+        };
         tokio::pin!(running);
         tokio::select! {
             ended = &mut running => ended,
@@ -123,6 +142,7 @@ pub(crate) async fn run(
                 match s {
                     Stop::Lost(end) => return end,
                     Stop::Aborted(reason) => aborted = Some(reason),
+                    Stop::SearchOver(reason) => tracing::info!("the search is over: {reason}"),
                 }
                 ended
             }
@@ -138,6 +158,7 @@ pub(crate) async fn run(
     // up: dropping them ends the forwarding once all of it is sent.
     drop(sim);
     drop(live);
+    drop(results);
     let stats = match forwarding.await {
         Ok(Ok(stats)) => stats,
         Ok(Err(end)) => return end,
@@ -163,18 +184,63 @@ pub(crate) async fn run(
     await_close(link).await
 }
 
+/// This agent's part of a distributed capacity search: step `k` runs its
+/// even share of `(k + 1) * step` clusters of the run, up to the run's
+/// `max_clusters`.
+struct Steps {
+    search: Search,
+    agents: u64,
+    index: u64,
+    /// Steps up to `max_clusters`.
+    steps: u32,
+}
+
+impl Steps {
+    fn of(search: Search, a: &Assignment) -> Steps {
+        let steps = search.max_clusters.div_ceil(search.step.max(1));
+        Steps {
+            search,
+            agents: u64::from(a.agent_count),
+            index: u64::from(a.agent_index),
+            steps: u32::try_from(steps).unwrap_or(u32::MAX),
+        }
+    }
+
+    /// Clusters this agent runs in step `k`.
+    fn share(&self, k: u32) -> u64 {
+        let total = (u64::from(k) + 1)
+            .saturating_mul(self.search.step)
+            .min(self.search.max_clusters);
+        step::share(total, self.agents, self.index)
+    }
+}
+
 /// Every cluster's plan: the whole segments its schedule completes within
-/// the duration, which are the results the coordinator will expect.
-fn plans(w: &Workload) -> Vec<ClusterPlan> {
+/// the duration (a search: from the step it joins until one step after the
+/// last, the longest the clusters run), which are the results the
+/// coordinator will expect.
+fn plans(w: &Workload, steps: Option<&Steps>) -> Vec<ClusterPlan> {
     let seg = w.shape.segment_bytes;
     let first = SegmentName::containing(w.timeline, w.start_lsn, seg).to_string();
-    (w.first_index..w.first_index + w.clusters)
-        .map(|index| {
+    let mut joins = 0;
+    (0..w.clusters)
+        .map(|j| {
+            let index = w.first_index + j;
             let (pace, _) = w.pace(index);
+            let seconds = match steps {
+                None => w.duration.as_secs_f64(),
+                Some(s) => {
+                    while joins < s.steps && s.share(joins) <= j {
+                        joins += 1;
+                    }
+                    let length = s.steps + 1 - joins;
+                    s.search.step_duration.as_secs_f64() * f64::from(length)
+                }
+            };
             ClusterPlan {
                 cluster: w.cluster_name(index),
                 first_segment: first.clone(),
-                count: pace.produced(w.duration.as_secs_f64()) / seg,
+                count: pace.produced(seconds) / seg,
                 segment_bytes: seg,
                 wal_names: Vec::new(),
             }
@@ -186,6 +252,7 @@ fn plans(w: &Workload) -> Vec<ClusterPlan> {
 enum Message {
     File(Box<FileReport>),
     Beat(Beat),
+    Step(StepResult),
 }
 
 /// Sends every message in order, counting segment reports for the
@@ -202,6 +269,7 @@ async fn forward(
                 Up::File(wire::file_result(&report))
             }
             Message::Beat(beat) => Up::Beat(beat),
+            Message::Step(step) => Up::Step(step),
         };
         if up.send(AgentMessage { body: Some(body) }).await.is_err() {
             return Err(SessionEnd::CoordinatorLost("control stream closed".into()));

@@ -111,39 +111,64 @@ pub struct CoordinatorArgs {
     pub sim: WorkloadArgs,
 }
 
+/// Most segments a distributed search may plan: the coordinator keeps a
+/// bit for each (128 MiB at this bound).
+pub const MAX_SEARCH_SEGMENTS: u64 = 1 << 30;
+
 impl CoordinatorArgs {
     /// A simulation's options: its share template and what the summary
     /// needs. Refuses what a distributed simulation cannot do yet.
     fn simulation(&self) -> Result<(SimulateSpec, Simulation)> {
-        if self.sim.find_max_clusters {
-            bail!("--find-max-clusters runs in one process for now: run `walplayer simulate --find-max-clusters` (an agent's host can), or give --clusters to simulate a fixed count");
-        }
-        if self.sim.rate_file.is_some() || self.sim.template.is_some() {
-            bail!("--rate-file and --template are read by `walplayer simulate` only; a distributed simulation takes --wal-rate");
-        }
         if self.length.is_some()
             || self.length_per_agent.is_some()
             || self.source != SourceArg::Generate
         {
             bail!("--simulate sets its length with --duration and its clusters with --clusters; leave out --length, --length-per-agent and --source");
         }
-        if self.sim.clusters < u64::from(self.agents) {
-            bail!(
-                "--clusters {} is fewer than --agents {}: give every agent at least one cluster",
-                self.sim.clusters,
-                self.agents
-            );
-        }
+        let agents = u64::from(self.agents);
         let workload = self
             .sim
             .workload("cluster", 0, self.wal_size, self.upload.timeout)
             .map_err(anyhow::Error::msg)?;
-        let spec = walplayer_simulate::wire::spec(&self.sim, self.sim.clusters, 0);
+        let (clusters, what) = match workload.search {
+            Some(s) => (s.max_clusters, "--max-clusters"),
+            None => (self.sim.clusters, "--clusters"),
+        };
+        if clusters < agents {
+            bail!(
+                "{what} {clusters} is fewer than --agents {agents}: give every agent at least one cluster"
+            );
+        }
+        let mut spec = walplayer_simulate::wire::spec(&self.sim, &workload, clusters, 0);
+        walplayer_simulate::wire::check_sendable(&spec).map_err(anyhow::Error::msg)?;
+        // How long clusters may produce: the duration, or for a search
+        // every step up to --max-clusters and one more while the last is
+        // judged.
+        let producing = match workload.search {
+            Some(s) => {
+                let steps = s.max_clusters.div_ceil(s.step);
+                s.step_duration
+                    .saturating_mul(u32::try_from(steps + 1).unwrap_or(u32::MAX))
+            }
+            None => self.sim.duration,
+        };
+        spec.duration_ms = u64::try_from(producing.as_millis()).unwrap_or(u64::MAX);
+        if workload.search.is_some() {
+            let per_cluster =
+                walplayer_simulate::wire::most_bytes(&spec) / workload.shape.segment_bytes;
+            let planned = per_cluster.saturating_mul(clusters);
+            if planned > MAX_SEARCH_SEGMENTS {
+                bail!(
+                    "a search up to --max-clusters {clusters} for {} may plan {planned} segments, more than the {MAX_SEARCH_SEGMENTS} the coordinator tracks: lower --max-clusters or --step-duration, or raise --step",
+                    humantime::format_duration(producing)
+                );
+            }
+        }
         let simulation = Simulation {
             slos: workload.slos.clone(),
             doc: workload.describe(),
-            max_rate: self.sim.wal_rate.max(),
-            seconds: (self.sim.duration + self.sim.drain).as_secs() + 60,
+            seconds: (producing + self.sim.drain).as_secs() + 60,
+            search: workload.search,
         };
         Ok((spec, simulation))
     }

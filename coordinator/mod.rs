@@ -25,6 +25,7 @@ pub mod plan;
 mod results;
 mod roster;
 pub mod run;
+mod search;
 pub mod service;
 pub mod summary;
 pub mod track;
@@ -84,8 +85,8 @@ pub struct Simulation {
     /// Judged on the merged results.
     pub slos: Vec<walplayer_simulate::slo::Slo>,
     pub doc: walplayer_simulate::workload::WorkloadDoc,
-    /// The highest rate a cluster can get, to bound the segments planned.
-    pub max_rate: f64,
+    /// `--find-max-clusters`: judged step by step as agents report.
+    pub search: Option<walplayer_simulate::workload::Search>,
     /// The longest a timeline may be, in seconds.
     pub seconds: u64,
 }

@@ -133,7 +133,9 @@ pub fn check_plans(agent: &str, a: &Assignment, plans: &[ClusterPlan]) -> Result
     }
     let mut base: Option<&str> = None;
     for (i, plan) in plans.iter().enumerate() {
-        let suffix = if a.clusters == 1 {
+        // A search's agents number their clusters even when they have one.
+        let searching = a.simulate.as_ref().is_some_and(|s| s.search.is_some());
+        let suffix = if a.clusters == 1 && !searching {
             format!("-{agent}")
         } else {
             format!("-{agent}-{i}")
@@ -177,11 +179,7 @@ fn check_simulated(
     wal_size_mib: u64,
 ) -> Result<(), String> {
     let bytes = wal_size_mib << 20;
-    let max_rate = sim
-        .wal_rate
-        .parse::<walplayer_simulate::rate::RateSpec>()
-        .map_or(0.0, |r| r.max());
-    let most = (max_rate * sim.duration_ms as f64 / 1000.0 / bytes.max(1) as f64).ceil() as u64 + 1;
+    let most = walplayer_simulate::wire::most_bytes(sim) / bytes.max(1) + 1;
     if !plan.wal_names.is_empty() || plan.segment_bytes != bytes || plan.count > most {
         return Err(format!(
             "simulated cluster {} plans {} segments of {} bytes ({} named files), but its workload makes at most {most} segments of {bytes} bytes",

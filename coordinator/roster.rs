@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use crate::plan::{self, Workload};
 use crate::service::Downlink;
 use walplayer_proto::control::coordinator_message::Body as Down;
-use walplayer_proto::control::{Abort, Assignment, CoordinatorMessage, Refusal, Register, Start};
+use walplayer_proto::control::{
+    Abort, Assignment, CoordinatorMessage, EndSearch, Refusal, Register, Start,
+};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum State {
@@ -226,6 +228,22 @@ impl Roster {
             a.state = State::Running;
             a.last_seen = Instant::now();
         }
+    }
+
+    /// Ends a capacity search on every agent still running.
+    pub(crate) fn end_search(&self, end: EndSearch) {
+        for a in self.in_order().into_iter().filter(|a| a.active()) {
+            a.send(Down::EndSearch(end.clone()));
+        }
+    }
+
+    /// Names of the agents still running.
+    pub(crate) fn running(&self) -> std::collections::BTreeSet<String> {
+        self.agents
+            .values()
+            .filter(|a| a.active())
+            .map(|a| a.name.clone())
+            .collect()
     }
 
     pub(crate) fn abort(&self, reason: &str) {

@@ -15,6 +15,7 @@ use crate::clock::Clock;
 use crate::metrics::CoordinatorMetrics;
 use crate::results::Results;
 use crate::roster::{self, Roster, State};
+use crate::search::Judge;
 use crate::service::{Downlink, Event};
 use crate::summary::RunSummary;
 use crate::CoordinatorOptions;
@@ -22,7 +23,9 @@ use walplayer_klio::exit::Exit;
 use walplayer_klio::progress::Progress;
 use walplayer_klio::report::unix_nanos;
 use walplayer_proto::control::agent_message::Body as Up;
-use walplayer_proto::control::{FileResult, Finished, Ready, Register, Start};
+use walplayer_proto::control::{
+    EndSearch, FileResult, Finished, Ready, Register, Start, StepResult,
+};
 use walplayer_simulate::parts::Parts;
 
 /// Protocol violations after which an agent is dropped.
@@ -88,6 +91,8 @@ pub(crate) struct Run {
     run_timeout: Duration,
     failure: Option<(Exit, String)>,
     metrics: CoordinatorMetrics,
+    /// A distributed capacity search's judge.
+    search: Option<Judge>,
 }
 
 impl Run {
@@ -101,7 +106,12 @@ impl Run {
         if let Some(sim) = &opts.simulation {
             results.simulating(sim.seconds);
         }
+        let search = opts.simulation.as_ref().and_then(|sim| {
+            sim.search
+                .map(|s| Judge::new(s, sim.slos.clone(), opts.agents))
+        });
         Run {
+            search,
             run_id: format!("run-{:x}", nanos / 1_000_000),
             phase: Phase::Registering,
             roster: Roster::new(opts.agents),
@@ -261,6 +271,10 @@ impl Run {
                 self.finished(conn, name.clone(), f);
                 self.drop_if_hostile(conn, &name);
             }
+            Up::Step(r) => {
+                self.step(conn, &name, &r);
+                self.drop_if_hostile(conn, &name);
+            }
             Up::Register(_) => {}
         }
     }
@@ -315,6 +329,45 @@ impl Run {
             "every agent is ready: start barrier released for {}",
             walplayer_klio::report::rfc3339(at)
         );
+    }
+
+    /// One step of a capacity search from one agent; judges what every
+    /// running agent has sent, and ends the search when a step says so.
+    fn step(&mut self, conn: u64, name: &str, r: &StepResult) {
+        let running = self
+            .roster
+            .get(conn)
+            .is_some_and(|a| a.state == State::Running);
+        let index = self
+            .roster
+            .get(conn)
+            .and_then(|a| a.assignment.as_ref())
+            .map(|a| u64::from(a.agent_index));
+        let (Some(judge), Some(index), true) = (self.search.as_mut(), index, running) else {
+            return self
+                .results
+                .violation(name, "sent a step result outside a running search");
+        };
+        if let Err(e) = judge.take(name, index, r) {
+            return self.results.violation(name, &e);
+        }
+        self.judge();
+    }
+
+    /// Judges the steps every running agent sent; ends the search on
+    /// every agent once it is over.
+    fn judge(&mut self) {
+        let running = self.roster.running();
+        let Some(judge) = self.search.as_mut() else {
+            return;
+        };
+        if let Some(reason) = judge.judge(&running) {
+            tracing::info!("capacity search over: {reason}");
+            self.roster.end_search(EndSearch {
+                last_step: judge.judged(),
+                reason,
+            });
+        }
     }
 
     fn file(&mut self, name: &str, f: FileResult) {
@@ -382,7 +435,11 @@ impl Run {
                     humantime::format_duration(self.run_timeout)
                 ));
             }
-            Phase::Running => self.roster.lose_silent(now, self.opts.agent_timeout),
+            Phase::Running => {
+                self.roster.lose_silent(now, self.opts.agent_timeout);
+                // A lost agent no longer holds the search's judging back.
+                self.judge();
+            }
             _ => {}
         }
     }
@@ -393,12 +450,20 @@ impl Run {
         let ran = self.phase == Phase::Running;
         let lost = self.roster.any_lost();
         let interrupted = self.clock.interrupted();
-        let agents: Vec<_> = self
+        let mut agents: Vec<_> = self
             .roster
             .in_order()
             .into_iter()
             .map(|a| self.results.agent_summary(&a.name, a.state_text(), ran))
             .collect();
+        if self.search.is_some() {
+            // A search plans every segment up to --max-clusters; where it
+            // stopped leaves the rest unmade, not unreported.
+            for a in &mut agents {
+                a.files_unreported = 0;
+                a.unreported.clear();
+            }
+        }
         let summary = RunSummary {
             mode: "distributed",
             totals: self.results.totals(wall, lost, ran),
@@ -435,6 +500,14 @@ impl Run {
                 wall.as_secs_f64(),
             );
             s.interrupted = interrupted;
+            if let Some(judge) = &self.search {
+                // The objectives are judged per step; the verdict is the
+                // search's, and stopping it leaves segments unanswered by
+                // design.
+                s.slos.clear();
+                s.slo_pass = true;
+                s.search = Some(judge.doc());
+            }
             s.distributed = Some(serde_json::json!({
                 "runId": summary.run_id,
                 "startSkewNs": summary.start_skew_ns,

@@ -6,9 +6,11 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use tokio_util::sync::CancellationToken;
 
-use crate::record::{quantiles, Point};
+use std::sync::atomic::Ordering::Relaxed;
+
+use crate::record::Point;
 use crate::run::{Live, Sim};
-use crate::slo::{check_all, Measured};
+use crate::step::StepWindow;
 use crate::summary::{SearchDoc, StepRow};
 use crate::workload::Search;
 
@@ -78,72 +80,19 @@ pub async fn search(
     live: &mut dyn FnMut(&Live<'_>),
 ) -> Result<(SearchDoc, Instant)> {
     let slos = sim.workload.slos.clone();
-    let seg = sim.workload.shape.segment_bytes;
     let mut steps = Vec::new();
     let mut max_clusters = None;
     while !shutdown.is_cancelled() {
         let target = (sim.clusters.len() as u64 + s.step).min(s.max_clusters);
         let add = target - sim.clusters.len() as u64;
-        sim.add_clusters(add, None, shutdown).await?;
-        let from = Instant::now();
-        let whole0 = sim.whole_segments_produced(from);
-        let produced0: u64 = sim.clusters.iter().map(|c| c.produced(from)).sum();
-        let acked0 = sim
-            .recorder()
-            .acked
-            .load(std::sync::atomic::Ordering::Relaxed);
-        sim.recorder().take_window();
-        if !sim
-            .run_for(s.step_duration, shutdown, live, &mut |_| true)
-            .await
-        {
+        let ends = |from: Instant| from + s.step_duration;
+        let Some(window) = measure(sim, add, ends, shutdown, live).await? else {
             break;
-        }
-        let to = Instant::now();
-        sim.recorder().pending(to, &sim.clusters, seg, false);
-        let window = sim.recorder().take_window();
-        let whole = sim.whole_segments_produced(to) - whole0;
-        let produced: u64 = sim.clusters.iter().map(|c| c.produced(to)).sum::<u64>() - produced0;
-        let acked = sim
-            .recorder()
-            .acked
-            .load(std::sync::atomic::Ordering::Relaxed)
-            - acked0;
-        let lag_ns = quantiles(&window.lag);
-        let measured = Measured {
-            lag_ns,
-            backlog_max: window.backlog_max,
-            errors: window.errors,
-            ack_rate: if whole == 0 {
-                1.0
-            } else {
-                (acked as f64 / whole as f64).min(1.0)
-            },
         };
-        let (verdicts, pass) = check_all(&slos, &measured);
-        let secs = (to - from).as_secs_f64();
-        let mib_s = |b: u64| b as f64 / (1u64 << 20) as f64 / secs;
-        tracing::info!(
-            "step of {target} clusters: lag p99 {:.3} s, backlog max {} bytes: {}",
-            lag_ns[2] as f64 / 1e9,
-            window.backlog_max,
-            if pass {
-                "every SLO met"
-            } else {
-                "SLO breached"
-            }
-        );
-        steps.push(StepRow {
-            clusters: target,
-            produced_mib_per_second: mib_s(produced),
-            acked_mib_per_second: mib_s(acked),
-            lag_p50_ms: lag_ns[0] as f64 / 1e6,
-            lag_p99_ms: lag_ns[2] as f64 / 1e6,
-            backlog_max_bytes: window.backlog_max,
-            errors: window.errors,
-            pass,
-            slos: verdicts,
-        });
+        let row = window.row(&slos);
+        log_step(&row);
+        let pass = row.pass;
+        steps.push(row);
         if !pass {
             break;
         }
@@ -165,4 +114,97 @@ pub async fn search(
         },
         at,
     ))
+}
+
+/// One agent's part of a distributed capacity search: from `origin`, step
+/// `k` lasts `step_duration` and runs this agent's `share(k)` clusters.
+pub struct Lockstep<'a> {
+    pub origin: Instant,
+    pub step_duration: Duration,
+    /// Steps up to the search's `--max-clusters`.
+    pub steps: u32,
+    pub share: &'a dyn Fn(u32) -> u64,
+}
+
+/// Runs `plan`'s steps, handing each step's window to `done`; after the
+/// last one the clusters run on for up to one more step while the
+/// coordinator judges it. `stop` (the coordinator ended the search) ends
+/// it any time.
+pub async fn lockstep(
+    sim: &mut Sim,
+    plan: Lockstep<'_>,
+    stop: &CancellationToken,
+    live: &mut dyn FnMut(&Live<'_>),
+    done: &mut dyn FnMut(u32, StepWindow),
+) -> Result<Instant> {
+    for k in 0..plan.steps {
+        let add = (plan.share)(k).saturating_sub(sim.clusters.len() as u64);
+        let end = plan.origin + plan.step_duration * (k + 1);
+        let Some(window) = measure(sim, add, |_| end, stop, live).await? else {
+            break;
+        };
+        done(k, window);
+    }
+    sim.run_for(plan.step_duration, stop, live, &mut |_| true)
+        .await;
+    let at = Instant::now();
+    sim.stop().await;
+    Ok(at)
+}
+
+/// Adds `add` clusters, then measures from the moment they are connected
+/// until `ends(that moment)`: the step's window. `None` if stopped first
+/// (while connecting, too).
+async fn measure(
+    sim: &mut Sim,
+    add: u64,
+    ends: impl FnOnce(Instant) -> Instant,
+    shutdown: &CancellationToken,
+    live: &mut dyn FnMut(&Live<'_>),
+) -> Result<Option<StepWindow>> {
+    let seg = sim.workload.shape.segment_bytes;
+    if let Err(e) = sim.add_clusters(add, None, shutdown).await {
+        // Stopped while connecting: the steps before stand.
+        if shutdown.is_cancelled() {
+            return Ok(None);
+        }
+        return Err(e);
+    }
+    let from = Instant::now();
+    let whole0 = sim.whole_segments_produced(from);
+    let produced0: u64 = sim.clusters.iter().map(|c| c.produced(from)).sum();
+    let acked0 = sim.recorder().acked.load(Relaxed);
+    sim.recorder().take_window();
+    let length = ends(from).saturating_duration_since(from);
+    if !sim.run_for(length, shutdown, live, &mut |_| true).await {
+        return Ok(None);
+    }
+    let to = Instant::now();
+    sim.recorder().pending(to, &sim.clusters, seg, false);
+    let window = sim.recorder().take_window();
+    Ok(Some(StepWindow {
+        clusters: sim.clusters.len() as u64,
+        window: to - from,
+        lag: window.lag,
+        backlog_max: window.backlog_max,
+        errors: window.errors,
+        produced: sim.clusters.iter().map(|c| c.produced(to)).sum::<u64>() - produced0,
+        acked: sim.recorder().acked.load(Relaxed) - acked0,
+        whole: sim.whole_segments_produced(to) - whole0,
+    }))
+}
+
+/// The log line of a judged step.
+pub fn log_step(row: &StepRow) {
+    tracing::info!(
+        "step of {} clusters: lag p99 {:.3} s, backlog max {} bytes: {}",
+        row.clusters,
+        row.lag_p99_ms / 1e3,
+        row.backlog_max_bytes,
+        if row.pass {
+            "every SLO met"
+        } else {
+            "SLO breached"
+        }
+    );
 }

@@ -15,7 +15,7 @@ use walplayer_wal::walname::{self, check_cluster_name};
 use crate::pace::{Arrival, Recording};
 use crate::rate::{parse_bytes, RateSpec};
 use crate::slo::Slo;
-use crate::workload::{Rates, Search, Workload};
+use crate::workload::{Rates, Search, Template, Workload};
 
 #[derive(Debug, Clone, Args)]
 pub struct WorkloadArgs {
@@ -151,7 +151,15 @@ impl WorkloadArgs {
             },
             timeline: self.timeline,
             start_lsn: self.start_lsn,
-            template: self.template.clone(),
+            template: match &self.template {
+                Some(path) => Some(Template {
+                    path: path.clone(),
+                    data: std::fs::read(path)
+                        .map_err(|e| format!("cannot read --template {}: {e}", path.display()))?
+                        .into(),
+                }),
+                None => None,
+            },
             flush_interval: self.flush_interval,
             flush_bytes,
             duration: self.duration,

@@ -22,6 +22,7 @@ pub mod record;
 pub mod run;
 pub mod segments;
 pub mod slo;
+pub mod step;
 pub mod summary;
 pub mod wire;
 pub mod workload;

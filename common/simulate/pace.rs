@@ -209,6 +209,26 @@ impl Recording {
         Ok(Recording { points })
     }
 
+    /// The recording as rate-file CSV that [`Recording::parse`] reads back
+    /// to the same recording (how a coordinator sends it to agents).
+    pub fn to_csv(&self) -> String {
+        let mut csv = String::with_capacity(self.points.len() * 24);
+        let mut before = 0;
+        for &(t, bytes) in &self.points {
+            csv.push_str(&format!("{t},{}\n", bytes - before));
+            before = bytes;
+        }
+        csv
+    }
+
+    /// The most bytes any stretch of `seconds` can hold, from any offset:
+    /// the laps it spans, plus one for the partial laps at its ends.
+    pub fn most_within(&self, seconds: f64) -> u64 {
+        let (period, total) = self.period();
+        let laps = (seconds / period).ceil() as u64 + 1;
+        laps.saturating_mul(total)
+    }
+
     fn period(&self) -> (f64, u64) {
         *self.points.last().expect("a recording has points")
     }

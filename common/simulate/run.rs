@@ -58,7 +58,7 @@ impl Sim {
         segments: Segments,
     ) -> Result<Sim> {
         let payload = match &workload.template {
-            Some(path) => Payload::from_template(path)?,
+            Some(t) => Payload::from_template_bytes(&t.path, &t.data)?,
             None => Payload::synthetic(),
         };
         let probe = endpoint.probe().await.map_err(anyhow::Error::msg)?;

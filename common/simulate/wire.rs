@@ -3,6 +3,7 @@
 //! checked on receipt so a peer's numbers cannot make the receiver hold
 //! more than the run allows.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::ValueEnum;
@@ -17,13 +18,20 @@ use walplayer_wal::generate::PgVersion;
 
 use crate::flags::WorkloadArgs;
 use crate::pace::Arrival;
+use crate::pace::Recording;
 use crate::parts::Parts;
 use crate::record::{ClusterRow, Point};
-use crate::workload::Workload;
+use crate::workload::{Rates, Search, Template, Workload};
 
-/// The share of `args`'s workload of `clusters` clusters from
-/// `first_index` on.
-pub fn spec(args: &WorkloadArgs, clusters: u64, first_index: u64) -> SimulateSpec {
+/// Largest `--rate-file` a coordinator sends (as CSV).
+pub const MAX_RATE_CSV_BYTES: usize = 16 << 20;
+/// Largest `--template` a coordinator sends (as read: gzip it if larger).
+pub const MAX_TEMPLATE_SEND_BYTES: usize = 32 << 20;
+
+/// The share of `args`'s workload `w` (as checked from `args`) of
+/// `clusters` clusters from `first_index` on; a recorded pace and a
+/// template go with it.
+pub fn spec(args: &WorkloadArgs, w: &Workload, clusters: u64, first_index: u64) -> SimulateSpec {
     let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
     let value = |v: Option<clap::builder::PossibleValue>| {
         v.map(|p| p.get_name().to_string()).unwrap_or_default()
@@ -45,7 +53,63 @@ pub fn spec(args: &WorkloadArgs, clusters: u64, first_index: u64) -> SimulateSpe
         seed: args.seed,
         slos: args.slo.iter().map(|s| s.to_string()).collect(),
         abort_on_breach: args.abort_on_breach,
+        search: w.search.map(|s| control::SearchSpec {
+            step: s.step,
+            step_duration_ms: ms(s.step_duration),
+            max_clusters: s.max_clusters,
+        }),
+        rate_csv: match &w.rates {
+            Rates::Recorded(r) => r.to_csv(),
+            Rates::Spec(_) => String::new(),
+        },
+        template: w
+            .template
+            .as_ref()
+            .map(|t| t.data.clone())
+            .unwrap_or_default(),
+        template_name: w
+            .template
+            .as_ref()
+            .map(|t| t.path.display().to_string())
+            .unwrap_or_default(),
     }
+}
+
+/// The most WAL one cluster of `spec` can produce in its `duration_ms`:
+/// at the fastest rate of a range, or for a recorded pace every lap the
+/// duration can touch.
+pub fn most_bytes(spec: &SimulateSpec) -> u64 {
+    let seconds = spec.duration_ms as f64 / 1000.0;
+    if !spec.rate_csv.is_empty() {
+        return match Recording::parse(&spec.rate_csv) {
+            Ok(r) => r.most_within(seconds),
+            Err(_) => 0,
+        };
+    }
+    let rate = spec
+        .wal_rate
+        .parse::<crate::rate::RateSpec>()
+        .map_or(0.0, |r| r.max());
+    (rate * seconds).ceil() as u64
+}
+
+/// Checks that what a share carries fits the control channel: a recorded
+/// pace and a template are sent whole to every agent.
+pub fn check_sendable(spec: &SimulateSpec) -> Result<(), String> {
+    if spec.rate_csv.len() > MAX_RATE_CSV_BYTES {
+        return Err(format!(
+            "--rate-file makes {} bytes of CSV, more than the {MAX_RATE_CSV_BYTES} a coordinator sends to agents: keep fewer rows (e.g. one per minute)",
+            spec.rate_csv.len()
+        ));
+    }
+    if spec.template.len() > MAX_TEMPLATE_SEND_BYTES {
+        return Err(format!(
+            "--template {} is {} bytes, more than the {MAX_TEMPLATE_SEND_BYTES} a coordinator sends to agents: gzip it (WAL compresses well)",
+            spec.template_name,
+            spec.template.len()
+        ));
+    }
+    Ok(())
 }
 
 /// The workload an agent runs from `spec`, checked as `walplayer
@@ -95,8 +159,36 @@ pub fn workload_of(
     if spec.clusters == 0 {
         return Err("a share of 0 clusters".into());
     }
+    check_sendable(spec)?;
     let mut w = args.workload(prefix, spec.first_index, wal_size_mib, timeout)?;
-    w.bare_single = true;
+    w.bare_single = spec.search.is_none();
+    if !spec.rate_csv.is_empty() {
+        let recording =
+            Recording::parse(&spec.rate_csv).map_err(|e| format!("its rate file: {e}"))?;
+        w.rates = Rates::Recorded(Arc::new(recording));
+    }
+    if !spec.template.is_empty() {
+        w.template = Some(Template {
+            path: spec.template_name.clone().into(),
+            data: spec.template.clone(),
+        });
+    }
+    if let Some(s) = &spec.search {
+        if s.step == 0 || s.step_duration_ms == 0 || s.max_clusters == 0 {
+            return Err(format!(
+                "a search of {} clusters per step of {} ms up to {} clusters",
+                s.step, s.step_duration_ms, s.max_clusters
+            ));
+        }
+        if w.slos.is_empty() {
+            return Err("a search without objectives".into());
+        }
+        w.search = Some(Search {
+            step: s.step,
+            step_duration: Duration::from_millis(s.step_duration_ms),
+            max_clusters: s.max_clusters,
+        });
+    }
     Ok(w)
 }
 
@@ -286,7 +378,12 @@ mod tests {
             "--seed",
             "7",
         ]);
-        let spec = spec(&cli.w, 4, 5);
+        let local = cli
+            .w
+            .workload("pg", 0, 16, Duration::from_secs(30))
+            .unwrap();
+        let spec = spec(&cli.w, &local, 4, 5);
+        assert!(spec.search.is_none() && spec.rate_csv.is_empty() && spec.template.is_empty());
         let w = workload_of(&spec, "pg-a", 16, Duration::from_secs(30)).unwrap();
         assert_eq!((w.clusters, w.first_index), (4, 5));
         assert_eq!(w.flush_bytes, 1 << 20);
@@ -295,10 +392,6 @@ mod tests {
         assert_eq!(w.slos.len(), 1);
         assert_eq!(w.cluster_name(5), "pg-a-0");
         // The same rate for the same global index as a local run.
-        let local = cli
-            .w
-            .workload("pg", 0, 16, Duration::from_secs(30))
-            .unwrap();
         assert_eq!(w.pace(6).1, local.pace(6).1);
         let bad = SimulateSpec {
             wal_rate: "fast".into(),
@@ -314,6 +407,64 @@ mod tests {
         assert!(workload_of(&none, "pg-a", 16, Duration::from_secs(1))
             .unwrap_err()
             .contains("duration"));
+    }
+
+    #[test]
+    fn a_search_a_recorded_pace_and_a_template_cross_the_wire() {
+        let dir = tempfile::tempdir().unwrap();
+        let csv = dir.path().join("pace.csv");
+        std::fs::write(&csv, "time,bytes\n100,0\n100.5,16777216\n103.25,33554432\n").unwrap();
+        let template = dir.path().join("seg.gz");
+        std::fs::write(&template, b"\x1f\x8bnot really gzip").unwrap();
+        let cli = Cli::parse_from([
+            "x",
+            "--rate-file",
+            csv.to_str().unwrap(),
+            "--template",
+            template.to_str().unwrap(),
+            "--find-max-clusters",
+            "--step",
+            "3",
+            "--step-duration",
+            "20s",
+            "--max-clusters",
+            "30",
+            "--slo",
+            "lag.p99<2s",
+        ]);
+        let local = cli
+            .w
+            .workload("pg", 0, 16, Duration::from_secs(30))
+            .unwrap();
+        let spec = spec(&cli.w, &local, 10, 0);
+        let w = workload_of(&spec, "pg-a", 16, Duration::from_secs(30)).unwrap();
+        assert_eq!(w.search, local.search);
+        assert!(
+            !w.bare_single,
+            "a search names even a lone cluster by index"
+        );
+        let (Rates::Recorded(sent), Rates::Recorded(read)) = (&w.rates, &local.rates) else {
+            panic!("a recorded pace stays recorded");
+        };
+        assert_eq!(sent.to_csv(), read.to_csv());
+        assert_eq!(w.pace(3).0.produced(7.5), local.pace(3).0.produced(7.5));
+        let t = w.template.as_ref().unwrap();
+        assert_eq!(&t.data[..], b"\x1f\x8bnot really gzip");
+        assert_eq!(t.path, template);
+        // What a share carries is bounded before it is sent or taken.
+        let huge = SimulateSpec {
+            template: vec![0u8; MAX_TEMPLATE_SEND_BYTES + 1].into(),
+            ..spec.clone()
+        };
+        let e = workload_of(&huge, "pg-a", 16, Duration::from_secs(1)).unwrap_err();
+        assert!(e.contains("gzip it"), "{e}");
+        // A recorded pace bounds the segments a cluster may plan: every lap
+        // its duration touches (48 MiB a lap of 3.25 s).
+        let bound = SimulateSpec {
+            duration_ms: 10_000,
+            ..spec
+        };
+        assert_eq!(most_bytes(&bound), 5 * (48 << 20));
     }
 
     fn parts() -> Parts {

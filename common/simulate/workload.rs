@@ -19,6 +19,15 @@ pub enum Rates {
     Recorded(Arc<Recording>),
 }
 
+/// `--template`: a WAL segment whose records fill the simulated segments.
+#[derive(Debug, Clone)]
+pub struct Template {
+    /// Where it was read from (or the name a coordinator gave it).
+    pub path: PathBuf,
+    /// Its bytes as read (gzip or plain).
+    pub data: bytes::Bytes,
+}
+
 /// `--find-max-clusters`: add `step` clusters every `step_duration` while
 /// every objective holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,7 +53,7 @@ pub struct Workload {
     pub shape: SegmentShape,
     pub timeline: u32,
     pub start_lsn: u64,
-    pub template: Option<PathBuf>,
+    pub template: Option<Template>,
     pub flush_interval: Duration,
     pub flush_bytes: u64,
     /// How long each cluster produces WAL (fixed runs).

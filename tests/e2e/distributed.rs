@@ -18,9 +18,14 @@ pub struct Cluster {
 
 impl Cluster {
     pub fn new() -> Cluster {
+        Cluster::with_sink(&[])
+    }
+
+    /// A cluster whose sink runs with `args` (e.g. a fault).
+    pub fn with_sink(args: &[&str]) -> Cluster {
         let env = TestEnv::new();
         let data = env.path("sink-data");
-        let sink = env.sink(&data, &[]);
+        let sink = env.sink(&data, args);
         Cluster { env, sink, data }
     }
 

@@ -345,6 +345,159 @@ fn a_distributed_simulation_splits_clusters_and_merges_lags_exactly() {
 }
 
 #[test]
+fn a_distributed_capacity_search_adds_clusters_across_agents_and_judges_them_together() {
+    // As in the one-process search: 40 blocks/s fill with 8 clusters.
+    let c = crate::distributed::Cluster::with_sink(&[
+        "--fault",
+        "block-delay:25ms",
+        "--fault-after",
+        "0",
+    ]);
+    let (mut coord, addr) = c.coordinator(&[
+        "--agents",
+        "2",
+        "--simulate",
+        "--wal-rate",
+        "512KiB/s",
+        "--wal-size",
+        "1",
+        "--find-max-clusters",
+        "--step",
+        "2",
+        "--step-duration",
+        "4s",
+        "--max-clusters",
+        "20",
+        "--slo",
+        "lag.p99<500ms",
+    ]);
+    let mut a = c.agent("node-0", &addr, &["--once"]);
+    let mut b = c.agent("node-1", &addr, &["--once"]);
+    let limit = std::time::Duration::from_secs(120);
+    assert_eq!(coord.wait(limit).code(), Some(0), "{}", coord.text());
+    for agent in [&mut a, &mut b] {
+        assert_eq!(agent.wait(limit).code(), Some(0), "{}", agent.text());
+    }
+    let s = c.summary();
+    let search = &s["search"];
+    let found = search["maxClusters"].as_u64().unwrap();
+    assert!(found.abs_diff(8) <= 2, "found {found}: {}", coord.text());
+    let steps = search["steps"].as_array().unwrap();
+    for (k, row) in steps.iter().enumerate() {
+        assert_eq!(row["clusters"].as_u64(), Some(2 * (k as u64 + 1)), "{row}");
+    }
+    let last = steps.last().unwrap();
+    assert_eq!(last["pass"], false, "the search stops at the first breach");
+    assert_eq!(last["clusters"].as_u64(), Some(found + 2));
+    assert!(steps[..steps.len() - 1].iter().all(|r| r["pass"] == true));
+    // Both agents ran half of every step: their clusters are named after
+    // them, numbered from 0 even when an agent had one.
+    let mut per_agent =
+        std::collections::BTreeMap::<String, std::collections::BTreeSet<String>>::new();
+    for l in c.merged() {
+        assert_eq!(l["error"], "", "{l}");
+        let agent = l["agent"].as_str().unwrap().to_string();
+        let cluster = l["cluster"].as_str().unwrap().to_string();
+        assert!(cluster.starts_with(&format!("walplayer-{agent}-")), "{l}");
+        per_agent.entry(agent).or_default().insert(cluster);
+    }
+    assert_eq!(per_agent.len(), 2, "{per_agent:?}");
+    assert!(
+        per_agent.values().all(|c| c.len() as u64 >= found / 2),
+        "{per_agent:?}"
+    );
+    assert!(
+        coord.text().contains("capacity search over"),
+        "{}",
+        coord.text()
+    );
+    let agents = s["distributed"]["agents"].as_array().unwrap();
+    assert!(
+        agents.iter().all(|a| a["filesUnreported"] == 0),
+        "{agents:?}"
+    );
+}
+
+#[test]
+fn a_distributed_simulation_replays_a_recorded_pace_with_a_template() {
+    let c = crate::distributed::Cluster::new();
+    // 1 MiB every second, looped: 3 s make about 3 segments a cluster.
+    let pace = c.env.path("pace.csv");
+    std::fs::write(&pace, "seconds,bytes\n0,0\n1,1048576\n").unwrap();
+    // A template whose records are all 'Z': a generated segment with its
+    // page contents overwritten, headers kept.
+    let gen = c.env.path("gen");
+    let out = run(c
+        .env
+        .walplayer(&["generate", "--length", "1", "--wal-size", "1", "--quiet"])
+        .arg(&gen));
+    assert_status(&out, 0);
+    let template = gen.join("000000010000000000000000");
+    let mut seg = std::fs::read(&template).unwrap();
+    for (i, page) in seg.chunks_mut(8192).enumerate() {
+        let header = if i == 0 { 40 } else { 24 };
+        page[header..].fill(b'Z');
+    }
+    std::fs::write(&template, &seg).unwrap();
+    let (mut coord, addr) = c.coordinator(&[
+        "--agents",
+        "2",
+        "--simulate",
+        "--clusters",
+        "2",
+        "--wal-size",
+        "1",
+        "--duration",
+        "3s",
+        "--rate-file",
+        pace.to_str().unwrap(),
+        "--template",
+        template.to_str().unwrap(),
+    ]);
+    let mut a = c.agent("node-0", &addr, &["--once"]);
+    let mut b = c.agent("node-1", &addr, &["--once"]);
+    let limit = std::time::Duration::from_secs(90);
+    assert_eq!(coord.wait(limit).code(), Some(0), "{}", coord.text());
+    for agent in [&mut a, &mut b] {
+        assert_eq!(agent.wait(limit).code(), Some(0), "{}", agent.text());
+    }
+    let s = c.summary();
+    assert!(
+        s["workload"]["walRate"]
+            .as_str()
+            .unwrap()
+            .starts_with("recorded"),
+        "{s}"
+    );
+    let lines = c.merged();
+    let mut per_cluster = std::collections::BTreeMap::<String, u64>::new();
+    for l in &lines {
+        assert_eq!(l["error"], "", "{l}");
+        *per_cluster
+            .entry(l["cluster"].as_str().unwrap().to_string())
+            .or_default() += 1;
+    }
+    assert_eq!(per_cluster.len(), 2, "{per_cluster:?}");
+    assert!(
+        per_cluster.values().all(|n| (2..=4).contains(n)),
+        "{per_cluster:?}"
+    );
+    // Every stored segment is made of the template's records, under page
+    // headers of its own position.
+    for (cluster, name) in c.stored() {
+        let bytes = std::fs::read(c.data.join(&cluster).join(&name)).unwrap();
+        let z = bytes.iter().filter(|&&b| b == b'Z').count();
+        assert!(
+            z > bytes.len() / 2,
+            "{cluster}/{name}: {z} of {} bytes from the template",
+            bytes.len()
+        );
+        let seg = walplayer::wal::walname::SegmentName::parse(&name).unwrap();
+        walplayer::wal::generate::check_page_headers(&bytes, seg, MIB).unwrap();
+    }
+}
+
+#[test]
 fn simulation_metrics_are_served_and_agree_with_the_summary() {
     let env = TestEnv::new();
     let sink = env.sink(&env.path("data"), &[]);

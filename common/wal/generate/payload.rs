@@ -82,7 +82,18 @@ impl Payload {
     /// of pages; pages that are all zeros (the tail of a `.partial` file) are
     /// kept as zeros.
     pub fn from_template(path: &Path) -> Result<Payload, GenerateError> {
-        let data = read_template(path)?;
+        let raw = fs::read(path).map_err(|source| GenerateError::TemplateRead {
+            path: path.into(),
+            source,
+        })?;
+        Payload::from_template_bytes(path, &raw)
+    }
+
+    /// [`Payload::from_template`] of a template's bytes, already read
+    /// (sent by a coordinator); `path` names it in errors. A gzip template
+    /// may decompress to at most [`MAX_TEMPLATE_BYTES`].
+    pub fn from_template_bytes(path: &Path, raw: &[u8]) -> Result<Payload, GenerateError> {
+        let data = decompress_template(path, raw)?;
         if data.is_empty() {
             return Err(GenerateError::TemplateEmpty { path: path.into() });
         }
@@ -129,19 +140,27 @@ impl Payload {
     }
 }
 
-/// Reads a template, decompressing it if it is gzip.
-fn read_template(path: &Path) -> Result<Vec<u8>, GenerateError> {
+/// Largest template, decompressed: the largest WAL segment.
+pub const MAX_TEMPLATE_BYTES: u64 = 1 << 30;
+
+/// A template's bytes, decompressed if they are gzip.
+fn decompress_template(path: &Path, raw: &[u8]) -> Result<Vec<u8>, GenerateError> {
+    if !raw.starts_with(&[0x1f, 0x8b]) {
+        return Ok(raw.to_vec());
+    }
     let err = |source| GenerateError::TemplateRead {
         path: path.into(),
         source,
     };
-    let data = fs::read(path).map_err(err)?;
-    if !data.starts_with(&[0x1f, 0x8b]) {
-        return Ok(data);
-    }
     let mut plain = Vec::new();
-    flate2::read::MultiGzDecoder::new(&data[..])
+    flate2::read::MultiGzDecoder::new(raw)
+        .take(MAX_TEMPLATE_BYTES + 1)
         .read_to_end(&mut plain)
         .map_err(err)?;
+    if plain.len() as u64 > MAX_TEMPLATE_BYTES {
+        return Err(err(std::io::Error::other(format!(
+            "it decompresses to more than {MAX_TEMPLATE_BYTES} bytes, the largest WAL segment"
+        ))));
+    }
     Ok(plain)
 }
