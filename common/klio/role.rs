@@ -6,13 +6,15 @@
 //! it from a Certificate's `uris:`). The Klio channel (the sink) refuses a
 //! client certificate of a control-channel role (`agent`, `coordinator`) and
 //! takes one without any role, as from the user's own PKI; the control
-//! channel (the coordinator) takes only `agent` certificates.
+//! channel (the coordinator) takes only `agent` certificates. Clients
+//! check servers the same way: a Klio client refuses a server certificate
+//! of a control-channel role, an agent takes only a `coordinator` one.
 
 use std::fmt;
 use std::sync::Arc;
 
-use rustls::client::danger::HandshakeSignatureValid;
-use rustls::pki_types::{CertificateDer, UnixTime};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, OtherError};
 use rustls::{Error, SignatureScheme};
@@ -58,6 +60,16 @@ pub enum ClientPolicy {
     /// control-channel roles.
     KlioChannel,
     /// The control channel: agent certificates only.
+    ControlChannel,
+}
+
+/// Which server certificates a client takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerPolicy {
+    /// A Klio server: any certificate except walplayer's control-channel
+    /// roles.
+    KlioChannel,
+    /// The coordinator, as an agent sees it: role `coordinator` only.
     ControlChannel,
 }
 
@@ -149,12 +161,102 @@ impl ClientPolicy {
     }
 
     fn check_der(self, der: &[u8]) -> Result<(), Error> {
-        let refused = |e: Box<dyn std::error::Error + Send + Sync>| {
-            Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::from(e))))
-        };
         let marks = Marks::of(der).map_err(|e| refused(e.into()))?;
         self.check(&marks).map_err(|e| refused(Box::new(e)))
     }
+}
+
+impl ServerPolicy {
+    /// Whether a server certificate with `marks` is the kind of server
+    /// this client means to reach.
+    pub fn check(self, marks: &Marks) -> Result<(), RoleRefused> {
+        let control = [Role::Agent.name(), Role::Coordinator.name()];
+        let found = marks.found();
+        match self {
+            ServerPolicy::KlioChannel => match marks.roles.iter().find(|r| control.contains(&r.as_str())) {
+                None => Ok(()),
+                Some(_) => Err(RoleRefused(format!(
+                    "the server showed {found}, which is for walplayer's control channel, not a Klio server (role {}): check the address, or give the Klio server's certificate",
+                    Role::KlioServer.name()
+                ))),
+            },
+            ServerPolicy::ControlChannel => {
+                if marks.roles == [Role::Coordinator.name()] {
+                    return Ok(());
+                }
+                Err(RoleRefused(format!(
+                    "the server showed {found}, not a coordinator's: agents join only a server of role {} (URI SAN {}): check --coordinator, or give the coordinator the certificate `walplayer certs` writes for it (coordinator/tls.crt)",
+                    Role::Coordinator.name(),
+                    Role::Coordinator.uri()
+                )))
+            }
+        }
+    }
+}
+
+/// A server verifier that checks the chain with `inner`, then the role.
+#[derive(Debug)]
+pub struct ServerRoleVerifier {
+    inner: Arc<dyn ServerCertVerifier>,
+    policy: ServerPolicy,
+}
+
+impl ServerRoleVerifier {
+    pub fn new(inner: Arc<dyn ServerCertVerifier>, policy: ServerPolicy) -> ServerRoleVerifier {
+        ServerRoleVerifier { inner, policy }
+    }
+}
+
+impl ServerCertVerifier for ServerRoleVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, Error> {
+        let verified = self.inner.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        )?;
+        let marks = Marks::of(end_entity).map_err(|e| refused(e.into()))?;
+        self.policy
+            .check(&marks)
+            .map_err(|e| refused(Box::new(e)))?;
+        Ok(verified)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// A certificate refused for its role (or unreadable marks), as rustls
+/// reports it.
+fn refused(e: Box<dyn std::error::Error + Send + Sync>) -> Error {
+    Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::from(e))))
 }
 
 /// A client verifier that checks the chain with `inner`, then the role.
@@ -255,5 +357,34 @@ mod tests {
         let e = control.check(&marks(&[])).unwrap_err().to_string();
         assert!(e.contains("no walplayer role"), "{e}");
         assert!(control.check(&marks(&["agent", "klio-client"])).is_err());
+    }
+
+    #[test]
+    fn clients_name_the_server_role_found_and_the_one_expected() {
+        let klio = ServerPolicy::KlioChannel;
+        klio.check(&marks(&[])).unwrap();
+        klio.check(&marks(&["klio-server"])).unwrap();
+        let e = klio
+            .check(&marks(&["coordinator"]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("role coordinator (CN x)") && e.contains("not a Klio server"),
+            "{e}"
+        );
+        assert!(klio.check(&marks(&["agent"])).is_err());
+
+        let control = ServerPolicy::ControlChannel;
+        control.check(&marks(&["coordinator"])).unwrap();
+        let e = control
+            .check(&marks(&["klio-server"]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("role klio-server (CN x)") && e.contains("role coordinator"),
+            "{e}"
+        );
+        assert!(control.check(&marks(&[])).is_err());
+        assert!(control.check(&marks(&["agent"])).is_err());
     }
 }

@@ -22,7 +22,7 @@ use rustls::{
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 
-use crate::role::{ClientPolicy, RoleVerifier};
+use crate::role::{ClientPolicy, RoleVerifier, ServerPolicy, ServerRoleVerifier};
 
 /// ALPN protocol id of HTTP/2, which gRPC runs on.
 const ALPN_H2: &[u8] = b"h2";
@@ -117,6 +117,8 @@ struct ClientFiles {
     cert: &'static str,
     key: &'static str,
     pin_end_entity: bool,
+    /// Which server certificates, by role, this client takes.
+    policy: ServerPolicy,
 }
 
 /// Verifies a server as webpki does with the file's certificates as roots;
@@ -214,6 +216,7 @@ pub fn client_config(
         cert: "client certificate (client_cert_path)",
         key: "client key (client_key_path)",
         pin_end_entity: true,
+        policy: ServerPolicy::KlioChannel,
     };
     client_config_for(&files, server_ca, cert, key)
 }
@@ -230,6 +233,7 @@ pub fn control_client_config(
         cert: "agent certificate (--control-cert)",
         key: "agent key (--control-key)",
         pin_end_entity: false,
+        policy: ServerPolicy::ControlChannel,
     };
     client_config_for(&files, ca, cert, key)
 }
@@ -246,20 +250,27 @@ fn client_config_for(
     let builder = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .expect("ring supports the default protocol versions");
-    let builder = if files.pin_end_entity {
-        let verifier = PinnedOrCa::new(load_certs(files.ca, server_ca)?, roots).map_err(|e| {
-            TlsError::Unusable {
-                what: files.ca,
-                path: server_ca.to_path_buf(),
-                detail: format!("cannot verify servers: {e}"),
-            }
-        })?;
-        builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(verifier))
-    } else {
-        builder.with_root_certificates(roots)
+    let unusable = |e: String| TlsError::Unusable {
+        what: files.ca,
+        path: server_ca.to_path_buf(),
+        detail: format!("cannot verify servers: {e}"),
     };
+    let verifier: Arc<dyn ServerCertVerifier> = if files.pin_end_entity {
+        Arc::new(
+            PinnedOrCa::new(load_certs(files.ca, server_ca)?, roots)
+                .map_err(|e| unusable(e.to_string()))?,
+        )
+    } else {
+        WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
+            .build()
+            .map_err(|e| unusable(e.to_string()))?
+    };
+    let builder = builder
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(ServerRoleVerifier::new(
+            verifier,
+            files.policy,
+        )));
     let mut config =
         builder
             .with_client_auth_cert(chain, key_der)

@@ -31,6 +31,10 @@ pub enum ServerVariant {
     Expired,
     /// Currently valid, but only for [`WRONG_HOST`].
     WrongHost,
+    /// Valid for the spec's hosts and signed by the channel's CA, but of
+    /// another role: a server of the wrong kind (e.g. a Klio server's
+    /// certificate shown on the control channel).
+    OtherRole(Role, Channel),
 }
 
 /// Mint a broken server certificate into `out/{tls.crt,tls.key,ca.crt}`,
@@ -45,7 +49,11 @@ pub fn mint_server_variant(
     spec: &CertSpec,
 ) -> Result<TlsFiles, CertsError> {
     validate(spec)?;
-    let (issuer, ca_pem) = load_ca(dir, Channel::Klio)?;
+    let channel = match variant {
+        ServerVariant::OtherRole(_, channel) => channel,
+        _ => Channel::Klio,
+    };
+    let (issuer, ca_pem) = load_ca(dir, channel)?;
     let out = absolute_dir(out)?;
     let files = TlsFiles::in_dir(&out);
 
@@ -57,6 +65,15 @@ pub fn mint_server_variant(
             &wrong_host[..],
             Validity::days_from_now(spec.validity_days),
         ),
+        ServerVariant::OtherRole(..) => (
+            "server of another role",
+            &spec.hosts[..],
+            Validity::days_from_now(spec.validity_days),
+        ),
+    };
+    let role = match variant {
+        ServerVariant::OtherRole(role, _) => role,
+        _ => Role::KlioServer,
     };
     let leaf = Leaf {
         what,
@@ -64,8 +81,8 @@ pub fn mint_server_variant(
         common_name: &hosts[0],
         hosts,
         usages: SERVER_AUTH,
-        role: Role::KlioServer,
-        channel: Channel::Klio,
+        role,
+        channel,
     };
     let identity = issue(&leaf, validity, &issuer)?;
     write_outputs(&identity_outputs(&files, &identity, &ca_pem), spec.force)?;

@@ -5,7 +5,9 @@
 
 use std::time::Duration;
 
-use walplayer::certs::{mint_client_variant, CertSpec, Channel};
+use walplayer::certs::{
+    mint_client_variant, mint_server_variant, CertSpec, Channel, ServerVariant,
+};
 use walplayer::klio::role::Role;
 
 use crate::distributed::Cluster;
@@ -115,4 +117,93 @@ fn an_agent_certificate_is_refused_by_the_sink() {
         std::fs::read_dir(data.join("walplayer")).unwrap().count(),
         2
     );
+}
+
+/// Issue item 15, the clients' side: an agent joins only a server whose
+/// certificate has the coordinator's role, even one signed by the control
+/// CA it trusts, and says which role it found.
+#[test]
+fn an_agent_refuses_a_coordinator_without_the_coordinator_role() {
+    let c = Cluster::new();
+    let certs = &c.env.certs;
+    let impostor = mint_server_variant(
+        &certs.dir,
+        &c.env.path("klio-server-of-control-ca"),
+        ServerVariant::OtherRole(Role::KlioServer, Channel::Control),
+        &CertSpec::default(),
+    )
+    .unwrap();
+    let (coord, addr) = c.coordinator(&[
+        "--tls-cert",
+        impostor.cert.to_str().unwrap(),
+        "--tls-key",
+        impostor.key.to_str().unwrap(),
+        "--client-ca",
+        certs.coordinator.ca.to_str().unwrap(),
+        "--agents",
+        "1",
+        "--length",
+        "1",
+        "--wal-size",
+        "1",
+        "--register-timeout",
+        "60s",
+    ]);
+    let agent = c.agent(
+        "careful",
+        &addr,
+        &[
+            "--once",
+            "--control-ca",
+            certs.control_ca.to_str().unwrap(),
+            "--control-cert",
+            certs.agent.cert.to_str().unwrap(),
+            "--control-key",
+            certs.agent.key.to_str().unwrap(),
+        ],
+    );
+    wait_until("the agent names the role found and expected", LIMIT, || {
+        let log = agent.text();
+        log.contains("certificate of role klio-server") && log.contains("role coordinator")
+    });
+    assert!(
+        !coord.text().contains("agent careful registered"),
+        "{}",
+        coord.text()
+    );
+}
+
+/// Issue item 15, the clients' side: `play` refuses a server showing a
+/// control-channel certificate (here the coordinator's role, signed by the
+/// Klio CA it trusts), names the role, and sends nothing.
+#[test]
+fn play_refuses_a_server_with_a_control_channel_certificate() {
+    let env = TestEnv::new();
+    let wal = env.generate("wal", 1, 1, &[]);
+    let impostor = mint_server_variant(
+        &env.certs.dir,
+        &env.path("coordinator-of-klio-ca"),
+        ServerVariant::OtherRole(Role::Coordinator, Channel::Klio),
+        &CertSpec::default(),
+    )
+    .unwrap();
+    let data = env.path("data");
+    let mut cmd = env.walplayer(&["sink", "--fsync", "none", "--listen", "127.0.0.1:0"]);
+    cmd.arg("--data")
+        .arg(&data)
+        .arg("--tls-cert")
+        .arg(&impostor.cert)
+        .arg("--tls-key")
+        .arg(&impostor.key)
+        .arg("--client-ca")
+        .arg(&env.certs.server.ca);
+    let sink = SinkProcess::start(cmd);
+    let out = run(&mut env.play(&wal, &sink.address, &[]));
+    assert_ne!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = stderr(&out);
+    assert!(
+        text.contains("certificate of role coordinator") && text.contains("not a Klio server"),
+        "{text}"
+    );
+    assert!(!data.join("walplayer").exists());
 }
