@@ -27,6 +27,22 @@ fn simulate(env: &TestEnv, address: &str, extra: &[&str]) -> Command {
     cmd
 }
 
+/// Runs a distributed simulation with `args` on two agents, `node-0` and
+/// `node-1`, and checks that the coordinator and both agents exit 0.
+fn run_on_two_agents(c: &crate::distributed::Cluster, args: &[&str]) -> String {
+    let mut all = vec!["--agents", "2", "--simulate", "--wal-size", "1"];
+    all.extend_from_slice(args);
+    let (mut coord, addr) = c.coordinator(&all);
+    let mut a = c.agent("node-0", &addr, &["--once"]);
+    let mut b = c.agent("node-1", &addr, &["--once"]);
+    let limit = std::time::Duration::from_secs(120);
+    assert_eq!(coord.wait(limit).code(), Some(0), "{}", coord.text());
+    for agent in [&mut a, &mut b] {
+        assert_eq!(agent.wait(limit).code(), Some(0), "{}", agent.text());
+    }
+    coord.text()
+}
+
 /// Bytes of complete WAL files stored under `data`.
 fn stored_bytes(data: &Path) -> u64 {
     let mut total = 0;
@@ -285,28 +301,19 @@ fn the_capacity_search_finds_what_a_fixed_cost_per_block_allows() {
 #[test]
 fn a_distributed_simulation_splits_clusters_and_merges_lags_exactly() {
     let c = crate::distributed::Cluster::new();
-    let (mut coord, addr) = c.coordinator(&[
-        "--agents",
-        "2",
-        "--simulate",
-        "--clusters",
-        "5",
-        "--wal-rate",
-        "512KiB/s",
-        "--wal-size",
-        "1",
-        "--duration",
-        "5s",
-        "--slo",
-        "lag.p99<30s",
-    ]);
-    let mut a = c.agent("node-0", &addr, &["--once"]);
-    let mut b = c.agent("node-1", &addr, &["--once"]);
-    let limit = std::time::Duration::from_secs(90);
-    assert_eq!(coord.wait(limit).code(), Some(0), "{}", coord.text());
-    for agent in [&mut a, &mut b] {
-        assert_eq!(agent.wait(limit).code(), Some(0), "{}", agent.text());
-    }
+    run_on_two_agents(
+        &c,
+        &[
+            "--clusters",
+            "5",
+            "--wal-rate",
+            "512KiB/s",
+            "--duration",
+            "5s",
+            "--slo",
+            "lag.p99<30s",
+        ],
+    );
     // 512 KiB/s for 5 s makes 2 whole 1 MiB segments per cluster; the
     // clusters are split 3 and 2, named after their agent.
     let lines = c.merged();
@@ -353,35 +360,26 @@ fn a_distributed_capacity_search_adds_clusters_across_agents_and_judges_them_tog
         "--fault-after",
         "0",
     ]);
-    let (mut coord, addr) = c.coordinator(&[
-        "--agents",
-        "2",
-        "--simulate",
-        "--wal-rate",
-        "512KiB/s",
-        "--wal-size",
-        "1",
-        "--find-max-clusters",
-        "--step",
-        "2",
-        "--step-duration",
-        "4s",
-        "--max-clusters",
-        "20",
-        "--slo",
-        "lag.p99<500ms",
-    ]);
-    let mut a = c.agent("node-0", &addr, &["--once"]);
-    let mut b = c.agent("node-1", &addr, &["--once"]);
-    let limit = std::time::Duration::from_secs(120);
-    assert_eq!(coord.wait(limit).code(), Some(0), "{}", coord.text());
-    for agent in [&mut a, &mut b] {
-        assert_eq!(agent.wait(limit).code(), Some(0), "{}", agent.text());
-    }
+    let log = run_on_two_agents(
+        &c,
+        &[
+            "--wal-rate",
+            "512KiB/s",
+            "--find-max-clusters",
+            "--step",
+            "2",
+            "--step-duration",
+            "4s",
+            "--max-clusters",
+            "20",
+            "--slo",
+            "lag.p99<500ms",
+        ],
+    );
     let s = c.summary();
     let search = &s["search"];
     let found = search["maxClusters"].as_u64().unwrap();
-    assert!(found.abs_diff(8) <= 2, "found {found}: {}", coord.text());
+    assert!(found.abs_diff(8) <= 2, "found {found}: {}", log);
     let steps = search["steps"].as_array().unwrap();
     for (k, row) in steps.iter().enumerate() {
         assert_eq!(row["clusters"].as_u64(), Some(2 * (k as u64 + 1)), "{row}");
@@ -406,11 +404,7 @@ fn a_distributed_capacity_search_adds_clusters_across_agents_and_judges_them_tog
         per_agent.values().all(|c| c.len() as u64 >= found / 2),
         "{per_agent:?}"
     );
-    assert!(
-        coord.text().contains("capacity search over"),
-        "{}",
-        coord.text()
-    );
+    assert!(log.contains("capacity search over"), "{}", log);
     let agents = s["distributed"]["agents"].as_array().unwrap();
     assert!(
         agents.iter().all(|a| a["filesUnreported"] == 0),
@@ -439,28 +433,19 @@ fn a_distributed_simulation_replays_a_recorded_pace_with_a_template() {
         page[header..].fill(b'Z');
     }
     std::fs::write(&template, &seg).unwrap();
-    let (mut coord, addr) = c.coordinator(&[
-        "--agents",
-        "2",
-        "--simulate",
-        "--clusters",
-        "2",
-        "--wal-size",
-        "1",
-        "--duration",
-        "3s",
-        "--rate-file",
-        pace.to_str().unwrap(),
-        "--template",
-        template.to_str().unwrap(),
-    ]);
-    let mut a = c.agent("node-0", &addr, &["--once"]);
-    let mut b = c.agent("node-1", &addr, &["--once"]);
-    let limit = std::time::Duration::from_secs(90);
-    assert_eq!(coord.wait(limit).code(), Some(0), "{}", coord.text());
-    for agent in [&mut a, &mut b] {
-        assert_eq!(agent.wait(limit).code(), Some(0), "{}", agent.text());
-    }
+    run_on_two_agents(
+        &c,
+        &[
+            "--clusters",
+            "2",
+            "--duration",
+            "3s",
+            "--rate-file",
+            pace.to_str().unwrap(),
+            "--template",
+            template.to_str().unwrap(),
+        ],
+    );
     let s = c.summary();
     assert!(
         s["workload"]["walRate"]
