@@ -13,7 +13,7 @@ use std::time::Duration;
 use hyper_util::rt::TokioIo;
 use rustls::{ClientConfig, ServerConfig};
 use rustls_pki_types::ServerName;
-use tokio::io::{AsyncRead, AsyncWrite, BufReader, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -24,6 +24,7 @@ use tonic::transport::server::{Connected, TcpConnectInfo};
 use tonic::transport::{Channel, Endpoint, Uri};
 
 use crate::config::split_address;
+use crate::read_ahead::ReadAhead;
 
 /// HTTP/2 initial stream window (16 MiB).
 pub const STREAM_WINDOW: u32 = 16 << 20;
@@ -33,11 +34,9 @@ pub const CONNECTION_WINDOW: u32 = 64 << 20;
 pub const SOCKET_BUFFER: usize = 1 << 20;
 /// How long establishing one connection may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Bytes a server reads from an accepted socket at once, under TLS: rustls
-/// asks for about one TLS record (16 KiB) per read, so without a buffer a
-/// 2 MiB block costs some 130 `recv` calls. Reads come from this buffer
-/// instead, refilled by one `recv` of whatever the socket holds; writes go
-/// straight through. Measured in BENCHMARKS.md ("buffered reads under TLS").
+/// Most bytes a server reads from an accepted socket at once, under TLS
+/// (see [`ReadAhead`]); measured in BENCHMARKS.md ("buffered reads under
+/// TLS").
 pub const SERVER_READ_BUFFER: usize = 256 << 10;
 /// How long a client may take to finish its TLS handshake with us.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -267,9 +266,9 @@ pub fn incoming_limited(
             };
             let (tx, on_refused) = (tx.clone(), on_refused.clone());
             handshakes.spawn(async move {
-                // The buffer stays under the TLS stream for the connection's
-                // life, so bytes read past the handshake are never lost.
-                let buffered = BufReader::with_capacity(SERVER_READ_BUFFER, tcp);
+                // It stays under the TLS stream for the connection's life,
+                // so bytes read past the handshake are never lost.
+                let buffered = ReadAhead::new(tcp, SERVER_READ_BUFFER);
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(buffered)).await {
                     Ok(Ok(tls)) => {
                         let accepted = Accepted {
@@ -360,7 +359,7 @@ impl AsyncWrite for Accepted {
 pub enum Stream {
     Plain(TcpStream),
     ClientTls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
-    ServerTls(Box<tokio_rustls::server::TlsStream<BufReader<TcpStream>>>),
+    ServerTls(Box<tokio_rustls::server::TlsStream<ReadAhead>>),
 }
 
 impl Stream {
