@@ -31,6 +31,9 @@
 //! `WALPLAYER_BENCH_PARTS=speed,memory` (default both),
 //! `WALPLAYER_BENCH_BEFORE=PATH` (another `walplayer` binary, played in the
 //! same rounds: a change's before and after),
+//! `WALPLAYER_BENCH_SINK_BEFORE=PATH` (another `walplayer` binary whose
+//! sink is a third server in the same rounds: a sink change's before and
+//! after),
 //! `WALPLAYER_BENCH_GOPATH` (default: `$GOPATH`, else Debian's
 //! `/usr/share/gocode`).
 
@@ -124,11 +127,19 @@ fn run() -> Result<()> {
         certs,
         home: scratch.path().to_path_buf(),
         before: std::env::var_os("WALPLAYER_BENCH_BEFORE").map(PathBuf::from),
+        sink_before: std::env::var_os("WALPLAYER_BENCH_SINK_BEFORE").map(PathBuf::from),
     };
     let mut servers = vec![
         Server::start(&bins, ServerKind::Walplayer, scratch.path())?,
         Server::start(&bins, ServerKind::Go, scratch.path())?,
     ];
+    if bins.sink_before.is_some() {
+        servers.push(Server::start(
+            &bins,
+            ServerKind::WalplayerBefore,
+            scratch.path(),
+        )?);
+    }
     if knobs.speed {
         speed(&bins, &servers, &knobs, scratch.path())?;
     }
@@ -151,6 +162,9 @@ struct Bins {
     home: PathBuf,
     /// `WALPLAYER_BENCH_BEFORE`: a `walplayer` binary to compare with.
     before: Option<PathBuf>,
+    /// `WALPLAYER_BENCH_SINK_BEFORE`: a `walplayer` binary whose sink is
+    /// compared with this one's.
+    sink_before: Option<PathBuf>,
 }
 
 impl Bins {
@@ -170,6 +184,8 @@ impl Bins {
 enum ServerKind {
     Walplayer,
     Go,
+    /// The sink of `WALPLAYER_BENCH_SINK_BEFORE`, always last.
+    WalplayerBefore,
 }
 
 impl ServerKind {
@@ -177,6 +193,7 @@ impl ServerKind {
         match self {
             ServerKind::Walplayer => "walplayer sink",
             ServerKind::Go => "grpc-go server",
+            ServerKind::WalplayerBefore => "sink (before)",
         }
     }
 }
@@ -218,8 +235,11 @@ impl Server {
         let s = &bins.certs.server;
         let log = scratch.join(format!("{kind:?}-server.log"));
         let mut cmd = match kind {
-            ServerKind::Walplayer => {
-                let mut cmd = walplayer(bins, false);
+            ServerKind::Walplayer | ServerKind::WalplayerBefore => {
+                let mut cmd = match (&bins.sink_before, kind) {
+                    (Some(bin), ServerKind::WalplayerBefore) => walplayer_command(bin, &bins.home),
+                    _ => walplayer(bins, false),
+                };
                 cmd.args(["sink", "--listen", LOOPBACK, "--discard", "--fsync", "none"])
                     .arg("--tls-cert")
                     .arg(&s.cert)
@@ -394,9 +414,10 @@ fn play(bins: &Bins, run: &Play, scratch: &Path) -> Result<Measured> {
                 .and_then(|l| l.split_whitespace().next())
                 .map(str::to_string)
         }),
-        (ServerKind::Walplayer, ClientKind::Walplayer | ClientKind::WalplayerBefore) => {
-            Some("TLS13_AES_256_GCM_SHA384 (rustls both ends)".to_string())
-        }
+        (
+            ServerKind::Walplayer | ServerKind::WalplayerBefore,
+            ClientKind::Walplayer | ClientKind::WalplayerBefore,
+        ) => Some("TLS13_AES_256_GCM_SHA384 (rustls both ends)".to_string()),
         _ => None,
     };
     match run.client {
@@ -507,6 +528,7 @@ fn speed(bins: &Bins, servers: &[Server], knobs: &Knobs, scratch: &Path) -> Resu
             .map(|per_client| per_client.iter().map(|r| Summary::of(r, bytes)).collect())
             .collect();
         print!("{}", speed_table(jobs, servers, &clients, &table));
+        print!("{}", sink_before_after(servers, &clients, &table));
     }
     std::fs::remove_dir_all(&large)?;
     std::fs::remove_dir_all(&small)?;
@@ -588,6 +610,29 @@ fn speed_table(
             client.name(),
             w.mib_s / g.mib_s,
             w.server_s_gib / g.server_s_gib
+        );
+    }
+    out
+}
+
+/// This sink over the `WALPLAYER_BENCH_SINK_BEFORE` one, with each client
+/// (empty without it).
+fn sink_before_after(servers: &[Server], clients: &[ClientKind], t: &[Vec<Summary>]) -> String {
+    let mut out = String::new();
+    let Some(before) = servers
+        .iter()
+        .position(|s| s.kind == ServerKind::WalplayerBefore)
+    else {
+        return out;
+    };
+    for (c, client) in clients.iter().enumerate() {
+        let (after, before) = (&t[0][c], &t[before][c]);
+        let _ = writeln!(
+            out,
+            "  sink / sink (before) with {}: throughput {:.2}x, server CPU per GiB {:.2}x",
+            client.name(),
+            after.mib_s / before.mib_s,
+            after.server_s_gib / before.server_s_gib
         );
     }
     out

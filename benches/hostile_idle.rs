@@ -115,7 +115,7 @@ fn main() -> Result<()> {
         drop(held_raw);
         drop(held_tls);
         stop.cancel();
-        let totals = deadline("stopping the sink", async { Ok(served.await??) }).await?;
+        let totals = deadline("stopping the sink", async { Ok(served.await?) }).await?;
         let stored = totals.completed.load(std::sync::atomic::Ordering::Relaxed);
         ensure!(
             stored == (2 * uploads + WARM_UP) as u64,

@@ -129,7 +129,7 @@ async fn speed(certs: &MintedCerts, files: &[Segment]) -> Result<()> {
 
     let rounds = compare(&endpoint, &mut raw, &client_tls, files).await;
     shutdown.cancel();
-    let totals = deadline("stopping the sink", async { Ok(sink.await??) }).await?;
+    let totals = deadline("stopping the sink", async { Ok(sink.await?) }).await?;
     deadline("stopping the raw server", async { Ok(raw.accept.await?) }).await?;
     rounds?;
     let runs = (support::rounds(ROUNDS) * JOBS.len()) as u64;

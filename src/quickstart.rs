@@ -121,7 +121,7 @@ pub async fn run(args: QuickstartArgs, shutdown: CancellationToken) -> Result<Ex
         .await;
     let agents_done = wait_agents(agents, Duration::from_secs(30)).await;
     sink_stop.cancel();
-    let sink_totals = sink_task.await?.context("sink failed")?;
+    let sink_totals = sink_task.await?;
     let outcome = outcome?;
     console::say(&format!("quickstart: sink saw {}", sink_totals.to_text()));
     if let Err(e) = agents_done {

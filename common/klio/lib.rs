@@ -14,7 +14,8 @@
 //! - [`tls`]: rustls configurations from PEM files; [`role`]: the role a
 //!   certificate carries and which roles each server takes.
 //! - [`transport`]: TCP, optional rustls and HTTP/2 settings under every
-//!   channel, either side.
+//!   channel, either side; [`read_ahead`]: the read buffer under a server's
+//!   TLS.
 //! - [`endpoint`]: connections to a Klio WAL server, with its limits.
 //! - [`upload`]: one Put stream per file, retries; [`verify`]: read-back.
 //! - [`memory`]: the memory N jobs need, checked against `--max-memory`.
@@ -38,6 +39,7 @@ pub mod metrics;
 pub mod output;
 pub mod pipeline;
 pub mod progress;
+pub mod read_ahead;
 pub mod report;
 pub mod role;
 pub mod settings;

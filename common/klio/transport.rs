@@ -24,6 +24,7 @@ use tonic::transport::server::{Connected, TcpConnectInfo};
 use tonic::transport::{Channel, Endpoint, Uri};
 
 use crate::config::split_address;
+use crate::read_ahead::ReadAhead;
 
 /// HTTP/2 initial stream window (16 MiB).
 pub const STREAM_WINDOW: u32 = 16 << 20;
@@ -33,6 +34,10 @@ pub const CONNECTION_WINDOW: u32 = 64 << 20;
 pub const SOCKET_BUFFER: usize = 1 << 20;
 /// How long establishing one connection may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most bytes a server reads from an accepted socket at once, under TLS
+/// (see [`ReadAhead`]); measured in BENCHMARKS.md ("buffered reads under
+/// TLS").
+pub const SERVER_READ_BUFFER: usize = 256 << 10;
 /// How long a client may take to finish its TLS handshake with us.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -261,7 +266,10 @@ pub fn incoming_limited(
             };
             let (tx, on_refused) = (tx.clone(), on_refused.clone());
             handshakes.spawn(async move {
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                // It stays under the TLS stream for the connection's life,
+                // so bytes read past the handshake are never lost.
+                let buffered = ReadAhead::new(tcp, SERVER_READ_BUFFER);
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(buffered)).await {
                     Ok(Ok(tls)) => {
                         let accepted = Accepted {
                             stream: Stream::ServerTls(Box::new(tls)),
@@ -351,7 +359,7 @@ impl AsyncWrite for Accepted {
 pub enum Stream {
     Plain(TcpStream),
     ClientTls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
-    ServerTls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+    ServerTls(Box<tokio_rustls::server::TlsStream<ReadAhead>>),
 }
 
 impl Stream {
@@ -359,7 +367,7 @@ impl Stream {
         match self {
             Stream::Plain(s) => s,
             Stream::ClientTls(s) => s.get_ref().0,
-            Stream::ServerTls(s) => s.get_ref().0,
+            Stream::ServerTls(s) => s.get_ref().0.get_ref(),
         }
     }
 }

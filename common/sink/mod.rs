@@ -6,9 +6,12 @@
 //! - [`service`]: the WAL service (Put and Get) with the protocol's rules.
 //! - [`faults`]: test-only misbehaviour, compiled with the `faults` feature.
 //! - [`metrics`]: the sink's Prometheus metrics.
+//! - [`connections`]: serving each connection, closing those that hold no
+//!   stream for the idle timeout.
 //! - this module: the listener, mutual TLS on every connection, the
 //!   HTTP/2 settings, shutdown and the totals printed at the end.
 
+pub mod connections;
 pub mod faults;
 pub mod metrics;
 pub mod service;
@@ -19,10 +22,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::ServerConfig;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Server;
 
 pub use faults::{Fault, FaultArgs, FaultPlan};
 pub use metrics::SinkMetrics;
@@ -53,6 +56,7 @@ pub struct Sink {
     settings: SinkSettings,
     faults: Option<FaultPlan>,
     idle: Duration,
+    idle_connection: Duration,
     put_log: Option<std::fs::File>,
     metrics: SinkMetrics,
     max_connections: Option<usize>,
@@ -67,6 +71,7 @@ impl Sink {
             settings,
             faults: None,
             idle: DEFAULT_IDLE_TIMEOUT,
+            idle_connection: DEFAULT_IDLE_TIMEOUT,
             put_log: None,
             metrics: SinkMetrics::default(),
             max_connections: None,
@@ -83,6 +88,13 @@ impl Sink {
     /// the client's own default timeout).
     pub fn with_idle_timeout(mut self, idle: Duration) -> Sink {
         self.idle = idle;
+        self
+    }
+
+    /// Closes a connection that has held no stream for `idle` (default
+    /// 5 min, as for a silent stream), HTTP/2 PINGs or not.
+    pub fn with_idle_connection_timeout(mut self, idle: Duration) -> Sink {
+        self.idle_connection = idle;
         self
     }
 
@@ -113,10 +125,7 @@ impl Sink {
     }
 
     /// Serves until `shutdown` is cancelled, then returns the totals.
-    pub async fn serve(
-        self,
-        shutdown: CancellationToken,
-    ) -> Result<Arc<SinkTotals>, tonic::transport::Error> {
+    pub async fn serve(self, shutdown: CancellationToken) -> Arc<SinkTotals> {
         let mut service = WalService::new(self.settings.storage, self.settings.read_only)
             .with_idle_timeout(self.idle)
             .with_metrics(self.metrics.clone());
@@ -145,25 +154,27 @@ impl Sink {
             refused,
             limit,
         );
-        let result = Server::builder()
+        let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        http2
+            .timer(TokioTimer::new())
             .initial_stream_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)
             .max_frame_size(MAX_FRAME)
             .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
             // A peer that vanished without closing is found and dropped.
-            .http2_keepalive_interval(Some(Duration::from_secs(30)))
-            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-            .tcp_nodelay(true)
-            .add_service(
-                WalServer::new(service)
-                    .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                    .max_encoding_message_size(MAX_MESSAGE_BYTES),
-            )
-            .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned())
-            .await;
+            .keep_alive_interval(Some(Duration::from_secs(30)))
+            .keep_alive_timeout(Duration::from_secs(10));
+        let serving = connections::Serving {
+            service: WalServer::new(service)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            http2,
+            idle: self.idle_connection,
+        };
+        connections::serve(incoming, serving, shutdown.clone()).await;
         shutdown.cancel();
         accepting.join().await;
-        result.map(|_| totals)
+        totals
     }
 }
 

@@ -15,7 +15,7 @@ use walplayer::sink::{self, Fsync, Sink, SinkMetrics, SinkSettings, SinkTotals};
 struct Running {
     client: Client,
     stop: CancellationToken,
-    task: tokio::task::JoinHandle<Result<std::sync::Arc<SinkTotals>, tonic::transport::Error>>,
+    task: tokio::task::JoinHandle<std::sync::Arc<SinkTotals>>,
 }
 
 async fn start(dir: &Path, discard: bool) -> Running {
@@ -60,7 +60,6 @@ impl Running {
         tokio::time::timeout(std::time::Duration::from_secs(20), self.task)
             .await
             .expect("sink stops within 20 s")
-            .unwrap()
             .unwrap()
     }
 }

@@ -379,3 +379,83 @@ fn connections_over_the_cap_are_closed_and_a_good_client_uploads_once_others_clo
     crate::util::assert_status(&out, 0);
     sink.terminate();
 }
+
+/// A raw HTTP/2 connection with a valid client certificate: TLS, the
+/// HTTP/2 handshake, and nothing else unless the test asks.
+async fn raw_http2(
+    env: &crate::util::TestEnv,
+    address: &str,
+) -> (
+    h2::PingPong,
+    tokio::task::JoinHandle<Result<(), h2::Error>>,
+    h2::client::SendRequest<Bytes>,
+) {
+    let c = &env.certs.client;
+    let config = tls::client_config(&c.ca, &c.cert, &c.key).unwrap();
+    let tcp = tokio::net::TcpStream::connect(address).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let stream = tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+        .expect("the sink takes a valid client certificate");
+    let (send, mut connection) = h2::client::handshake(stream).await.unwrap();
+    let pings = connection.ping_pong().expect("the first ping_pong");
+    (pings, tokio::spawn(connection), send)
+}
+
+/// Issue 9 item 13: a connection that finished TLS and HTTP/2 but opens no
+/// stream is closed after `--idle-connection-timeout` (GOAWAY, then close)
+/// and logged, though it keeps pinging; a connection whose one stream stays
+/// open longer than that, its blocks further apart than the timeout, is
+/// not, and its file is stored whole.
+#[test]
+fn a_connection_with_no_stream_is_closed_though_it_pings_and_one_with_a_stream_is_not() {
+    let env = crate::util::TestEnv::new();
+    let data = env.path("data");
+    let mut sink = env.sink(&data, &["--idle-connection-timeout", "1s"]);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let (mut pings, driven, _send) = raw_http2(&env, &sink.address).await;
+        // Pings every 200 ms, bounded: the sink must end the connection.
+        let (mut pongs, mut refused) = (0, false);
+        for _ in 0..150 {
+            if pings.ping(h2::Ping::opaque()).await.is_err() {
+                refused = true;
+                break;
+            }
+            pongs += 1;
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+        assert!(
+            pongs > 0,
+            "the sink answered no PING: not a live connection"
+        );
+        assert!(refused, "the connection still answers PINGs after 30 s");
+        // GOAWAY then close; a PING sent as the socket closes may end the
+        // client's side with a broken pipe instead of a clean end.
+        tokio::time::timeout(std::time::Duration::from_secs(30), driven)
+            .await
+            .expect("the sink closes a connection with no stream, pinging or not")
+            .unwrap()
+            .ok();
+
+        // One stream open across gaps longer than the connection timeout.
+        let c = &env.certs.client;
+        let config = tls::client_config(&c.ca, &c.cert, &c.key).unwrap();
+        let endpoint = KlioEndpoint::new(&sink.address, config).unwrap();
+        let client = endpoint.connect().await.unwrap();
+        let patient = open(&client);
+        for part in [b"ab", b"cd", b"ef"] {
+            patient.send(block(X, 6, part)).await;
+            tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+        }
+        assert_eq!(patient.close().await.unwrap(), 6);
+    });
+    assert_eq!(std::fs::read(data.join("c").join(X)).unwrap(), b"abcdef");
+    sink.terminate();
+    let log = sink.log_text();
+    assert!(
+        log.contains("no stream open for 1s (--idle-connection-timeout)"),
+        "{log}"
+    );
+}
