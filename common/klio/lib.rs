@@ -16,7 +16,8 @@
 //! - [`transport`]: TCP, optional rustls and HTTP/2 settings under every
 //!   channel, either side.
 //! - [`endpoint`]: connections to a Klio WAL server, with its limits.
-//! - [`upload`]: one Put stream per file, retries; [`verify`]: read-back.
+//! - [`put`]: one Put stream, blocks sent without a copy; [`upload`]: one
+//!   Put per file, retries; [`verify`]: read-back.
 //! - [`memory`]: the memory N jobs need, checked against `--max-memory`.
 //! - [`settings`]: block size, jobs and upload settings as validated types.
 //! - [`output`]: result and summary files.
@@ -38,6 +39,7 @@ pub mod metrics;
 pub mod output;
 pub mod pipeline;
 pub mod progress;
+pub mod put;
 pub mod report;
 pub mod role;
 pub mod settings;

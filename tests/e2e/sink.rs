@@ -77,6 +77,7 @@ fn block(cluster: &str, wal: &str, size: u64, data: &[u8]) -> PutRequest {
 
 async fn put(client: &mut Client, msgs: Vec<PutRequest>) -> Result<u64, tonic::Status> {
     client
+        .wal
         .put(tokio_stream::iter(msgs))
         .await
         .map(|r| r.into_inner().written_size)
@@ -129,6 +130,7 @@ async fn complete_partial_and_read_back() {
 
     let mut stream = s
         .client
+        .wal
         .get(GetRequest {
             cluster_name: "c1".into(),
             wal_name: WAL.into(),
@@ -144,6 +146,7 @@ async fn complete_partial_and_read_back() {
     assert_eq!(got, b"abcdef");
     let missing = s
         .client
+        .wal
         .get(GetRequest {
             cluster_name: "c1".into(),
             wal_name: "000000010000000000000009".into(),
@@ -219,6 +222,7 @@ async fn discard_counts_and_stores_nothing() {
     );
     let e = s
         .client
+        .wal
         .get(GetRequest {
             cluster_name: "c".into(),
             wal_name: WAL.into(),
@@ -333,6 +337,7 @@ async fn metrics_count_bytes_fsyncs_open_streams_and_rejections() {
     let mut client = s.client.clone();
     let call = tokio::spawn(async move {
         client
+            .wal
             .put(tokio_stream::wrappers::ReceiverStream::new(rx))
             .await
             .map(|r| r.into_inner().written_size)
