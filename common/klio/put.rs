@@ -15,7 +15,6 @@
 //! exactly as through the generated `WalClient::put`.
 
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -71,55 +70,6 @@ pub fn message_head(
     prost::encode_length_delimiter(block_len, &mut head)
         .map_err(|e| format!("cannot encode a Put message: {e}"))?;
     Ok(head.freeze())
-}
-
-/// Chunk buffers of one stream, used again once the transport has written
-/// them: no allocation and no zeroing per chunk.
-#[derive(Clone, Default)]
-pub struct ChunkPool(Arc<Mutex<Vec<Vec<u8>>>>);
-
-/// Most buffers a pool keeps for reuse.
-const POOLED: usize = 4;
-
-impl ChunkPool {
-    /// A buffer of `len` bytes to fill (its old contents, or zeros).
-    pub fn take(&self, len: usize) -> Vec<u8> {
-        let reused = self.0.lock().unwrap_or_else(|e| e.into_inner()).pop();
-        let mut buf = reused.unwrap_or_default();
-        // Zeroes only what was never written.
-        buf.resize(len, 0);
-        buf
-    }
-
-    /// `buf` as bytes for the stream; it comes back to the pool when the
-    /// transport drops it.
-    pub fn bytes(&self, buf: Vec<u8>) -> Bytes {
-        Bytes::from_owner(Pooled {
-            buf,
-            pool: self.clone(),
-        })
-    }
-}
-
-/// A buffer lent to the transport.
-struct Pooled {
-    buf: Vec<u8>,
-    pool: ChunkPool,
-}
-
-impl AsRef<[u8]> for Pooled {
-    fn as_ref(&self) -> &[u8] {
-        &self.buf
-    }
-}
-
-impl Drop for Pooled {
-    fn drop(&mut self) {
-        let mut pool = self.pool.0.lock().unwrap_or_else(|e| e.into_inner());
-        if pool.len() < POOLED {
-            pool.push(std::mem::take(&mut self.buf));
-        }
-    }
 }
 
 /// What the sender of a stream hands to its body.
@@ -314,27 +264,6 @@ mod tests {
         let err = message_head("c", "000000010000000000000001", 1, MAX_MESSAGE_BYTES).unwrap_err();
         assert!(err.contains("use smaller blocks"), "{err}");
         assert!(message_head("c", "000000010000000000000001", 1, 8 << 20).is_ok());
-    }
-
-    #[test]
-    fn a_pooled_buffer_comes_back_once_the_transport_drops_it() {
-        let pool = ChunkPool::default();
-        let mut buf = pool.take(8);
-        assert_eq!(buf, [0; 8]);
-        buf.copy_from_slice(b"abcdefgh");
-        let bytes = pool.bytes(buf);
-        let slice = bytes.slice(2..4);
-        drop(bytes);
-        assert_eq!(&slice[..], b"cd", "a slice keeps the buffer alive");
-        assert_eq!(pool.take(3).len(), 3, "nothing to reuse yet");
-        drop(slice);
-        let again = pool.take(10);
-        assert_eq!(
-            &again[..8],
-            b"abcdefgh",
-            "the same buffer, not zeroed again"
-        );
-        assert_eq!(&again[8..], [0, 0]);
     }
 
     #[tokio::test]

@@ -13,12 +13,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use bytes::Bytes;
 use prometheus_client::metrics::counter::Counter;
 use tokio::sync::mpsc;
 
 use crate::endpoint::{status_text, Client};
 use crate::metrics::ClientMetrics;
-use crate::put::{self, ChunkPool, Piece, PutBody, CHUNK_BYTES};
+use crate::put::{self, Piece, PutBody, CHUNK_BYTES};
 use crate::report::{FailureKind, FileReport, Outcome};
 use crate::verify;
 use walplayer_wal::source::Segment;
@@ -314,7 +315,6 @@ fn read_blocks(
         .map_err(|e| Failure::local(format!("cannot open file: {e}")))?;
     let mut hasher = digest.then(|| ring::digest::Context::new(&ring::digest::SHA256));
     let mut sent = 0u64;
-    let pool = ChunkPool::default();
     // Blocking threads of the pool run inside the runtime's context.
     let runtime = tokio::runtime::Handle::current();
     // The call ended (the server answered early): it has the say.
@@ -340,7 +340,7 @@ fn read_blocks(
             let head = head.take().unwrap_or_default();
             // The block's first chunk carries its head, so a message starts
             // in one piece.
-            let mut chunk = pool.take(head.len() + n);
+            let mut chunk = vec![0u8; head.len() + n];
             chunk[..head.len()].copy_from_slice(&head);
             let got = read_full(&mut input, &mut chunk[head.len()..])
                 .map_err(|e| Failure::local(segment.read_error(&e)))?;
@@ -352,7 +352,7 @@ fn read_blocks(
             if let Some(h) = hasher.as_mut() {
                 h.update(&chunk[head.len()..]);
             }
-            slot.send(Piece::Data(pool.bytes(chunk)));
+            slot.send(Piece::Data(Bytes::from(chunk)));
             sent_bytes.add(n as u64);
             sent += n as u64;
             left -= n;

@@ -13,11 +13,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use tokio::sync::mpsc::{self, Permit};
 use tokio_util::sync::CancellationToken;
 
 use walplayer_klio::endpoint::{Client, MAX_BLOCK_BYTES};
-use walplayer_klio::put::{self, ChunkPool, Piece, PutBody, CHUNK_BYTES};
+use walplayer_klio::put::{self, Piece, PutBody, CHUNK_BYTES};
 use walplayer_klio::report::FailureKind;
 use walplayer_klio::upload::{backoff, Failure};
 use walplayer_wal::generate::{segment_range, Payload, SegmentShape};
@@ -224,7 +225,6 @@ async fn feed(
     let interval = shared.flush_interval;
     let max_block = shared.flush_bytes.min(MAX_BLOCK_BYTES as u64);
     let wal_name = name.to_string();
-    let pool = ChunkPool::default();
     let mut first = true;
     let mut sent = start;
     // Ticks run from the cluster's start (staggered across clusters); the
@@ -274,8 +274,7 @@ async fn feed(
                     shared.recorder.more_sent(n);
                 }
                 let head = head.take().unwrap_or_default();
-                let mut data = pool.take(0);
-                data.reserve(head.len() + n as usize);
+                let mut data = Vec::with_capacity(head.len() + n as usize);
                 data.extend_from_slice(&head);
                 if let Err(e) = segment_range(
                     name,
@@ -287,7 +286,7 @@ async fn feed(
                 ) {
                     return Fed::Failed(Failure::local(format!("cannot generate WAL: {e}")));
                 }
-                slot.send(Piece::Data(pool.bytes(data)));
+                slot.send(Piece::Data(Bytes::from(data)));
                 done += n;
             }
             sent += len;
