@@ -143,6 +143,7 @@ async fn timed_uploads(client: &mut Client, n: usize) -> Result<Vec<Duration>> {
             .collect();
         let start = Instant::now();
         let written = client
+            .wal
             .put(tokio_stream::iter(blocks))
             .await
             .context("a good upload failed")?

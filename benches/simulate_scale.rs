@@ -33,7 +33,9 @@
 //! figures. `WALPLAYER_BENCH_SMOKE=1`: 20 clusters for 3 s at 512 KiB/s
 //! (so segments complete), to check the bench in seconds.
 //! `WALPLAYER_BENCH_PARTS=scale,backlog,grpc-go` (default all),
-//! `WALPLAYER_BENCH_DURATION` (seconds of WAL per run, default 70).
+//! `WALPLAYER_BENCH_DURATION` (seconds of WAL per run, default 70),
+//! `WALPLAYER_BENCH_BIN` (another `walplayer` binary to run, e.g. a
+//! change's before).
 
 #[path = "support/mod.rs"]
 #[allow(dead_code)]

@@ -14,8 +14,12 @@ use walplayer::certs::MintedCerts;
 use walplayer::wal::generate::{generate, GenerateError, GenerateSpec, Payload, PgVersion};
 
 /// The `walplayer` binary cargo built with this bench, or the one next to
-/// it (`target/<profile>/walplayer`).
+/// it (`target/<profile>/walplayer`); `WALPLAYER_BENCH_BIN` names another.
 pub fn walplayer_binary() -> Option<PathBuf> {
+    // Another build of walplayer to measure (e.g. main's, for a before).
+    if let Some(bin) = std::env::var_os("WALPLAYER_BENCH_BIN") {
+        return Some(PathBuf::from(bin)).filter(|p| p.is_file());
+    }
     let built = option_env!("CARGO_BIN_EXE_walplayer").map(PathBuf::from);
     let beside = std::env::current_exe()
         .ok()

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use rustls::ClientConfig;
 
+use crate::put::{self, Piece, PutBody};
 use crate::transport::{self, ClientTls, CONNECT_TIMEOUT};
 pub use crate::transport::{error_chain, status_text};
 use tonic::transport::Channel;
@@ -18,8 +19,32 @@ pub const MAX_BLOCK_BYTES: usize = 8 << 20;
 /// Largest gRPC message either side accepts (8 MiB + 512 KiB).
 pub const MAX_MESSAGE_BYTES: usize = (8 << 20) + (512 << 10);
 
-/// A Klio client over one HTTP/2 connection.
-pub type Client = WalClient<Channel>;
+/// A Klio client over one HTTP/2 connection: uploads go through
+/// [`crate::put`] on its channel, Get and other calls through the generated
+/// client.
+#[derive(Clone)]
+pub struct Client {
+    /// The generated client, for Get (read-back) and plain calls.
+    pub wal: WalClient<Channel>,
+    channel: Channel,
+}
+
+impl Client {
+    /// A client on `channel`, with Klio's message limits.
+    pub fn new(channel: Channel) -> Client {
+        Client {
+            wal: WalClient::new(channel.clone())
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            channel,
+        }
+    }
+
+    /// The connection, for [`crate::put::put`].
+    pub fn channel(&self) -> &Channel {
+        &self.channel
+    }
+}
 
 /// Where and how to reach one Klio WAL server.
 #[derive(Clone)]
@@ -48,9 +73,7 @@ impl KlioEndpoint {
         let channel = transport::connect(&self.address, Some(self.tls.clone()), None)
             .await
             .map_err(|e| format!("cannot connect to Klio at {}: {e}", self.address))?;
-        Ok(WalClient::new(channel)
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES))
+        Ok(Client::new(channel))
     }
 
     /// Connects `jobs` clients, one connection each; the first one probes
@@ -68,9 +91,11 @@ impl KlioEndpoint {
     /// stores nothing), so that a fault that would fail every file (the
     /// server unreachable, TLS rejected either way) is found once, up front.
     pub async fn probe(&self) -> Result<Client, String> {
-        let mut client = self.connect().await?;
-        let empty = tokio_stream::iter(Vec::<walplayer_proto::klio::PutRequest>::new());
-        match tokio::time::timeout(CONNECT_TIMEOUT, client.put(empty)).await {
+        let client = self.connect().await?;
+        // The same path every upload takes, with no message at all.
+        let (tx, empty) = PutBody::channel(1);
+        let _ = tx.try_send(Piece::End);
+        match tokio::time::timeout(CONNECT_TIMEOUT, put::put(client.channel(), empty)).await {
             Err(_) => Err(format!(
                 "Klio at {} accepted the connection but did not answer within {:?}",
                 self.address, CONNECT_TIMEOUT

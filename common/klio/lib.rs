@@ -17,7 +17,8 @@
 //!   channel, either side; [`read_ahead`]: the read buffer under a server's
 //!   TLS.
 //! - [`endpoint`]: connections to a Klio WAL server, with its limits.
-//! - [`upload`]: one Put stream per file, retries; [`verify`]: read-back.
+//! - [`put`]: one Put stream, blocks sent without a copy; [`upload`]: one
+//!   Put per file, retries; [`verify`]: read-back.
 //! - [`memory`]: the memory N jobs need, checked against `--max-memory`.
 //! - [`settings`]: block size, jobs and upload settings as validated types.
 //! - [`output`]: result and summary files.
@@ -39,6 +40,7 @@ pub mod metrics;
 pub mod output;
 pub mod pipeline;
 pub mod progress;
+pub mod put;
 pub mod read_ahead;
 pub mod report;
 pub mod role;

@@ -1,46 +1,56 @@
 //! The memory a run of N jobs needs, checked against `--max-memory` (by
 //! default the cgroup's limit) before anything is sent.
 //!
-//! Peak RSS ≈ [`FIXED_BYTES`] + jobs × block size × [`BLOCK_FACTOR`], the
-//! fit measured in BENCHMARKS.md ("Memory"): a run that cannot fit would
-//! be killed by the kernel half-way, so it is refused up front instead.
+//! Peak RSS ≈ [`FIXED_BYTES`] + jobs × [`per_job`], the bound measured in
+//! BENCHMARKS.md ("Memory"): a job holds a few chunks of its block (see
+//! [`crate::put`]) and what HTTP/2 has not written yet, whatever the block
+//! and file sizes. A run that cannot fit would be killed by the kernel
+//! half-way, so it is refused up front instead.
 
 use std::path::Path;
 
+use crate::put::CHUNK_BYTES;
+
 /// What the process holds whatever the jobs and block size.
 pub const FIXED_BYTES: u64 = 10 << 20;
-/// Bytes held per job per byte of block (k in the README).
-pub const BLOCK_FACTOR: f64 = 2.8;
+/// What HTTP/2 holds per stream before the socket takes it: hyper's
+/// per-stream send buffer (1 MiB, not settable through tonic's `Endpoint`).
+pub const SEND_BUFFER_BYTES: u64 = 1 << 20;
+/// Pieces of a block a job holds besides: the one being read, the one
+/// waiting for the transport, the one HTTP/2 took beyond its buffer, and
+/// the allocator's slack (measured: up to 2.0 MiB per job in all, so this
+/// leaves a quarter of margin).
+const PIECES_HELD: u64 = 6;
+
+/// The most one job holds with blocks of `block_bytes`: at most 2.5 MiB.
+pub fn per_job(block_bytes: usize) -> u64 {
+    SEND_BUFFER_BYTES + PIECES_HELD * block_bytes.min(CHUNK_BYTES) as u64
+}
 
 /// The expected peak RSS of `jobs` uploads of `block_bytes` blocks.
 pub fn estimate(jobs: usize, block_bytes: usize) -> u64 {
-    FIXED_BYTES + (jobs as f64 * block_bytes as f64 * BLOCK_FACTOR) as u64
+    FIXED_BYTES.saturating_add((jobs as u64).saturating_mul(per_job(block_bytes)))
 }
 
 /// Refuses `jobs` × `block_bytes` when the estimate exceeds `max`, with the
-/// numbers and what to lower; `max` of `None` means no limit is known.
+/// numbers and the jobs that would fit; `max` of `None` means no limit is
+/// known.
 pub fn check(jobs: usize, block_bytes: usize, max: Option<MemoryLimit>) -> Result<(), String> {
     let Some(max) = max else { return Ok(()) };
     let need = estimate(jobs, block_bytes);
     if need <= max.bytes {
         return Ok(());
     }
-    let room = max.bytes.saturating_sub(FIXED_BYTES) as f64;
-    let per_job = block_bytes as f64 * BLOCK_FACTOR;
-    let fitting_jobs = (room / per_job).floor() as u64;
-    let fitting_block_kib = (room / (jobs as f64 * BLOCK_FACTOR) / 1024.0).floor() as u64;
-    let lower = match (fitting_jobs, fitting_block_kib) {
-        (0, 0) => "raise the limit: not even one job of 1 KiB blocks fits".to_string(),
-        (0, kib) => format!("lower --block-size to {kib} KiB, or raise the limit"),
-        (jobs, 0) => format!("lower --jobs to {jobs}, or raise the limit"),
-        (jobs, kib) => {
-            format!("lower --jobs to {jobs} or --block-size to {kib} KiB, or raise the limit")
-        }
+    let fitting_jobs = max.bytes.saturating_sub(FIXED_BYTES) / per_job(block_bytes);
+    let lower = match fitting_jobs {
+        0 => "raise the limit: not even one job fits".to_string(),
+        jobs => format!("lower --jobs to {jobs}, or raise the limit"),
     };
     Err(format!(
-        "{jobs} jobs × {} KiB blocks need about {} (10 MiB + jobs × block × {BLOCK_FACTOR}), more than {} of {}: {lower}",
+        "{jobs} jobs × {} KiB blocks need about {} (10 MiB + {} KiB per job), more than {} of {}: {lower}",
         block_bytes / 1024,
         mib(need),
+        per_job(block_bytes) / 1024,
         mib(max.bytes),
         max.source,
     ))
@@ -140,14 +150,23 @@ mod tests {
             bytes: 100 << 20,
             source: "--max-memory".into(),
         };
-        check(4, 2 << 20, Some(limit.clone())).unwrap();
-        let e = check(64, 2 << 20, Some(limit)).unwrap_err();
+        check(36, 2 << 20, Some(limit.clone())).unwrap();
+        let e = check(64, 2 << 20, Some(limit.clone())).unwrap_err();
         assert!(
-            e.contains("64 jobs × 2048 KiB blocks need about 369 MiB")
+            e.contains("64 jobs × 2048 KiB blocks need about 170 MiB (10 MiB + 2560 KiB per job)")
                 && e.contains("more than 100 MiB of --max-memory")
-                && e.contains("lower --jobs to 16 or --block-size to 514 KiB"),
+                && e.contains("lower --jobs to 36, or raise the limit"),
             "{e}"
         );
+        // A job holds the same with 8 MiB blocks, less with small ones.
+        assert_eq!(per_job(8 << 20), per_job(CHUNK_BYTES));
+        assert_eq!(per_job(64 << 10), (1 << 20) + 6 * (64 << 10));
+        let tiny = MemoryLimit {
+            bytes: 11 << 20,
+            ..limit
+        };
+        let e = check(2, 8 << 20, Some(tiny)).unwrap_err();
+        assert!(e.contains("not even one job fits"), "{e}");
         check(1024, 8 << 20, None).unwrap();
     }
 

@@ -1,10 +1,12 @@
 //! Uploader: one Put stream per file, blocks read off the disk as they are
 //! sent; retries with backoff; optional read-back verification.
 //!
-//! A blocking reader thread fills blocks of the chosen size and hands them
-//! to the gRPC stream through a channel of one. It reads a block only once
-//! the channel has room for it, so a job holds the block being read or
-//! waiting, and the one tonic is encoding, whatever the file size.
+//! A blocking reader thread reads the file a chunk ([`CHUNK_BYTES`]) at a
+//! time and hands the chunks to the Put stream ([`crate::put`]) through a
+//! channel of one, as parts of messages of the chosen block size. It reads a
+//! chunk only once the channel has room for it, so a job holds a chunk or
+//! two plus what HTTP/2 has not written yet, whatever the block and file
+//! sizes.
 
 use std::io::Read;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,13 +16,12 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use prometheus_client::metrics::counter::Counter;
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 
 use crate::endpoint::{status_text, Client};
 use crate::metrics::ClientMetrics;
+use crate::put::{self, Piece, PutBody, CHUNK_BYTES};
 use crate::report::{FailureKind, FileReport, Outcome};
 use crate::verify;
-use walplayer_proto::klio::PutRequest;
 use walplayer_wal::source::Segment;
 
 pub use crate::settings::UploadSettings;
@@ -228,13 +229,6 @@ pub fn finish(
     }
 }
 
-/// Why the reader stopped early; it keeps the sender alive so the stream is
-/// cancelled, not ended cleanly, when the upload is dropped.
-struct ReadFailure {
-    failure: Failure,
-    _keep_open: mpsc::Sender<PutRequest>,
-}
-
 async fn send(
     client: &mut Client,
     work: &Work,
@@ -250,7 +244,7 @@ async fn send(
             "file is empty: Klio needs a non-zero segment_size, nothing was sent",
         ));
     }
-    let (tx, rx) = mpsc::channel(1);
+    let (tx, body) = PutBody::channel(1);
     let reader = {
         let (segment, cluster, block, digest, counter) = (
             segment.clone(),
@@ -263,15 +257,16 @@ async fn send(
             read_blocks(&segment, &cluster, block, digest, &counter, tx)
         })
     };
-    let call = client.put(ReceiverStream::new(rx));
+    let call = put::put(client.channel(), body);
     tokio::pin!(call);
     tokio::pin!(reader);
     let rejected = |s: tonic::Status| Failure::from_status("upload", &s);
     let sent = tokio::select! {
         read = &mut reader => match read {
             Ok(Ok(sent)) => sent,
-            // Dropping `call` here resets the stream before the sender goes.
-            Ok(Err(failure)) => return Err(failure.failure),
+            // The reader dropped its sender without ending the stream, so
+            // the stream is reset, never ended with a short message.
+            Ok(Err(failure)) => return Err(failure),
             Err(e) => return Err(Failure::local(format!("reader thread failed: {e}"))),
         },
         answer = &mut call => {
@@ -279,14 +274,14 @@ async fn send(
             // reader did, the answer decides.
             let answer = answer.map_err(rejected)?;
             return match reader.await {
-                Ok(Ok(sent)) => check_written(answer.into_inner().written_size, sent),
-                Ok(Err(failure)) => Err(failure.failure),
+                Ok(Ok(sent)) => check_written(answer.written_size, sent),
+                Ok(Err(failure)) => Err(failure),
                 Err(e) => Err(Failure::local(format!("reader thread failed: {e}"))),
             };
         }
     };
     let answer = call.await.map_err(rejected)?;
-    check_written(answer.into_inner().written_size, sent)
+    check_written(answer.written_size, sent)
 }
 
 fn check_written(written: u64, sent: Sent) -> Result<Sent, Failure> {
@@ -302,79 +297,209 @@ fn check_written(written: u64, sent: Sent) -> Result<Sent, Failure> {
     Ok(sent)
 }
 
-/// Reads `segment` in blocks and sends them; returns what was sent.
+/// Reads `segment` and sends it as messages of `block` bytes, each one's
+/// head first, then its bytes a chunk at a time as they are read; returns
+/// what was sent. The stream ends cleanly only once the file held exactly
+/// its size: a shorter or longer file, or a read error, drops the sender
+/// without [`Piece::End`], which resets the stream.
 fn read_blocks(
     segment: &Segment,
     cluster: &str,
     block: usize,
     digest: bool,
     sent_bytes: &SentBytes,
-    tx: mpsc::Sender<PutRequest>,
-) -> Result<Sent, ReadFailure> {
-    let fail = |message: String, tx: mpsc::Sender<PutRequest>| ReadFailure {
-        failure: Failure::local(message),
-        _keep_open: tx,
-    };
-    let mut input = match segment.open() {
-        Ok(input) => input,
-        Err(e) => return Err(fail(format!("cannot open file: {e}"), tx)),
-    };
+    tx: mpsc::Sender<Piece>,
+) -> Result<Sent, Failure> {
+    let mut input = segment
+        .open()
+        .map_err(|e| Failure::local(format!("cannot open file: {e}")))?;
     let mut hasher = digest.then(|| ring::digest::Context::new(&ring::digest::SHA256));
     let mut sent = 0u64;
     // Blocking threads of the pool run inside the runtime's context.
     let runtime = tokio::runtime::Handle::current();
-    loop {
-        // Wait for room before reading, not after: a block read ahead while
-        // the previous one still waits in the channel is one more block per
-        // job held in memory, for no gain (the read is much faster than
-        // the send).
-        let Ok(slot) = runtime.block_on(tx.clone().reserve_owned()) else {
-            // The call ended (the server answered early); it has the say.
-            return Ok(Sent {
-                bytes: sent,
-                digest: None,
-            });
-        };
-        let mut buf = Vec::with_capacity(block);
-        let n = match (&mut input).take(block as u64).read_to_end(&mut buf) {
-            Ok(n) => n,
-            Err(e) => return Err(fail(segment.read_error(&e), tx)),
-        };
-        if n == 0 {
-            break;
-        }
-        sent += n as u64;
-        if sent > segment.size {
-            return Err(fail(segment.length_mismatch(None), tx));
-        }
-        if let Some(h) = hasher.as_mut() {
-            h.update(&buf);
-        }
-        let request = PutRequest {
-            cluster_name: cluster.to_string(),
-            wal_name: segment.wal_name.clone(),
-            wal_block: Bytes::from(buf),
-            segment_size: segment.size,
-            send_to_tier2: false,
-        };
-        drop(slot.send(request));
-        sent_bytes.add(n as u64);
-        if n < block {
-            break;
+    // The call ended (the server answered early): it has the say.
+    let answered = |sent| Sent {
+        bytes: sent,
+        digest: None,
+    };
+    while sent < segment.size {
+        let len = (segment.size - sent).min(block as u64) as usize;
+        let mut head = Some(
+            put::message_head(cluster, &segment.wal_name, segment.size, len)
+                .map_err(Failure::local)?,
+        );
+        let mut left = len;
+        while left > 0 {
+            // Wait for room before reading, not after: a chunk read ahead
+            // while the one before still waits is memory held for no gain
+            // (the read is much faster than the send).
+            let Ok(slot) = runtime.block_on(tx.reserve()) else {
+                return Ok(answered(sent));
+            };
+            let n = left.min(CHUNK_BYTES);
+            let head = head.take().unwrap_or_default();
+            // The block's first chunk carries its head, so a message starts
+            // in one piece.
+            let mut chunk = vec![0u8; head.len() + n];
+            chunk[..head.len()].copy_from_slice(&head);
+            let got = read_full(&mut input, &mut chunk[head.len()..])
+                .map_err(|e| Failure::local(segment.read_error(&e)))?;
+            if got < n {
+                return Err(Failure::local(
+                    segment.length_mismatch(Some(sent + got as u64)),
+                ));
+            }
+            if let Some(h) = hasher.as_mut() {
+                h.update(&chunk[head.len()..]);
+            }
+            slot.send(Piece::Data(Bytes::from(chunk)));
+            sent_bytes.add(n as u64);
+            sent += n as u64;
+            left -= n;
         }
     }
-    if sent != segment.size {
-        return Err(fail(segment.length_mismatch(Some(sent)), tx));
+    // Reading on to the end also checks a gzip file's trailers.
+    match input.read(&mut [0u8; 1]) {
+        Ok(0) => {}
+        Ok(_) => return Err(Failure::local(segment.length_mismatch(None))),
+        Err(e) => return Err(Failure::local(segment.read_error(&e))),
     }
+    let Ok(slot) = runtime.block_on(tx.reserve()) else {
+        return Ok(answered(sent));
+    };
+    slot.send(Piece::End);
     Ok(Sent {
         bytes: sent,
         digest: hasher.map(|h| h.finish()),
     })
 }
 
+/// Reads until `buf` is full or the input ends; the bytes read.
+fn read_full(input: &mut dyn Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match input.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use walplayer_proto::klio::PutRequest;
+
+    /// What `read_blocks` sends of a file claimed to hold `size` bytes, in
+    /// blocks of `block`, and how it ended.
+    async fn pieces_of(
+        data: &[u8],
+        size: u64,
+        block: usize,
+    ) -> (Result<Sent, Failure>, Vec<Piece>) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("000000010000000000000001");
+        std::fs::write(&path, data).unwrap();
+        let segment = Segment {
+            path,
+            wal_name: "000000010000000000000001".into(),
+            size,
+            gzip: false,
+            unreadable: None,
+        };
+        let (tx, mut rx) = mpsc::channel(1);
+        let counted = SentBytes {
+            total: SentCounter::default(),
+            metric: Counter::default(),
+        };
+        let reader = tokio::task::spawn_blocking(move || {
+            read_blocks(&segment, "c", block, true, &counted, tx)
+        });
+        let mut pieces = Vec::new();
+        while let Some(piece) = rx.recv().await {
+            pieces.push(piece);
+        }
+        (reader.await.unwrap(), pieces)
+    }
+
+    /// The messages in `pieces`, and whether they ended with `End`.
+    fn messages(pieces: &[Piece]) -> (Vec<PutRequest>, bool) {
+        let mut stream = Vec::new();
+        let mut ended = false;
+        for piece in pieces {
+            match piece {
+                Piece::Data(bytes) => stream.extend_from_slice(bytes),
+                Piece::End => ended = true,
+            }
+        }
+        let mut out = Vec::new();
+        let mut rest = &stream[..];
+        while !rest.is_empty() {
+            assert_eq!(rest[0], 0);
+            let len = u32::from_be_bytes(rest[1..5].try_into().unwrap()) as usize;
+            out.push(prost::Message::decode(&rest[5..5 + len]).unwrap());
+            rest = &rest[5 + len..];
+        }
+        (out, ended)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_file_goes_out_as_whole_blocks_in_chunks_and_ends_cleanly() {
+        let data: Vec<u8> = (0..(3 * CHUNK_BYTES as u32 + 123))
+            .map(|i| (i % 251) as u8)
+            .collect();
+        let block = CHUNK_BYTES * 5 / 4;
+        let (sent, pieces) = pieces_of(&data, data.len() as u64, block).await;
+        let sent = sent.unwrap();
+        assert_eq!(sent.bytes, data.len() as u64);
+        let digest = ring::digest::digest(&ring::digest::SHA256, &data);
+        assert_eq!(sent.digest.unwrap().as_ref(), digest.as_ref());
+        assert!(pieces.len() > 4, "blocks are sent in chunks");
+        assert!(pieces.iter().all(|p| match p {
+            Piece::Data(b) => b.len() <= CHUNK_BYTES + 128,
+            Piece::End => true,
+        }));
+        let (messages, ended) = messages(&pieces);
+        assert!(ended);
+        let sizes: Vec<usize> = messages.iter().map(|m| m.wal_block.len()).collect();
+        assert_eq!(sizes, [block, block, data.len() - 2 * block]);
+        let joined: Vec<u8> = messages.iter().flat_map(|m| m.wal_block.to_vec()).collect();
+        assert_eq!(joined, data);
+        assert!(messages.iter().all(|m| m.cluster_name == "c"
+            && m.wal_name == "000000010000000000000001"
+            && m.segment_size == data.len() as u64));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_file_that_changed_size_never_ends_its_stream() {
+        let data = vec![7u8; CHUNK_BYTES + 10];
+        for (size, says) in [
+            (
+                data.len() as u64 + 10,
+                "file changed size while being sent: 262154 bytes instead of 262164",
+            ),
+            (
+                data.len() as u64 - 10,
+                "file changed size while being sent: more bytes instead of 262144",
+            ),
+            (
+                data.len() as u64 - CHUNK_BYTES as u64,
+                "more bytes instead of 10",
+            ),
+        ] {
+            let (sent, pieces) = pieces_of(&data, size, CHUNK_BYTES * 2).await;
+            let failure = sent.unwrap_err();
+            assert_eq!(failure.kind, FailureKind::LocalFile);
+            assert!(failure.message.contains(says), "{}", failure.message);
+            assert!(
+                !pieces.iter().any(|p| matches!(p, Piece::End)),
+                "the stream must be reset, not ended"
+            );
+        }
+    }
 
     #[test]
     fn backoff_doubles_and_is_bounded() {

@@ -27,6 +27,7 @@ pub async fn read_back(client: &mut Client, work: &Work, sent: &Sent) -> Result<
         wal_name: work.segment.wal_name.clone(),
     };
     let mut stream = client
+        .wal
         .get(request)
         .await
         .map_err(|s| Failure::from_status("read-back of the file (--verify)", &s))?

@@ -14,15 +14,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures_util::StreamExt;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
+use tokio::sync::mpsc::{self, Permit};
 use tokio_util::sync::CancellationToken;
 
 use walplayer_klio::endpoint::{Client, MAX_BLOCK_BYTES};
+use walplayer_klio::put::{self, Piece, PutBody, CHUNK_BYTES};
 use walplayer_klio::report::FailureKind;
 use walplayer_klio::upload::{backoff, Failure};
-use walplayer_proto::klio::PutRequest;
 use walplayer_wal::generate::{segment_range, Payload, SegmentShape};
 use walplayer_wal::walname::SegmentName;
 
@@ -115,12 +113,6 @@ pub async fn run(
     }
 }
 
-/// A block and the instant it was due.
-struct Block {
-    request: PutRequest,
-    due: Instant,
-}
-
 /// Counts a Put as open while it lives.
 struct OpenStream<'a>(&'a Recorder);
 
@@ -151,20 +143,11 @@ async fn put_segment(
     stop: &CancellationToken,
 ) -> Attempt {
     let _open = OpenStream::new(&shared.recorder);
-    let (tx, rx) = mpsc::channel::<Block>(1);
+    let (tx, body) = PutBody::channel(1);
     let opened = Instant::now();
-    let recorder = shared.recorder.clone();
-    let mut first = true;
-    let requests = ReceiverStream::new(rx).map(move |b: Block| {
-        let now = Instant::now();
-        let ttfb = std::mem::take(&mut first).then(|| now - opened);
-        let late = now.saturating_duration_since(b.due);
-        recorder.block_sent(b.request.wal_block.len() as u64, late, ttfb);
-        b.request
-    });
-    let call = client.put(requests);
+    let call = put::put(client.channel(), body);
     tokio::pin!(call);
-    let feeder = feed(cluster, shared, name, start, tx);
+    let feeder = feed(cluster, shared, name, start, opened, tx);
     tokio::pin!(feeder);
     let timeout = shared.timeout;
     let fed = tokio::select! {
@@ -175,7 +158,7 @@ async fn put_segment(
                     FailureKind::Mismatch,
                     format!(
                         "server answered (written_size {}) before the segment was complete",
-                        r.into_inner().written_size
+                        r.written_size
                     ),
                 )),
             };
@@ -206,11 +189,11 @@ async fn put_segment(
             retryable: true,
         }),
         Ok(Err(status)) => Attempt::Failed(Failure::from_status("upload", &status)),
-        Ok(Ok(r)) if r.get_ref().written_size != seg => Attempt::Failed(Failure::fatal(
+        Ok(Ok(r)) if r.written_size != seg => Attempt::Failed(Failure::fatal(
             FailureKind::Mismatch,
             format!(
                 "incomplete WAL file: server stored {} of the {seg} bytes sent",
-                r.get_ref().written_size
+                r.written_size
             ),
         )),
         Ok(Ok(_)) => Attempt::Acked(at),
@@ -226,18 +209,23 @@ enum Fed {
 }
 
 /// Sends segment `name` (cluster bytes `start..start + segment`) as its
-/// bytes are produced.
+/// bytes are produced, each block as one message whose bytes are generated
+/// a chunk at a time, only once the stream has taken the chunk before: a
+/// cluster the server holds back holds one chunk, not its backlog.
 async fn feed(
     cluster: &Cluster,
     shared: &Shared,
     name: SegmentName,
     start: u64,
-    tx: mpsc::Sender<Block>,
+    opened: Instant,
+    tx: mpsc::Sender<Piece>,
 ) -> Fed {
     let seg = shared.shape.segment_bytes;
     let end = start + seg;
     let interval = shared.flush_interval;
     let max_block = shared.flush_bytes.min(MAX_BLOCK_BYTES as u64);
+    let wal_name = name.to_string();
+    let mut first = true;
     let mut sent = start;
     // Ticks run from the cluster's start (staggered across clusters); the
     // first is the one after the segment opened.
@@ -264,44 +252,67 @@ async fn feed(
         while sent < available {
             let len = (available - sent).min(max_block);
             let block_due = due.min(cluster.instant_of(sent + len));
-            let mut data = Vec::with_capacity(len as usize);
-            if let Err(e) = segment_range(
-                name,
-                &shared.shape,
-                &shared.payload,
-                sent - start,
-                len as usize,
-                &mut data,
-            ) {
-                return Fed::Failed(Failure::local(format!("cannot generate WAL: {e}")));
-            }
-            let request = PutRequest {
-                cluster_name: cluster.name.clone(),
-                wal_name: name.to_string(),
-                wal_block: Bytes::from(data),
-                segment_size: seg,
-                send_to_tier2: false,
+            let mut head = match put::message_head(&cluster.name, &wal_name, seg, len as usize) {
+                Ok(head) => Some(head),
+                Err(e) => return Fed::Failed(Failure::local(e)),
             };
-            let block = Block {
-                request,
-                due: block_due,
-            };
-            match tokio::time::timeout(shared.timeout, tx.send(block)).await {
-                Ok(Ok(())) => sent += len,
-                // The call ended; its answer says why.
-                Ok(Err(_)) => return std::future::pending().await,
-                Err(_) => {
-                    return Fed::Failed(Failure {
-                        kind: FailureKind::Timeout,
-                        message: format!(
-                            "the server took no block for {} (raise --timeout if it is just slow)",
-                            humantime::format_duration(shared.timeout)
-                        ),
-                        retryable: true,
-                    })
+            let mut done = 0;
+            while done < len {
+                let slot = match room(shared, &tx).await {
+                    Ok(slot) => slot,
+                    Err(fed) => return fed,
+                };
+                let n = (len - done).min(CHUNK_BYTES as u64);
+                let now = Instant::now();
+                if done == 0 {
+                    // The stream took everything before this block: it
+                    // goes out now.
+                    let late = now.saturating_duration_since(block_due);
+                    let ttfb = std::mem::take(&mut first).then(|| now - opened);
+                    shared.recorder.block_sent(n, late, ttfb);
+                } else {
+                    shared.recorder.more_sent(n);
                 }
+                let head = head.take().unwrap_or_default();
+                let mut data = Vec::with_capacity(head.len() + n as usize);
+                data.extend_from_slice(&head);
+                if let Err(e) = segment_range(
+                    name,
+                    &shared.shape,
+                    &shared.payload,
+                    sent + done - start,
+                    n as usize,
+                    &mut data,
+                ) {
+                    return Fed::Failed(Failure::local(format!("cannot generate WAL: {e}")));
+                }
+                slot.send(Piece::Data(Bytes::from(data)));
+                done += n;
             }
+            sent += len;
         }
     }
+    match room(shared, &tx).await {
+        Ok(slot) => slot.send(Piece::End),
+        Err(fed) => return fed,
+    }
     Fed::Complete
+}
+
+/// Waits until the stream has taken the piece before, at most the
+/// attempt's timeout.
+async fn room<'a>(shared: &Shared, tx: &'a mpsc::Sender<Piece>) -> Result<Permit<'a, Piece>, Fed> {
+    match tokio::time::timeout(shared.timeout, tx.reserve()).await {
+        Ok(Ok(slot)) => Ok(slot),
+        // The call ended; its answer says why.
+        Ok(Err(_)) => std::future::pending().await,
+        Err(_) => Err(Fed::Failed(Failure {
+            kind: FailureKind::Timeout,
+            message: format!(
+                "the server took no block for {} (raise --timeout if it is just slow)",
+                humantime::format_duration(shared.timeout)
+            ),
+            retryable: true,
+        })),
+    }
 }

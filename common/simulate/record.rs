@@ -246,7 +246,14 @@ impl Recorder {
         f(&mut self.inner.lock().expect("recorder lock"))
     }
 
-    /// A block went to the transport `late` after it was due.
+    /// More bytes of a block already counted by [`Recorder::block_sent`]
+    /// went out.
+    pub fn more_sent(&self, bytes: u64) {
+        self.sent.fetch_add(bytes, Relaxed);
+    }
+
+    /// A block went to the transport `late` after it was due (its first
+    /// `bytes`, the rest through [`Recorder::more_sent`]).
     pub fn block_sent(&self, bytes: u64, late: Duration, first_of_put: Option<Duration>) {
         self.sent.fetch_add(bytes, Relaxed);
         self.with(|i| {

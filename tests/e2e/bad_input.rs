@@ -36,14 +36,21 @@ fn play_flags_out_of_range() {
 fn play_beyond_max_memory_is_refused_with_what_fits() {
     let env = TestEnv::new();
     let wal = env.generate("wal", 1, 1, &[]);
-    let args = ["-j", "64", "--block-size", "8192", "--max-memory", "256MiB"];
+    let args = [
+        "-j",
+        "256",
+        "--block-size",
+        "8192",
+        "--max-memory",
+        "256MiB",
+    ];
     let out = run(&mut env.play(&wal, "127.0.0.1:1", &args));
     expect_usage_error(
         out,
         &[
-            "64 jobs × 8192 KiB blocks need about 1444 MiB",
+            "256 jobs × 8192 KiB blocks need about 650 MiB",
             "more than 256 MiB of --max-memory",
-            "lower --jobs to 10 or --block-size to 1405 KiB",
+            "lower --jobs to 98, or raise the limit",
         ],
     );
     let out = run(&mut env.play(&wal, "127.0.0.1:1", &["--max-memory", "lots"]));

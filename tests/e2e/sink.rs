@@ -76,6 +76,7 @@ fn block(cluster: &str, wal: &str, size: u64, data: &[u8]) -> PutRequest {
 
 async fn put(client: &mut Client, msgs: Vec<PutRequest>) -> Result<u64, tonic::Status> {
     client
+        .wal
         .put(tokio_stream::iter(msgs))
         .await
         .map(|r| r.into_inner().written_size)
@@ -128,6 +129,7 @@ async fn complete_partial_and_read_back() {
 
     let mut stream = s
         .client
+        .wal
         .get(GetRequest {
             cluster_name: "c1".into(),
             wal_name: WAL.into(),
@@ -143,6 +145,7 @@ async fn complete_partial_and_read_back() {
     assert_eq!(got, b"abcdef");
     let missing = s
         .client
+        .wal
         .get(GetRequest {
             cluster_name: "c1".into(),
             wal_name: "000000010000000000000009".into(),
@@ -218,6 +221,7 @@ async fn discard_counts_and_stores_nothing() {
     );
     let e = s
         .client
+        .wal
         .get(GetRequest {
             cluster_name: "c".into(),
             wal_name: WAL.into(),
@@ -332,6 +336,7 @@ async fn metrics_count_bytes_fsyncs_open_streams_and_rejections() {
     let mut client = s.client.clone();
     let call = tokio::spawn(async move {
         client
+            .wal
             .put(tokio_stream::wrappers::ReceiverStream::new(rx))
             .await
             .map(|r| r.into_inner().written_size)

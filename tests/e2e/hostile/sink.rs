@@ -76,6 +76,7 @@ fn open(client: &Client) -> OpenPut {
     let mut client = client.clone();
     let call = tokio::spawn(async move {
         client
+            .wal
             .put(ReceiverStream::new(rx))
             .await
             .map(|r| r.into_inner().written_size)
@@ -107,6 +108,7 @@ fn names(dir: &Path) -> Vec<String> {
 
 async fn put(client: &mut Client, msgs: Vec<PutRequest>) -> Result<u64, tonic::Status> {
     client
+        .wal
         .put(tokio_stream::iter(msgs))
         .await
         .map(|r| r.into_inner().written_size)
@@ -234,7 +236,7 @@ async fn unread_get_streams_do_not_lock_out_an_upload() {
             cluster_name: "c".into(),
             wal_name: X.into(),
         };
-        held.push(reader.get(request).await.unwrap().into_inner());
+        held.push(reader.wal.get(request).await.unwrap().into_inner());
     }
     let y = "000000010000000000000008";
     let upload = put(&mut client, vec![block(y, 3, b"abc")]);
