@@ -57,7 +57,7 @@ pub(crate) async fn run(
     if let Some(address) = address {
         klio.address = address;
     }
-    let lockstep = workload.search.map(|s| Steps::of(s, a));
+    let lockstep = workload.search.map(|s| Steps::of(s, a, workload.clusters));
     let plans = plans(&workload, lockstep.as_ref());
     let endpoint = match tls::client_config(&klio.server_ca, &klio.client_cert, &klio.client_key)
         .map_err(|e| e.to_string())
@@ -193,16 +193,19 @@ struct Steps {
     index: u64,
     /// Steps up to `max_clusters`.
     steps: u32,
+    /// The clusters assigned: no step runs more, whatever the counts say.
+    assigned: u64,
 }
 
 impl Steps {
-    fn of(search: Search, a: &Assignment) -> Steps {
+    fn of(search: Search, a: &Assignment, assigned: u64) -> Steps {
         let steps = search.max_clusters.div_ceil(search.step.max(1));
         Steps {
             search,
             agents: u64::from(a.agent_count),
             index: u64::from(a.agent_index),
             steps: u32::try_from(steps).unwrap_or(u32::MAX),
+            assigned,
         }
     }
 
@@ -211,7 +214,7 @@ impl Steps {
         let total = (u64::from(k) + 1)
             .saturating_mul(self.search.step)
             .min(self.search.max_clusters);
-        step::share(total, self.agents, self.index)
+        step::share(total, self.agents, self.index).min(self.assigned)
     }
 }
 
