@@ -111,6 +111,17 @@ impl Marks {
         Ok(Marks { common_name, roles })
     }
 
+    /// Whether it carries a control-channel role (`agent`, `coordinator`).
+    fn has_control_role(&self) -> bool {
+        let control = [Role::Agent.name(), Role::Coordinator.name()];
+        self.roles.iter().any(|r| control.contains(&r.as_str()))
+    }
+
+    /// Whether its one and only role is `role`.
+    fn is_only(&self, role: Role) -> bool {
+        self.roles == [role.name()]
+    }
+
     fn found(&self) -> String {
         let cn = self.common_name.as_deref().unwrap_or("(none)");
         match self.roles.as_slice() {
@@ -121,8 +132,7 @@ impl Marks {
     }
 }
 
-/// Why a client certificate was refused: the role found and the one
-/// expected.
+/// Why a certificate was refused: the role found and the one expected.
 #[derive(Debug)]
 pub struct RoleRefused(String);
 
@@ -137,18 +147,17 @@ impl std::error::Error for RoleRefused {}
 impl ClientPolicy {
     /// Whether a client certificate with `marks` may use this channel.
     pub fn check(self, marks: &Marks) -> Result<(), RoleRefused> {
-        let control = [Role::Agent.name(), Role::Coordinator.name()];
         let found = marks.found();
         match self {
-            ClientPolicy::KlioChannel => match marks.roles.iter().find(|r| control.contains(&r.as_str())) {
-                None => Ok(()),
-                Some(_) => Err(RoleRefused(format!(
+            ClientPolicy::KlioChannel => match marks.has_control_role() {
+                false => Ok(()),
+                true => Err(RoleRefused(format!(
                     "{found} is for walplayer's control channel; the Klio channel takes role {} (or a certificate without a walplayer role): give the Klio client certificate (client/tls.crt of `walplayer certs`)",
                     Role::KlioClient.name()
                 ))),
             },
             ClientPolicy::ControlChannel => {
-                if marks.roles == [Role::Agent.name()] {
+                if marks.is_only(Role::Agent) {
                     return Ok(());
                 }
                 Err(RoleRefused(format!(
@@ -159,29 +168,23 @@ impl ClientPolicy {
             }
         }
     }
-
-    fn check_der(self, der: &[u8]) -> Result<(), Error> {
-        let marks = Marks::of(der).map_err(|e| refused(e.into()))?;
-        self.check(&marks).map_err(|e| refused(Box::new(e)))
-    }
 }
 
 impl ServerPolicy {
     /// Whether a server certificate with `marks` is the kind of server
     /// this client means to reach.
     pub fn check(self, marks: &Marks) -> Result<(), RoleRefused> {
-        let control = [Role::Agent.name(), Role::Coordinator.name()];
         let found = marks.found();
         match self {
-            ServerPolicy::KlioChannel => match marks.roles.iter().find(|r| control.contains(&r.as_str())) {
-                None => Ok(()),
-                Some(_) => Err(RoleRefused(format!(
+            ServerPolicy::KlioChannel => match marks.has_control_role() {
+                false => Ok(()),
+                true => Err(RoleRefused(format!(
                     "the server showed {found}, which is for walplayer's control channel, not a Klio server (role {}): check the address, or give the Klio server's certificate",
                     Role::KlioServer.name()
                 ))),
             },
             ServerPolicy::ControlChannel => {
-                if marks.roles == [Role::Coordinator.name()] {
+                if marks.is_only(Role::Coordinator) {
                     return Ok(());
                 }
                 Err(RoleRefused(format!(
@@ -223,10 +226,7 @@ impl ServerCertVerifier for ServerRoleVerifier {
             ocsp_response,
             now,
         )?;
-        let marks = Marks::of(end_entity).map_err(|e| refused(e.into()))?;
-        self.policy
-            .check(&marks)
-            .map_err(|e| refused(Box::new(e)))?;
+        check_der(end_entity, |m| self.policy.check(m))?;
         Ok(verified)
     }
 
@@ -251,6 +251,16 @@ impl ServerCertVerifier for ServerRoleVerifier {
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.inner.supported_verify_schemes()
     }
+}
+
+/// Reads the marks of a DER certificate and applies `check`, with the
+/// error as rustls reports a refused certificate; both verifiers use it.
+fn check_der(
+    der: &[u8],
+    check: impl FnOnce(&Marks) -> Result<(), RoleRefused>,
+) -> Result<(), Error> {
+    let marks = Marks::of(der).map_err(|e| refused(e.into()))?;
+    check(&marks).map_err(|e| refused(Box::new(e)))
 }
 
 /// A certificate refused for its role (or unreadable marks), as rustls
@@ -294,7 +304,7 @@ impl ClientCertVerifier for RoleVerifier {
         let verified = self
             .inner
             .verify_client_cert(end_entity, intermediates, now)?;
-        self.policy.check_der(end_entity)?;
+        check_der(end_entity, |m| self.policy.check(m))?;
         Ok(verified)
     }
 
