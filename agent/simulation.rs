@@ -199,21 +199,18 @@ struct Steps {
 
 impl Steps {
     fn of(search: Search, a: &Assignment, assigned: u64) -> Steps {
-        let steps = search.max_clusters.div_ceil(search.step.max(1));
         Steps {
             search,
             agents: u64::from(a.agent_count),
             index: u64::from(a.agent_index),
-            steps: u32::try_from(steps).unwrap_or(u32::MAX),
+            steps: search.steps(),
             assigned,
         }
     }
 
     /// Clusters this agent runs in step `k`.
     fn share(&self, k: u32) -> u64 {
-        let total = (u64::from(k) + 1)
-            .saturating_mul(self.search.step)
-            .min(self.search.max_clusters);
+        let total = self.search.clusters_in_step(k);
         step::share(total, self.agents, self.index).min(self.assigned)
     }
 }

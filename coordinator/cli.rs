@@ -145,11 +145,7 @@ impl CoordinatorArgs {
         // every step up to --max-clusters and one more while the last is
         // judged.
         let producing = match workload.search {
-            Some(s) => {
-                let steps = s.max_clusters.div_ceil(s.step);
-                s.step_duration
-                    .saturating_mul(u32::try_from(steps + 1).unwrap_or(u32::MAX))
-            }
+            Some(s) => s.step_duration.saturating_mul(s.steps().saturating_add(1)),
             None => self.sim.duration,
         };
         spec.duration_ms = u64::try_from(producing.as_millis()).unwrap_or(u64::MAX);

@@ -42,21 +42,13 @@ impl Judge {
             search,
             slos,
             agents: agents as u64,
-            steps: u32::try_from(search.max_clusters.div_ceil(search.step.max(1)))
-                .unwrap_or(u32::MAX),
+            steps: search.steps(),
             next: 0,
             pending: BTreeMap::new(),
             rows: Vec::new(),
             max_clusters: None,
             over: None,
         }
-    }
-
-    /// Clusters of the whole run in step `k`.
-    fn total(&self, k: u32) -> u64 {
-        (u64::from(k) + 1)
-            .saturating_mul(self.search.step)
-            .min(self.search.max_clusters)
     }
 
     /// Takes what agent `name` (number `index` of the run) measured in a
@@ -81,7 +73,7 @@ impl Judge {
                 r.step, self.next
             ));
         }
-        let share = step::share(self.total(r.step), self.agents, index);
+        let share = step::share(self.search.clusters_in_step(r.step), self.agents, index);
         let window = StepWindow::from_wire(r, share, self.search.step_duration * 2)?;
         let (from, sum) = self
             .pending
@@ -107,7 +99,7 @@ impl Judge {
             let (_, window) = self.pending.remove(&self.next).expect("just found");
             let row = window.row(&self.slos);
             walplayer_simulate::drive::log_step(&row);
-            let total = self.total(self.next);
+            let total = self.search.clusters_in_step(self.next);
             let pass = row.pass;
             self.rows.push(row);
             self.next += 1;

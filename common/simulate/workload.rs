@@ -37,6 +37,20 @@ pub struct Search {
     pub max_clusters: u64,
 }
 
+impl Search {
+    /// Steps until `max_clusters` is reached.
+    pub fn steps(&self) -> u32 {
+        u32::try_from(self.max_clusters.div_ceil(self.step.max(1))).unwrap_or(u32::MAX)
+    }
+
+    /// Clusters of the whole run in step `k` (0 for the first).
+    pub fn clusters_in_step(&self, k: u32) -> u64 {
+        (u64::from(k) + 1)
+            .saturating_mul(self.step)
+            .min(self.max_clusters)
+    }
+}
+
 /// Everything a simulation runs, already checked.
 #[derive(Debug, Clone)]
 pub struct Workload {
