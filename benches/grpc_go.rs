@@ -41,8 +41,8 @@
 #[allow(dead_code)]
 mod support;
 use support::{
-    build_go, linked_wal, mem_available_kib, spawn_listening, wait_measured, walplayer_binary,
-    walplayer_command,
+    build_go, linked_wal, mem_available_kib, process_cpu, spawn_listening, wait_measured,
+    walplayer_binary, walplayer_command,
 };
 
 use std::fmt::Write as _;
@@ -89,16 +89,14 @@ impl Knobs {
                 .and_then(|s| s.parse().ok())
                 .unwrap_or(default)
         };
-        let parts = std::env::var("WALPLAYER_BENCH_PARTS").unwrap_or_default();
-        let part = |name: &str| parts.is_empty() || parts.split(',').any(|p| p.trim() == name);
         Knobs {
             segments: number("WALPLAYER_BENCH_SEGMENTS", if smoke { 2 } else { 16 }).max(1),
             rounds: number("WALPLAYER_BENCH_ROUNDS", if smoke { 1 } else { 5 }).max(1) as usize,
             speed_jobs: if smoke { vec![1, 4] } else { vec![1, 4, 64] },
             memory_jobs: if smoke { vec![1, 4] } else { vec![1, 64, 256] },
             memory_blocks_kib: if smoke { vec![1024] } else { vec![1024, 8192] },
-            speed: part("speed"),
-            memory: part("memory"),
+            speed: support::part("speed"),
+            memory: support::part("memory"),
         }
     }
 }
@@ -460,20 +458,6 @@ fn play(bins: &Bins, run: &Play, scratch: &Path) -> Result<Measured> {
         peak_kib: finished.peak_kib,
         cipher,
     })
-}
-
-/// user + system seconds of a running process, all threads.
-fn process_cpu(pid: i32) -> Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .with_context(|| format!("process {pid} is gone"))?;
-    // Fields after the command name (which may hold spaces): state is the
-    // first, utime the 12th, stime the 13th.
-    let rest = stat.rsplit_once(") ").context("unreadable /proc stat")?.1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| -> Result<f64> { Ok(fields.get(i).context("short stat")?.parse()?) };
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    Ok((ticks(11)? + ticks(12)?) / hz)
 }
 
 // ---------------------------------------------------------------- data

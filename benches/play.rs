@@ -21,34 +21,24 @@
 #[allow(dead_code)]
 mod support;
 use support::{
-    rounds, segments, smoke, wait_measured, walplayer_binary, walplayer_command, Finished,
-    SinkProcess,
+    part, process_cpu, raw_pipe, rounds, segments, smoke, wait_measured, walplayer_binary,
+    walplayer_command, Finished, ServerProcess,
 };
 
-use std::collections::VecDeque;
 use std::fs::File;
-use std::io::Read;
-use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Stdio;
-use std::sync::{Arc, Mutex};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use rustls::{ClientConfig, ServerConfig};
-use rustls_pki_types::ServerName;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
-use tokio::task::JoinSet;
-use tokio_rustls::{TlsAcceptor, TlsConnector};
+use rustls::ClientConfig;
 use tokio_util::sync::CancellationToken;
 
 use walplayer::certs::{self, CertSpec, MintedCerts};
 use walplayer::klio::endpoint::KlioEndpoint;
 use walplayer::klio::pipeline::Pipeline;
 use walplayer::klio::tls;
-use walplayer::klio::transport::SOCKET_BUFFER;
 use walplayer::klio::upload::{UploadSettings, Work};
 use walplayer::sink::{self, Fsync, Sink, SinkSettings};
 use walplayer::wal::source::{self, Segment};
@@ -77,6 +67,10 @@ const SMOKE_MEMORY_CASES: [MemoryCase; 2] = [(0, 1, &[(2, 256)]), (8, 1, &[(2, 2
 
 fn main() {
     walplayer::alloc::tune();
+    // The raw pipe's client or server, started by `apart` below.
+    if let Some(code) = raw_pipe::child_role() {
+        std::process::exit(code);
+    }
     // Errors come back here, so the temporary directories (a GiB or more in
     // /dev/shm) are removed before the process exits.
     if let Err(e) = run() {
@@ -98,13 +92,21 @@ fn run() -> Result<()> {
         BLOCK_BYTES / 1024,
         rounds(ROUNDS)
     );
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the tokio runtime")?;
-    runtime.block_on(speed(&certs, &files))?;
+    if part("speed") {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the tokio runtime")?;
+        runtime.block_on(speed(&certs, &files))?;
+    }
+    if part("apart") {
+        apart(&certs, scratch.path(), &wal, &files)?;
+    }
     std::fs::remove_dir_all(&wal).context("cannot remove the speed rounds' WAL")?;
-    memory(&certs, scratch.path())
+    if part("memory") {
+        memory(&certs, scratch.path())?;
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------- speed
@@ -125,9 +127,9 @@ async fn speed(certs: &MintedCerts, files: &[Segment]) -> Result<()> {
     let endpoint = KlioEndpoint::new(&sink.local_addr().to_string(), client_tls.clone())
         .map_err(anyhow::Error::msg)?;
     let sink = tokio::spawn(sink.serve(shutdown.clone()));
-    let mut raw = RawServer::start(server_tls, shutdown.clone()).await?;
+    let raw = raw_pipe::Server::start(server_tls, shutdown.clone()).await?;
 
-    let rounds = compare(&endpoint, &mut raw, &client_tls, files).await;
+    let rounds = compare(&endpoint, &raw, &client_tls, files).await;
     shutdown.cancel();
     let totals = deadline("stopping the sink", async { Ok(sink.await?) }).await?;
     deadline("stopping the raw server", async { Ok(raw.accept.await?) }).await?;
@@ -145,7 +147,7 @@ async fn speed(certs: &MintedCerts, files: &[Segment]) -> Result<()> {
 
 async fn compare(
     endpoint: &KlioEndpoint,
-    raw: &mut RawServer,
+    raw: &raw_pipe::Server,
     client_tls: &Arc<ClientConfig>,
     files: &[Segment],
 ) -> Result<()> {
@@ -212,143 +214,206 @@ async fn play_round(endpoint: &KlioEndpoint, files: &[Segment], jobs: usize) -> 
     Ok(seconds)
 }
 
-/// One raw transfer: `jobs` connections take files in order, as the
-/// pipeline's jobs do, and write them in blocks; ends when the server has
-/// read every byte.
+/// One raw transfer of `files`; returns its seconds.
 async fn raw_round(
-    server: &mut RawServer,
+    server: &raw_pipe::Server,
     tls: &Arc<ClientConfig>,
     files: &[Segment],
     jobs: usize,
 ) -> Result<f64> {
     let start = Instant::now();
-    let queue = Arc::new(Mutex::new(files.iter().cloned().collect::<VecDeque<_>>()));
-    let connector = TlsConnector::from(tls.clone());
-    let mut clients = JoinSet::new();
-    for _ in 0..jobs {
-        clients.spawn(raw_client(server.addr, connector.clone(), queue.clone()));
-    }
-    let (mut sent, mut received) = (0, 0);
-    while let Some(client) = clients.join_next().await {
-        sent += client??;
-    }
-    for _ in 0..jobs {
-        received += server
-            .finished
-            .recv()
-            .await
-            .context("the raw server stopped")??;
-    }
-    let seconds = start.elapsed().as_secs_f64();
-    let total: u64 = files.iter().map(|s| s.size).sum();
-    ensure!(
-        sent == total && received == total,
-        "raw rustls: sent {sent} and received {received} of {total} bytes"
-    );
-    Ok(seconds)
+    raw_pipe::send(server.addr, tls, files, jobs, BLOCK_BYTES).await?;
+    Ok(start.elapsed().as_secs_f64())
 }
 
-async fn raw_client(
-    addr: SocketAddr,
-    connector: TlsConnector,
-    queue: Arc<Mutex<VecDeque<Segment>>>,
-) -> Result<u64> {
-    let tcp = TcpStream::connect(addr).await?;
-    // The same socket settings the Klio client uses.
-    let sock = socket2::SockRef::from(&tcp);
-    let _ = sock.set_send_buffer_size(SOCKET_BUFFER);
-    let _ = sock.set_recv_buffer_size(SOCKET_BUFFER);
-    tcp.set_nodelay(true)?;
-    let name = ServerName::try_from(addr.ip().to_string())?;
-    let mut tls = connector.connect(name, tcp).await?;
-    let mut block = vec![0u8; BLOCK_BYTES];
-    let mut sent = 0u64;
-    loop {
-        let Some(segment) = queue.lock().expect("queue lock").pop_front() else {
-            break;
-        };
-        // A plain read: the files are in /dev/shm or the page cache, so this
-        // is a copy, the cheapest way to get the bytes, as a baseline should.
-        let mut file = File::open(&segment.path)?;
-        loop {
-            let n = read_full(&mut file, &mut block)?;
-            if n == 0 {
-                break;
+// ---------------------------------------------------------------- apart
+
+/// Client and server as separate processes, so each one's CPU is its own:
+/// `walplayer play` to `walplayer sink --discard`, and the raw pipe's
+/// client to its server, in alternating rounds (with
+/// `WALPLAYER_BENCH_BEFORE=PATH`, that binary's play to its own sink too:
+/// a change's before and after). Per run: the client's CPU (user + system,
+/// `wait4`), the server's over the run (`/proc`), each per GiB moved, and
+/// throughput (bytes / the client's wall time).
+fn apart(certs: &MintedCerts, scratch: &Path, wal: &Path, files: &[Segment]) -> Result<()> {
+    let Some(bin) = walplayer_binary() else {
+        ensure!(!smoke(), "apart: no walplayer binary next to this bench");
+        println!(
+            "apart: skipped: no walplayer binary next to this bench; build it with \
+             `cargo build --release --bins` and run again"
+        );
+        return Ok(());
+    };
+    let s = &certs.server;
+    let mut raw = Command::new(std::env::current_exe()?);
+    raw.env(raw_pipe::ROLE, "server")
+        .arg(&s.cert)
+        .arg(&s.key)
+        .arg(&s.ca);
+    let raw = ServerProcess::start(&mut raw, "raw pipe server", scratch.join("raw-server.log"))?;
+    // (name, walplayer binary and its sink), the raw pipe first.
+    let mut pairs = vec![("raw", None), ("play", Some(bin.clone()))];
+    if let Some(before) = std::env::var_os("WALPLAYER_BENCH_BEFORE") {
+        pairs.push(("before", Some(before.into())));
+    }
+    let sinks = pairs
+        .iter()
+        .map(|(name, bin)| match bin {
+            Some(bin) => {
+                let home = scratch.join(name);
+                std::fs::create_dir_all(&home)?;
+                ServerProcess::sink(bin, certs, &home).map(Some)
             }
-            tls.write_all(&block[..n]).await?;
-            sent += n as u64;
-        }
-    }
-    // close_notify, then read to the server's: closing with its TLS 1.3
-    // session tickets unread would reset the connection under its last bytes.
-    tls.shutdown().await?;
-    let mut rest = Vec::new();
-    tls.read_to_end(&mut rest).await?;
-    Ok(sent)
-}
-
-/// A mutual-TLS server that reads and discards; each connection's byte
-/// count arrives on `finished` when the client closes.
-struct RawServer {
-    addr: SocketAddr,
-    finished: mpsc::UnboundedReceiver<std::io::Result<u64>>,
-    accept: tokio::task::JoinHandle<()>,
-}
-
-impl RawServer {
-    async fn start(tls: Arc<ServerConfig>, shutdown: CancellationToken) -> Result<RawServer> {
-        let listener = TcpListener::bind(LOOPBACK).await?;
-        let addr = listener.local_addr()?;
-        let (tx, finished) = mpsc::unbounded_channel();
-        let accept = tokio::spawn(raw_accept(listener, TlsAcceptor::from(tls), tx, shutdown));
-        Ok(RawServer {
-            addr,
-            finished,
-            accept,
+            None => Ok(None),
         })
-    }
-}
-
-async fn raw_accept(
-    listener: TcpListener,
-    acceptor: TlsAcceptor,
-    finished: mpsc::UnboundedSender<std::io::Result<u64>>,
-    shutdown: CancellationToken,
-) {
-    let mut connections = JoinSet::new();
-    loop {
-        let tcp = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((tcp, _)) => tcp,
-                Err(e) => {
-                    eprintln!("raw server: accept failed: {e}");
-                    continue;
-                }
-            },
-            _ = shutdown.cancelled() => break,
-        };
-        let _ = tcp.set_nodelay(true);
-        let (acceptor, finished) = (acceptor.clone(), finished.clone());
-        connections.spawn(async move {
-            let _ = finished.send(discard(acceptor, tcp).await);
-        });
-    }
-    connections.abort_all();
-    while connections.join_next().await.is_some() {}
-}
-
-async fn discard(acceptor: TlsAcceptor, tcp: TcpStream) -> std::io::Result<u64> {
-    let mut tls = acceptor.accept(tcp).await?;
-    let mut buf = vec![0u8; 256 << 10];
-    let mut received = 0u64;
-    loop {
-        match tls.read(&mut buf).await? {
-            0 => break,
-            n => received += n as u64,
+        .collect::<Result<Vec<_>>>()?;
+    let bytes: u64 = files.iter().map(|s| s.size).sum();
+    let gib = bytes as f64 / (1u64 << 30) as f64;
+    println!(
+        "apart: client and server as separate processes, {} files, block {} KiB, \
+         medians of {} alternating rounds; CPU per GiB is user+sys of that process alone",
+        files.len(),
+        BLOCK_BYTES / 1024,
+        rounds(ROUNDS)
+    );
+    for jobs in JOBS {
+        let mut runs = vec![Vec::new(); pairs.len()];
+        for round in 0..rounds(ROUNDS) {
+            let mut order: Vec<usize> = (0..pairs.len()).collect();
+            // Alternate which goes first.
+            if round % 2 == 1 {
+                order.reverse();
+            }
+            for i in order {
+                let (name, bin) = &pairs[i];
+                let run = match (bin, &sinks[i]) {
+                    (Some(bin), Some(sink)) => {
+                        let run = PlayRun {
+                            dir: wal,
+                            files: files.len() as u64,
+                            jobs,
+                            block_kib: BLOCK_BYTES / 1024,
+                        };
+                        measured(sink, || {
+                            play_process(bin, certs, &sink.address, &run, scratch)
+                        })
+                    }
+                    _ => raw_process(certs, &raw, wal, jobs, scratch),
+                };
+                runs[i].push(run.with_context(|| format!("{name} -j{jobs}, apart"))?);
+            }
+        }
+        let medians: Vec<Apart> = runs.iter().map(|r| Apart::median(r, gib)).collect();
+        for ((name, _), m) in pairs.iter().zip(&medians) {
+            println!(
+                "  -j{jobs}: {name:<6} {:>5.0} MiB/s, client {:.3} s/GiB (system {:.3}), \
+                 server {:.3} s/GiB",
+                m.mib_s, m.client, m.client_sys, m.server
+            );
+        }
+        let r = medians[0];
+        for ((name, _), p) in pairs.iter().zip(&medians).skip(1) {
+            println!(
+                "  -j{jobs}: {name} / raw: client CPU per GiB {:.2}x (user {:.2}x, system {:.2}x), \
+                 server CPU per GiB {:.2}x, throughput {:.2}x",
+                p.client / r.client,
+                (p.client - p.client_sys) / (r.client - r.client_sys),
+                p.client_sys / r.client_sys,
+                p.server / r.server,
+                p.mib_s / r.mib_s
+            );
+        }
+        if let [_, after, before] = medians[..] {
+            println!(
+                "  -j{jobs}: play / before: client CPU per GiB {:.2}x, server CPU per GiB {:.2}x, \
+                 throughput {:.2}x",
+                after.client / before.client,
+                after.server / before.server,
+                after.mib_s / before.mib_s
+            );
         }
     }
-    tls.shutdown().await?;
-    Ok(received)
+    Ok(())
+}
+
+/// One separate-process run, in seconds.
+#[derive(Clone, Copy)]
+struct Run {
+    wall: f64,
+    client: f64,
+    client_sys: f64,
+    server: f64,
+}
+
+/// Medians of runs, per GiB.
+#[derive(Clone, Copy)]
+struct Apart {
+    mib_s: f64,
+    client: f64,
+    client_sys: f64,
+    server: f64,
+}
+
+impl Apart {
+    /// Medians of each figure over `runs` of `gib` each, per GiB.
+    fn median(runs: &[Run], gib: f64) -> Apart {
+        let of = |f: fn(&Run) -> f64| median(runs.iter().map(f).collect());
+        Apart {
+            mib_s: gib * 1024.0 / of(|r| r.wall),
+            client: of(|r| r.client) / gib,
+            client_sys: of(|r| r.client_sys) / gib,
+            server: of(|r| r.server) / gib,
+        }
+    }
+}
+
+/// Runs a client against `server`, measuring both.
+fn measured(server: &ServerProcess, client: impl FnOnce() -> Result<Finished>) -> Result<Run> {
+    let before = process_cpu(server.pid())?;
+    let start = Instant::now();
+    let finished = client()?;
+    Ok(Run {
+        wall: start.elapsed().as_secs_f64(),
+        client: finished.cpu,
+        client_sys: finished.sys,
+        server: process_cpu(server.pid())? - before,
+    })
+}
+
+/// The raw pipe's client process sending `wal` to `server`.
+fn raw_process(
+    certs: &MintedCerts,
+    server: &ServerProcess,
+    wal: &Path,
+    jobs: usize,
+    scratch: &Path,
+) -> Result<Run> {
+    let c = &certs.client;
+    let log = scratch.join("raw-client.log");
+    measured(server, || {
+        let child = Command::new(std::env::current_exe()?)
+            .env(raw_pipe::ROLE, "client")
+            .arg(&server.address)
+            .arg(&c.ca)
+            .arg(&c.cert)
+            .arg(&c.key)
+            .arg(jobs.to_string())
+            .arg(BLOCK_BYTES.to_string())
+            .arg(wal)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(File::create(&log)?)
+            .spawn()
+            .context("cannot start the raw pipe's client")?;
+        let finished = wait_measured(child, PHASE_DEADLINE)?;
+        ensure!(
+            finished.status == 0,
+            "the raw pipe's client exited with {}: {}",
+            finished.status,
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        Ok(finished)
+    })
 }
 
 // ---------------------------------------------------------------- memory
@@ -365,7 +430,7 @@ fn memory(certs: &MintedCerts, scratch: &Path) -> Result<()> {
         );
         return Ok(());
     };
-    let sink = SinkProcess::start(&bin, certs, scratch)?;
+    let sink = ServerProcess::sink(&bin, certs, scratch)?;
     println!("memory: peak RSS of walplayer play (growth = over the empty directory's run)");
     let (mut empty_kib, mut reference) = (None, None);
     let cases: &[MemoryCase] = if smoke() {
@@ -389,8 +454,9 @@ fn memory(certs: &MintedCerts, scratch: &Path) -> Result<()> {
                 jobs,
                 block_kib,
             };
-            let peak = play_peak_kib(&bin, certs, &sink.address, &play, scratch)
-                .with_context(|| format!("memory run {run}"))?;
+            let peak = play_process(&bin, certs, &sink.address, &play, scratch)
+                .with_context(|| format!("memory run {run}"))?
+                .peak_kib;
             let base = *empty_kib.get_or_insert(peak);
             let growth = peak.saturating_sub(base);
             let mib_of = |kib: u64| kib as f64 / 1024.0;
@@ -412,7 +478,7 @@ fn memory(certs: &MintedCerts, scratch: &Path) -> Result<()> {
     Ok(())
 }
 
-/// One `walplayer play` of the memory runs.
+/// One `walplayer play` process.
 struct PlayRun<'a> {
     dir: &'a Path,
     files: u64,
@@ -420,15 +486,15 @@ struct PlayRun<'a> {
     block_kib: usize,
 }
 
-/// Runs `walplayer play` and returns its peak RSS in KiB, after checking
-/// that every file was stored.
-fn play_peak_kib(
+/// Runs `walplayer play` and returns how it ended (CPU, peak RSS), after
+/// checking that every file was stored.
+fn play_process(
     bin: &Path,
     certs: &MintedCerts,
     address: &str,
     run: &PlayRun,
     scratch: &Path,
-) -> Result<u64> {
+) -> Result<Finished> {
     let files = run.files;
     let c = &certs.client;
     let (summary, log) = (scratch.join("summary.json"), scratch.join("play.log"));
@@ -452,9 +518,8 @@ fn play_peak_kib(
         .stderr(File::create(&log)?)
         .spawn()
         .context("cannot start walplayer play")?;
-    let Finished {
-        status, peak_kib, ..
-    } = wait_measured(child, PHASE_DEADLINE)?;
+    let finished = wait_measured(child, PHASE_DEADLINE)?;
+    let status = finished.status;
     let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
     ensure!(
         status == 0,
@@ -468,7 +533,7 @@ fn play_peak_kib(
         doc["filesOk"],
         log_text()
     );
-    Ok(peak_kib)
+    Ok(finished)
 }
 
 // ---------------------------------------------------------------- helpers
@@ -489,18 +554,6 @@ fn check_all_sent(what: &str, files: &[Segment], reports: usize, stored: u64) ->
         files.len()
     );
     Ok(())
-}
-
-/// Reads until `buf` is full or the file ends.
-fn read_full(input: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match input.read(&mut buf[filled..])? {
-            0 => break,
-            n => filled += n,
-        }
-    }
-    Ok(filled)
 }
 
 fn median(mut seconds: Vec<f64>) -> f64 {

@@ -42,7 +42,7 @@
 mod support;
 use support::{
     build_go, linked_wal, smoke, wait_measured, walplayer_binary, walplayer_command, Finished,
-    SinkProcess,
+    ServerProcess,
 };
 
 use std::fs::File;
@@ -140,7 +140,7 @@ fn run() -> Result<()> {
     };
     let scratch = support::scratch_in_memory("walplayer-bench-simulate-")?;
     let certs = certs::mint(&scratch.path().join("certs"), &CertSpec::default())?;
-    let sink = SinkProcess::start(&bin, &certs, scratch.path())?;
+    let sink = ServerProcess::sink(&bin, &certs, scratch.path())?;
     let env = Env {
         bin,
         certs,
@@ -209,7 +209,7 @@ struct Env {
     bin: PathBuf,
     certs: MintedCerts,
     home: PathBuf,
-    sink: SinkProcess,
+    sink: ServerProcess,
     deadline: Duration,
 }
 

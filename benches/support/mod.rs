@@ -13,6 +13,8 @@ use tokio_util::sync::CancellationToken;
 use walplayer::certs::MintedCerts;
 use walplayer::wal::generate::{generate, GenerateError, GenerateSpec, Payload, PgVersion};
 
+pub mod raw_pipe;
+
 /// The `walplayer` binary cargo built with this bench, or the one next to
 /// it (`target/<profile>/walplayer`); `WALPLAYER_BENCH_BIN` names another.
 pub fn walplayer_binary() -> Option<PathBuf> {
@@ -151,19 +153,29 @@ pub fn spawn_listening(cmd: &mut Command, what: &str, log: &Path) -> Result<(Chi
     }
 }
 
-/// A `walplayer sink --discard --fsync none` process on loopback with the
-/// minted server certificate; killed when dropped.
-pub struct SinkProcess {
+/// A server process on loopback that printed its address; killed when
+/// dropped.
+pub struct ServerProcess {
     pub child: Child,
     pub address: String,
     pub log: PathBuf,
 }
 
-impl SinkProcess {
-    /// Starts the sink of `bin`; its log is `scratch/sink.log`.
-    pub fn start(bin: &Path, certs: &MintedCerts, scratch: &Path) -> Result<SinkProcess> {
+impl ServerProcess {
+    /// Starts `cmd` (see [`spawn_listening`]), its stderr into `log`.
+    pub fn start(cmd: &mut Command, what: &str, log: PathBuf) -> Result<ServerProcess> {
+        let (child, address) = spawn_listening(cmd, what, &log)?;
+        Ok(ServerProcess {
+            child,
+            address,
+            log,
+        })
+    }
+
+    /// `walplayer sink --discard --fsync none` of `bin` with the minted
+    /// server certificate; its log is `scratch/sink.log`.
+    pub fn sink(bin: &Path, certs: &MintedCerts, scratch: &Path) -> Result<ServerProcess> {
         let s = &certs.server;
-        let log = scratch.join("sink.log");
         let mut cmd = walplayer_command(bin, scratch);
         cmd.args([
             "sink",
@@ -179,12 +191,7 @@ impl SinkProcess {
         .arg(&s.key)
         .arg("--client-ca")
         .arg(&s.ca);
-        let (child, address) = spawn_listening(&mut cmd, "walplayer sink", &log)?;
-        Ok(SinkProcess {
-            child,
-            address,
-            log,
-        })
+        ServerProcess::start(&mut cmd, "walplayer sink", scratch.join("sink.log"))
     }
 
     pub fn pid(&self) -> i32 {
@@ -192,7 +199,7 @@ impl SinkProcess {
     }
 }
 
-impl Drop for SinkProcess {
+impl Drop for ServerProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -204,6 +211,8 @@ pub struct Finished {
     pub status: i32,
     /// user + system seconds, from `wait4`.
     pub cpu: f64,
+    /// Of which system seconds.
+    pub sys: f64,
     /// Peak RSS in KiB, polled from `/proc/PID/status` (`VmHWM`); not
     /// `ru_maxrss`, which Linux carries over from the forking process.
     pub peak_kib: u64,
@@ -240,6 +249,7 @@ pub fn wait_measured(child: Child, limit: Duration) -> Result<Finished> {
             return Ok(Finished {
                 status: code,
                 cpu: seconds(usage.ru_utime) + seconds(usage.ru_stime),
+                sys: seconds(usage.ru_stime),
                 peak_kib,
             });
         }
@@ -325,4 +335,24 @@ pub fn build_go() -> std::result::Result<PathBuf, String> {
         ));
     }
     Ok(out)
+}
+
+/// user + system seconds of a running process, all threads.
+pub fn process_cpu(pid: i32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("process {pid} is gone"))?;
+    // Fields after the command name (which may hold spaces): state is the
+    // first, utime the 12th, stime the 13th.
+    let rest = stat.rsplit_once(") ").context("unreadable /proc stat")?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| -> Result<f64> { Ok(fields.get(i).context("short stat")?.parse()?) };
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok((ticks(11)? + ticks(12)?) / hz)
+}
+
+/// `WALPLAYER_BENCH_PARTS` (comma-separated) names `part`, or is unset.
+pub fn part(name: &str) -> bool {
+    let parts = std::env::var("WALPLAYER_BENCH_PARTS").unwrap_or_default();
+    parts.is_empty() || parts.split(',').any(|p| p.trim() == name)
 }
