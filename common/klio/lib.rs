@@ -14,8 +14,7 @@
 //! - [`tls`]: rustls configurations from PEM files; [`role`]: the role a
 //!   certificate carries and which roles each server takes.
 //! - [`transport`]: TCP, optional rustls and HTTP/2 settings under every
-//!   channel, either side; [`read_ahead`]: the read buffer under a server's
-//!   TLS.
+//!   channel, either side.
 //! - [`endpoint`]: connections to a Klio WAL server, with its limits.
 //! - [`put`]: one Put stream, blocks sent without a copy; [`upload`]: one
 //!   Put per file, retries; [`verify`]: read-back.
@@ -41,7 +40,6 @@ pub mod output;
 pub mod pipeline;
 pub mod progress;
 pub mod put;
-pub mod read_ahead;
 pub mod report;
 pub mod role;
 pub mod settings;

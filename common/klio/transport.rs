@@ -24,7 +24,6 @@ use tonic::transport::server::{Connected, TcpConnectInfo};
 use tonic::transport::{Channel, Endpoint, Uri};
 
 use crate::config::split_address;
-use crate::read_ahead::ReadAhead;
 
 /// HTTP/2 initial stream window (16 MiB).
 pub const STREAM_WINDOW: u32 = 16 << 20;
@@ -34,10 +33,6 @@ pub const CONNECTION_WINDOW: u32 = 64 << 20;
 pub const SOCKET_BUFFER: usize = 1 << 20;
 /// How long establishing one connection may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Most bytes a server reads from an accepted socket at once, under TLS
-/// (see [`ReadAhead`]); measured in BENCHMARKS.md ("buffered reads under
-/// TLS").
-pub const SERVER_READ_BUFFER: usize = 256 << 10;
 /// How long a client may take to finish its TLS handshake with us.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -266,10 +261,11 @@ pub fn incoming_limited(
             };
             let (tx, on_refused) = (tx.clone(), on_refused.clone());
             handshakes.spawn(async move {
-                // It stays under the TLS stream for the connection's life,
-                // so bytes read past the handshake are never lost.
-                let buffered = ReadAhead::new(tcp, SERVER_READ_BUFFER);
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(buffered)).await {
+                // No read buffer under rustls: a 256 KiB one saved the
+                // server recv calls but cost the sending client more CPU
+                // and throughput than it saved (BENCHMARKS.md, "Sink:
+                // buffered reads under TLS").
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(tls)) => {
                         let accepted = Accepted {
                             stream: Stream::ServerTls(Box::new(tls)),
@@ -359,7 +355,7 @@ impl AsyncWrite for Accepted {
 pub enum Stream {
     Plain(TcpStream),
     ClientTls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
-    ServerTls(Box<tokio_rustls::server::TlsStream<ReadAhead>>),
+    ServerTls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
 }
 
 impl Stream {
@@ -367,7 +363,7 @@ impl Stream {
         match self {
             Stream::Plain(s) => s,
             Stream::ClientTls(s) => s.get_ref().0,
-            Stream::ServerTls(s) => s.get_ref().0.get_ref(),
+            Stream::ServerTls(s) => s.get_ref().0,
         }
     }
 }
