@@ -17,7 +17,8 @@
 //!   channel, either side.
 //! - [`endpoint`]: connections to a Klio WAL server, with its limits.
 //! - [`put`]: one Put stream, blocks sent without a copy; [`upload`]: one
-//!   Put per file, retries; [`verify`]: read-back.
+//!   Put per file, retries; [`file_read`]: a file's chunks, read without
+//!   blocking the runtime; [`verify`]: read-back.
 //! - [`memory`]: the memory N jobs need, checked against `--max-memory`.
 //! - [`settings`]: block size, jobs and upload settings as validated types.
 //! - [`output`]: result and summary files.
@@ -33,6 +34,7 @@ pub mod console;
 pub mod driver;
 pub mod endpoint;
 pub mod exit;
+pub mod file_read;
 pub mod flags;
 pub mod memory;
 pub mod metrics;

@@ -1,14 +1,14 @@
 //! Uploader: one Put stream per file, blocks read off the disk as they are
 //! sent; retries with backoff; optional read-back verification.
 //!
-//! A blocking reader thread reads the file a chunk ([`CHUNK_BYTES`]) at a
-//! time and hands the chunks to the Put stream ([`crate::put`]) through a
-//! channel of one, as parts of messages of the chosen block size. It reads a
-//! chunk only once the channel has room for it, so a job holds a chunk or
-//! two plus what HTTP/2 has not written yet, whatever the block and file
-//! sizes.
+//! A reader task reads the file a chunk ([`CHUNK_BYTES`]) at a time
+//! ([`crate::file_read`]: on the runtime's thread when the read cannot wait
+//! on a disk, else on a blocking thread) and hands the chunks to the Put
+//! stream ([`crate::put`]) through a channel of one, as parts of messages of
+//! the chosen block size. It reads a chunk only once the channel has room
+//! for it, so a job holds a chunk or two plus what HTTP/2 has not written
+//! yet, whatever the block and file sizes.
 
-use std::io::Read;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -18,6 +18,7 @@ use prometheus_client::metrics::counter::Counter;
 use tokio::sync::mpsc;
 
 use crate::endpoint::{status_text, Client};
+use crate::file_read::SegmentInput;
 use crate::metrics::ClientMetrics;
 use crate::put::{self, Piece, PutBody, CHUNK_BYTES};
 use crate::report::{FailureKind, FileReport, Outcome};
@@ -253,9 +254,9 @@ async fn send(
             settings.verify,
             sent_bytes.clone(),
         );
-        tokio::task::spawn_blocking(move || {
-            read_blocks(&segment, &cluster, block, digest, &counter, tx)
-        })
+        tokio::spawn(
+            async move { read_blocks(&segment, &cluster, block, digest, &counter, tx).await },
+        )
     };
     let call = put::put(client.channel(), body);
     tokio::pin!(call);
@@ -267,7 +268,7 @@ async fn send(
             // The reader dropped its sender without ending the stream, so
             // the stream is reset, never ended with a short message.
             Ok(Err(failure)) => return Err(failure),
-            Err(e) => return Err(Failure::local(format!("reader thread failed: {e}"))),
+            Err(e) => return Err(Failure::local(format!("reader task failed: {e}"))),
         },
         answer = &mut call => {
             // The server answered before we finished sending; whatever the
@@ -276,7 +277,7 @@ async fn send(
             return match reader.await {
                 Ok(Ok(sent)) => check_written(answer.written_size, sent),
                 Ok(Err(failure)) => Err(failure),
-                Err(e) => Err(Failure::local(format!("reader thread failed: {e}"))),
+                Err(e) => Err(Failure::local(format!("reader task failed: {e}"))),
             };
         }
     };
@@ -302,7 +303,7 @@ fn check_written(written: u64, sent: Sent) -> Result<Sent, Failure> {
 /// what was sent. The stream ends cleanly only once the file held exactly
 /// its size: a shorter or longer file, or a read error, drops the sender
 /// without [`Piece::End`], which resets the stream.
-fn read_blocks(
+async fn read_blocks(
     segment: &Segment,
     cluster: &str,
     block: usize,
@@ -310,13 +311,10 @@ fn read_blocks(
     sent_bytes: &SentBytes,
     tx: mpsc::Sender<Piece>,
 ) -> Result<Sent, Failure> {
-    let mut input = segment
-        .open()
+    let mut input = SegmentInput::open(segment)
         .map_err(|e| Failure::local(format!("cannot open file: {e}")))?;
     let mut hasher = digest.then(|| ring::digest::Context::new(&ring::digest::SHA256));
     let mut sent = 0u64;
-    // Blocking threads of the pool run inside the runtime's context.
-    let runtime = tokio::runtime::Handle::current();
     // The call ended (the server answered early): it has the say.
     let answered = |sent| Sent {
         bytes: sent,
@@ -333,7 +331,7 @@ fn read_blocks(
             // Wait for room before reading, not after: a chunk read ahead
             // while the one before still waits is memory held for no gain
             // (the read is much faster than the send).
-            let Ok(slot) = runtime.block_on(tx.reserve()) else {
+            let Ok(slot) = tx.reserve().await else {
                 return Ok(answered(sent));
             };
             let n = left.min(CHUNK_BYTES);
@@ -342,8 +340,8 @@ fn read_blocks(
             // in one piece.
             let mut chunk = Vec::with_capacity(head.len() + n);
             chunk.extend_from_slice(&head);
-            let got = read_exact_or_end(&mut input, &mut chunk, n)
-                .map_err(|e| Failure::local(segment.read_error(&e)))?;
+            let (chunk, got) = input.read(chunk, n).await;
+            let got = got.map_err(|e| Failure::local(segment.read_error(&e)))?;
             if got < n {
                 return Err(Failure::local(
                     segment.length_mismatch(Some(sent + got as u64)),
@@ -359,12 +357,12 @@ fn read_blocks(
         }
     }
     // Reading on to the end also checks a gzip file's trailers.
-    match input.read(&mut [0u8; 1]) {
-        Ok(0) => {}
-        Ok(_) => return Err(Failure::local(segment.length_mismatch(None))),
-        Err(e) => return Err(Failure::local(segment.read_error(&e))),
+    match input.read(Vec::new(), 1).await {
+        (_, Ok(0)) => {}
+        (_, Ok(_)) => return Err(Failure::local(segment.length_mismatch(None))),
+        (_, Err(e)) => return Err(Failure::local(segment.read_error(&e))),
     }
-    let Ok(slot) = runtime.block_on(tx.reserve()) else {
+    let Ok(slot) = tx.reserve().await else {
         return Ok(answered(sent));
     };
     slot.send(Piece::End);
@@ -372,19 +370,6 @@ fn read_blocks(
         bytes: sent,
         digest: hasher.map(|h| h.finish()),
     })
-}
-
-/// Appends up to `n` bytes of `input` to `chunk`, fewer only where the
-/// input ends; the bytes read. A plain file reads into the chunk's spare
-/// capacity without zeroing it first (`read_to_end` lets `File` fill
-/// uninitialised memory); zeroing every chunk was 10% of a player's user
-/// CPU (BENCHMARKS.md).
-fn read_exact_or_end(
-    input: &mut dyn Read,
-    chunk: &mut Vec<u8>,
-    n: usize,
-) -> std::io::Result<usize> {
-    input.take(n as u64).read_to_end(chunk)
 }
 
 #[cfg(test)]
@@ -414,9 +399,10 @@ mod tests {
             total: SentCounter::default(),
             metric: Counter::default(),
         };
-        let reader = tokio::task::spawn_blocking(move || {
-            read_blocks(&segment, "c", block, true, &counted, tx)
-        });
+        let reader =
+            tokio::spawn(
+                async move { read_blocks(&segment, "c", block, true, &counted, tx).await },
+            );
         let mut pieces = Vec::new();
         while let Some(piece) = rx.recv().await {
             pieces.push(piece);
