@@ -242,6 +242,41 @@ mod tests {
         assert_eq!(totals.aborted.load(std::sync::atomic::Ordering::Relaxed), 1);
     }
 
+    /// The generated service served alone (tonic's decoder) reaches the
+    /// same `put_stream`: same answers, same texts.
+    #[tokio::test]
+    async fn tonics_put_takes_the_same_path() {
+        let put = |cluster: &str| walplayer_proto::klio::PutRequest {
+            cluster_name: cluster.into(),
+            wal_name: "000000010000000000000001".into(),
+            wal_block: Bytes::from(vec![1u8; 10]),
+            segment_size: 10,
+            send_to_tier2: false,
+        };
+        let discard = || WalService::new(crate::service::Storage::Discard, false);
+        for cluster in ["walplayer", "bad name"] {
+            let frames = framed(&put(cluster).encode_to_vec());
+            let mut routes = routes();
+            let ours = tower::Service::call(&mut routes, call(PUT, frames.clone()))
+                .await
+                .unwrap();
+            let mut tonic = WalServer::new(discard());
+            let theirs = tower::Service::call(&mut tonic, call(PUT, frames))
+                .await
+                .unwrap();
+            let ours = walplayer_klio::put::answer(ours).await;
+            let theirs = walplayer_klio::put::answer(theirs).await;
+            match (ours, theirs) {
+                (Ok(a), Ok(b)) => assert_eq!((a.written_size, b.written_size), (10, 10)),
+                (Err(a), Err(b)) => {
+                    assert_eq!((a.code(), a.message()), (b.code(), b.message()));
+                    assert!(a.message().contains("invalid cluster_name"), "{a:?}");
+                }
+                (a, b) => panic!("{cluster}: the two paths differ: {a:?} against {b:?}"),
+            }
+        }
+    }
+
     #[tokio::test]
     async fn other_paths_go_to_tonic() {
         let mut routes = routes();
