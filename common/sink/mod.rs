@@ -4,6 +4,9 @@
 //! client crate's transport and limits and the WAL format's name rules.
 //!
 //! - [`service`]: the WAL service (Put and Get) with the protocol's rules.
+//! - [`routes`]: Put to the sink's own decoder, Get (and the rest) to tonic.
+//! - [`put_decode`]: a Put request body read into messages whose blocks are
+//!   slices of the received frames, never copied.
 //! - [`faults`]: test-only misbehaviour, compiled with the `faults` feature.
 //! - [`metrics`]: the sink's Prometheus metrics.
 //! - [`connections`]: serving each connection, closing those that hold no
@@ -14,6 +17,8 @@
 pub mod connections;
 pub mod faults;
 pub mod metrics;
+pub mod put_decode;
+pub mod routes;
 pub mod service;
 
 use std::net::SocketAddr;
@@ -30,9 +35,7 @@ use tokio_util::sync::CancellationToken;
 pub use faults::{Fault, FaultArgs, FaultPlan};
 pub use metrics::SinkMetrics;
 pub use service::{Fsync, SinkTotals, Storage, WalService, DEFAULT_IDLE_TIMEOUT};
-use walplayer_klio::endpoint::MAX_MESSAGE_BYTES;
 use walplayer_klio::transport::{self, CONNECTION_WINDOW, STREAM_WINDOW};
-use walplayer_proto::klio::wal_server::WalServer;
 
 /// Largest HTTP/2 frame the sink accepts: fewer, larger DATA frames for
 /// multi-MiB blocks (16 KiB, the HTTP/2 default, costs a frame per TLS record).
@@ -165,9 +168,7 @@ impl Sink {
             .keep_alive_interval(Some(Duration::from_secs(30)))
             .keep_alive_timeout(Duration::from_secs(10));
         let serving = connections::Serving {
-            service: WalServer::new(service)
-                .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            service: routes::Routes::new(service),
             http2,
             idle: self.idle_connection,
         };

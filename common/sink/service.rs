@@ -23,6 +23,8 @@ use tokio::io::AsyncReadExt;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::put_decode::{Block, PutMessage, PutSource};
+
 use crate::faults::{Fault, FaultPlan, Faults};
 use crate::metrics::{Rejection, SinkMetrics, StreamEnd};
 use walplayer_klio::endpoint::MAX_BLOCK_BYTES;
@@ -176,7 +178,7 @@ fn check_names(cluster: &str, wal: &str) -> Result<(), Status> {
 }
 
 impl StreamId {
-    fn of(msg: &PutRequest) -> Result<StreamId, PutFailure> {
+    fn of(msg: &PutMessage) -> Result<StreamId, PutFailure> {
         check_names(&msg.cluster_name, &msg.wal_name)
             .map_err(|s| PutFailure::Rejected(Rejection::InvalidName, s))?;
         if msg.segment_size == 0 {
@@ -192,7 +194,7 @@ impl StreamId {
         })
     }
 
-    fn check_coherent(&self, msg: &PutRequest) -> Result<(), PutFailure> {
+    fn check_coherent(&self, msg: &PutMessage) -> Result<(), PutFailure> {
         let fields = [
             ("cluster_name", msg.cluster_name != self.cluster),
             ("wal_name", msg.wal_name != self.wal),
@@ -253,10 +255,11 @@ impl Target {
         })
     }
 
-    async fn write(mut self, block: bytes::Bytes) -> std::io::Result<Target> {
+    /// Writes the block's pieces as they came, without joining them.
+    async fn write(mut self, block: Block) -> std::io::Result<Target> {
         tokio::task::spawn_blocking(move || {
             let file = self.file.as_mut().expect("an open target has its file");
-            file.write_all(&block)?;
+            block.write_to(file)?;
             if let Some(metrics) = &self.fsync {
                 let clock = Instant::now();
                 file.sync_data()?;
@@ -371,7 +374,7 @@ enum PutEnd {
 impl WalService {
     async fn receive(
         &self,
-        stream: &mut Streaming<PutRequest>,
+        stream: &mut impl PutSource,
         written: &mut u64,
         messages: &mut u64,
     ) -> Result<Option<(StreamId, PutEnd)>, PutFailure> {
@@ -427,9 +430,9 @@ impl WalService {
     /// refused.
     async fn next_message(
         &self,
-        stream: &mut Streaming<PutRequest>,
-    ) -> Result<Option<PutRequest>, PutFailure> {
-        match tokio::time::timeout(self.idle, stream.message()).await {
+        stream: &mut impl PutSource,
+    ) -> Result<Option<PutMessage>, PutFailure> {
+        match tokio::time::timeout(self.idle, stream.next_message()).await {
             Ok(next) => next.map_err(PutFailure::Aborted),
             Err(_) => Err(PutFailure::Rejected(
                 Rejection::IdleTimeout,
@@ -443,7 +446,7 @@ impl WalService {
 
     /// Takes a stream's first message: its fault (tests only), its identity
     /// and the file it writes.
-    async fn open(&self, first: &PutRequest) -> Result<Open, PutFailure> {
+    async fn open(&self, first: &PutMessage) -> Result<Open, PutFailure> {
         let mut fault = None;
         if let Some(faults) = &self.faults {
             fault = faults.next_stream();
@@ -513,7 +516,7 @@ impl Open {
 
 /// Checks one message's block against Klio's limit and the declared size;
 /// returns its length.
-fn check_block(msg: &PutRequest, written: u64, size: u64) -> Result<u64, PutFailure> {
+fn check_block(msg: &PutMessage, written: u64, size: u64) -> Result<u64, PutFailure> {
     let len = msg.wal_block.len() as u64;
     if msg.wal_block.len() > MAX_BLOCK_BYTES {
         return Err(PutFailure::Rejected(
@@ -542,17 +545,15 @@ enum PutFailure {
     Injected(Status),
 }
 
-#[tonic::async_trait]
-impl Wal for WalService {
-    async fn put(
+impl WalService {
+    /// Serves one Put stream from `peer`, its messages read from `stream`,
+    /// whoever decoded them: every Put, through the sink's own decoder
+    /// ([`crate::routes`]) or tonic's, takes this one path.
+    pub async fn put_stream(
         &self,
-        request: Request<Streaming<PutRequest>>,
-    ) -> Result<Response<PutResult>, Status> {
-        let peer = request
-            .remote_addr()
-            .map(|a| a.to_string())
-            .unwrap_or_else(|| "unknown peer".into());
-        let mut stream = request.into_inner();
+        peer: &str,
+        mut stream: impl PutSource,
+    ) -> Result<PutResult, Status> {
         let _open = self.metrics.stream_opened();
         let (mut written, mut messages) = (0, 0);
         let opened = std::time::SystemTime::now();
@@ -561,7 +562,7 @@ impl Wal for WalService {
         // this future: the guard still counts that stream as aborted.
         let mut guard = Unsettled {
             totals: &self.totals,
-            peer: &peer,
+            peer,
             settled: false,
         };
         let received = self.receive(&mut stream, &mut written, &mut messages).await;
@@ -622,9 +623,28 @@ impl Wal for WalService {
                 return Err(status);
             }
         }
-        Ok(Response::new(PutResult {
+        Ok(PutResult {
             written_size: written,
-        }))
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl Wal for WalService {
+    /// The sink routes Put to its own decoder ([`crate::routes`]), so this
+    /// runs only when the generated `WalServer` is served alone: tonic's
+    /// decoded messages then take the same path.
+    async fn put(
+        &self,
+        request: Request<Streaming<PutRequest>>,
+    ) -> Result<Response<PutResult>, Status> {
+        let peer = request
+            .remote_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| "unknown peer".into());
+        self.put_stream(&peer, request.into_inner())
+            .await
+            .map(Response::new)
     }
 
     type GetStream =

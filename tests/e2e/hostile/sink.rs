@@ -21,6 +21,8 @@ struct Sunk {
     data: PathBuf,
     endpoint: KlioEndpoint,
     stop: CancellationToken,
+    /// The sink's totals, once it stopped.
+    served: tokio::task::JoinHandle<std::sync::Arc<sink::SinkTotals>>,
     _dir: tempfile::TempDir,
 }
 
@@ -43,7 +45,7 @@ async fn sink_idle(idle: std::time::Duration) -> Sunk {
         .unwrap();
     let addr = bound.local_addr().to_string();
     let stop = CancellationToken::new();
-    tokio::spawn(bound.with_idle_timeout(idle).serve(stop.clone()));
+    let served = tokio::spawn(bound.with_idle_timeout(idle).serve(stop.clone()));
     let client_tls =
         tls::client_config(&minted.client.ca, &minted.client.cert, &minted.client.key).unwrap();
     let endpoint = KlioEndpoint::new(&addr, client_tls).unwrap();
@@ -51,6 +53,7 @@ async fn sink_idle(idle: std::time::Duration) -> Sunk {
         data,
         endpoint,
         stop,
+        served,
         _dir: dir,
     }
 }
@@ -179,6 +182,58 @@ async fn two_streams_for_one_name_never_mix() {
     );
     assert_eq!(names(&c), [X.to_string()]);
     s.stop.cancel();
+}
+
+/// A client that resets its Put stream (RST_STREAM, here by dropping the
+/// call mid-file) leaves nothing and counts once as aborted, never as a
+/// partial file: whether the reset reaches the sink's Put decoder as a
+/// body error or makes the server drop the handler.
+#[tokio::test]
+async fn a_put_stream_reset_by_the_client_counts_as_aborted() {
+    let s = sink().await;
+    let client = s.endpoint.connect().await.unwrap();
+    let cut = open(&client);
+    cut.send(block(X, 8, b"AAAA")).await;
+    let c = s.data.join("c");
+    // Bounded: the first block's file appears, then the reset removes it.
+    let mut seen = false;
+    for _ in 0..600 {
+        if !names(&c).is_empty() {
+            seen = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(seen, "the stream's file never appeared");
+    cut.call.abort();
+    let mut gone = false;
+    for _ in 0..600 {
+        if names(&c).is_empty() {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(gone, "the reset stream left {:?}", names(&c));
+    // The connection still serves a whole upload after the reset.
+    let mut again = client.clone();
+    assert_eq!(
+        put(&mut again, vec![block(X, 4, b"BBBB")]).await.unwrap(),
+        4
+    );
+    s.stop.cancel();
+    let totals = s.served.await.unwrap();
+    let get = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(
+        (
+            get(&totals.aborted),
+            get(&totals.partial),
+            get(&totals.completed)
+        ),
+        (1, 0, 1),
+        "{}",
+        totals.to_text()
+    );
 }
 
 /// Bytes past the declared `segment_size` are refused at the first one,
