@@ -55,7 +55,16 @@ impl Cluster {
             .args(["--address", &self.sink.address])
             .args(extra)
             .stdout(Stdio::null());
-        Logged::start(cmd, self.env.path(&format!("agent-{name}.log")))
+        // A second agent of the same name (the duplicate tests) logs to
+        // its own file: two writers of one file mixed their texts.
+        let mut log = self.env.path(&format!("agent-{name}.log"));
+        for n in 2.. {
+            if !log.exists() {
+                break;
+            }
+            log = self.env.path(&format!("agent-{name}-{n}.log"));
+        }
+        Logged::start(cmd, log)
     }
 
     pub fn merged(&self) -> Vec<serde_json::Value> {

@@ -331,6 +331,8 @@ pub struct Logged {
     pub child: Child,
     pub log: PathBuf,
     lines: std::sync::mpsc::Receiver<String>,
+    /// Copies stderr to `log`; done once the process closed its stderr.
+    copying: std::thread::JoinHandle<()>,
 }
 
 impl Logged {
@@ -343,15 +345,20 @@ impl Logged {
             .expect("spawn");
         let stderr = child.stderr.take().unwrap();
         let (tx, lines) = std::sync::mpsc::channel();
-        let file = log.clone();
-        std::thread::spawn(move || {
-            let mut out = std::fs::File::create(&file).unwrap();
+        // Created here, not in the thread: the file exists once this returns.
+        let mut out = std::fs::File::create(&log).unwrap();
+        let copying = std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 let _ = std::io::Write::write_all(&mut out, format!("{line}\n").as_bytes());
                 let _ = tx.send(line);
             }
         });
-        Logged { child, log, lines }
+        Logged {
+            child,
+            log,
+            lines,
+            copying,
+        }
     }
 
     /// Waits (bounded) for a stderr line containing `needle`; returns it.
@@ -391,8 +398,15 @@ impl Logged {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Waits (bounded) for the process to exit and for its last stderr
+    /// lines to reach the log, so `text` then holds all of them.
     pub fn wait(&mut self, limit: Duration) -> std::process::ExitStatus {
-        wait_bounded(&mut self.child, limit)
+        let status = wait_bounded(&mut self.child, limit);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.copying.is_finished() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        status
     }
 }
 
