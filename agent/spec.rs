@@ -297,7 +297,7 @@ pub(crate) mod tests {
         }
         let e = check(&assignment(), &limits, 1 << 20, "own:1").unwrap_err();
         assert!(e.contains("free space"), "{e}");
-        // 2 jobs × 64 KiB blocks need about 12.8 MiB: 10 MiB is too little.
+        // 2 jobs × 64 KiB blocks need about 13 MiB: 10 MiB is too little.
         let tight = Limits {
             max_memory: Some(MemoryLimit {
                 bytes: 10 << 20,

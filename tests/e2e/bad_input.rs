@@ -48,9 +48,9 @@ fn play_beyond_max_memory_is_refused_with_what_fits() {
     expect_usage_error(
         out,
         &[
-            "256 jobs × 8192 KiB blocks need about 650 MiB",
+            "256 jobs × 8192 KiB blocks need about 778 MiB",
             "more than 256 MiB of --max-memory",
-            "lower --jobs to 98, or raise the limit",
+            "lower --jobs to 82, or raise the limit",
         ],
     );
     let out = run(&mut env.play(&wal, "127.0.0.1:1", &["--max-memory", "lots"]));
