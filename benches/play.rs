@@ -236,12 +236,7 @@ async fn raw_round(
 /// `wait4`), the server's over the run (`/proc`), each per GiB moved, and
 /// throughput (bytes / the client's wall time).
 fn apart(certs: &MintedCerts, scratch: &Path, wal: &Path, files: &[Segment]) -> Result<()> {
-    let Some(bin) = walplayer_binary() else {
-        ensure!(!smoke(), "apart: no walplayer binary next to this bench");
-        println!(
-            "apart: skipped: no walplayer binary next to this bench; build it with \
-             `cargo build --release --bins` and run again"
-        );
+    let Some(bin) = built_walplayer("apart")? else {
         return Ok(());
     };
     let s = &certs.server;
@@ -421,13 +416,7 @@ fn raw_process(
 /// Peak RSS of `walplayer play` on directories of different shapes, with
 /// different jobs and block sizes.
 fn memory(certs: &MintedCerts, scratch: &Path) -> Result<()> {
-    let Some(bin) = walplayer_binary() else {
-        // A smoke run is there to run every check: a skip would hide one.
-        ensure!(!smoke(), "memory: no walplayer binary next to this bench");
-        println!(
-            "memory: skipped: no walplayer binary next to this bench; build it with \
-             `cargo build --release --bins` and run again"
-        );
+    let Some(bin) = built_walplayer("memory")? else {
         return Ok(());
     };
     let sink = ServerProcess::sink(&bin, certs, scratch)?;
@@ -537,6 +526,21 @@ fn play_process(
 }
 
 // ---------------------------------------------------------------- helpers
+
+/// The `walplayer` binary the `part` runs, or `None` after saying why it
+/// is skipped; a smoke run is there to run every check, so there a missing
+/// binary is an error.
+fn built_walplayer(part: &str) -> Result<Option<std::path::PathBuf>> {
+    let bin = walplayer_binary();
+    if bin.is_none() {
+        ensure!(!smoke(), "{part}: no walplayer binary next to this bench");
+        println!(
+            "{part}: skipped: no walplayer binary next to this bench; build it with \
+             `cargo build --release --bins` and run again"
+        );
+    }
+    Ok(bin)
+}
 
 /// Runs one phase, giving up with a message after [`PHASE_DEADLINE`].
 async fn deadline<T>(phase: &str, work: impl std::future::Future<Output = Result<T>>) -> Result<T> {
