@@ -263,8 +263,8 @@ pub fn incoming_limited(
             handshakes.spawn(async move {
                 // No read buffer under rustls: a 256 KiB one saved the
                 // server recv calls but cost the sending client more CPU
-                // and throughput than it saved (BENCHMARKS.md, "Sink:
-                // buffered reads under TLS").
+                // and throughput than it saved (BENCHMARKS.md, "The client
+                // alone against the raw pipe's client").
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(tls)) => {
                         let accepted = Accepted {
