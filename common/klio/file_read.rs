@@ -69,8 +69,8 @@ impl SegmentInput {
         })
     }
 
-    /// Appends up to `n` bytes to `chunk` (which has room for them), fewer
-    /// only where the input ends; returns the chunk and the bytes read.
+    /// Appends up to `n` bytes to `chunk`, fewer only where the input ends;
+    /// returns the chunk and the bytes read.
     pub async fn read(&mut self, mut chunk: Vec<u8>, n: usize) -> (Vec<u8>, io::Result<usize>) {
         chunk.reserve(n);
         match &mut self.kind {
@@ -180,6 +180,10 @@ fn read_at(
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) if nowait && e.kind() == io::ErrorKind::WouldBlock => return Ok((got, true)),
+            // Whatever stopped a read that had already made progress, the
+            // rest goes to the blocking read, which reports it if it lasts:
+            // the bytes read are never counted twice.
+            Err(_) if nowait && got > 0 => return Ok((got, true)),
             Err(e) => return Err(e),
         }
     }
