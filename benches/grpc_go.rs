@@ -41,8 +41,8 @@
 #[allow(dead_code)]
 mod support;
 use support::{
-    build_go, linked_wal, mem_available_kib, process_cpu, spawn_listening, wait_measured,
-    walplayer_binary, walplayer_command,
+    build_go, client_flags, linked_wal, mem_available_kib, process_cpu, sink_command,
+    spawn_listening, wait_measured, walplayer_binary, walplayer_command,
 };
 
 use std::fmt::Write as _;
@@ -234,18 +234,13 @@ impl Server {
         let log = scratch.join(format!("{kind:?}-server.log"));
         let mut cmd = match kind {
             ServerKind::Walplayer | ServerKind::WalplayerBefore => {
-                let mut cmd = match (&bins.sink_before, kind) {
-                    (Some(bin), ServerKind::WalplayerBefore) => walplayer_command(bin, &bins.home),
-                    _ => walplayer(bins, false),
+                let bin = match (&bins.sink_before, kind) {
+                    (Some(bin), ServerKind::WalplayerBefore) => bin,
+                    _ => &bins.walplayer,
                 };
-                cmd.args(["sink", "--listen", LOOPBACK, "--discard", "--fsync", "none"])
-                    .arg("--tls-cert")
-                    .arg(&s.cert)
-                    .arg("--tls-key")
-                    .arg(&s.key)
-                    .arg("--client-ca")
-                    .arg(&s.ca)
-                    .env("RUST_LOG", "info");
+                let discard = ["--discard", "--fsync", "none"];
+                let mut cmd = sink_command(bin, &bins.home, &bins.certs, &discard);
+                cmd.env("RUST_LOG", "info");
                 cmd
             }
             ServerKind::Go => {
@@ -343,15 +338,8 @@ fn play(bins: &Bins, run: &Play, scratch: &Path) -> Result<Measured> {
     let mut cmd = match run.client {
         ClientKind::Walplayer | ClientKind::WalplayerBefore => {
             let mut cmd = walplayer(bins, run.client == ClientKind::WalplayerBefore);
-            cmd.arg("play")
-                .arg(run.dir)
-                .args(["--cluster-name", CLUSTER, "--address", &run.server.address])
-                .arg("--server-cert")
-                .arg(&c.ca)
-                .arg("--client-cert")
-                .arg(&c.cert)
-                .arg("--client-key")
-                .arg(&c.key)
+            let address = &run.server.address;
+            client_flags(cmd.arg("play").arg(run.dir), &bins.certs, CLUSTER, address)
                 .args(["-j", &run.jobs.to_string()])
                 .args(["--block-size", &run.block_kib.to_string()])
                 .args(["--output", "/dev/null", "--quiet", "--retries", "0"])
@@ -512,7 +500,6 @@ fn speed(bins: &Bins, servers: &[Server], knobs: &Knobs, scratch: &Path) -> Resu
             .map(|per_client| per_client.iter().map(|r| Summary::of(r, bytes)).collect())
             .collect();
         print!("{}", speed_table(jobs, servers, &clients, &table));
-        print!("{}", sink_before_after(servers, &clients, &table));
     }
     std::fs::remove_dir_all(&large)?;
     std::fs::remove_dir_all(&small)?;
@@ -585,39 +572,20 @@ fn speed_table(
             );
         }
     }
-    // Servers with the same client: walplayer sink over the grpc-go server.
-    for (c, client) in clients.iter().enumerate() {
-        let (w, g) = (&t[0][c], &t[1][c]);
-        let _ = writeln!(
-            out,
-            "  sink / grpc-go server with {}: throughput {:.2}x, server CPU per GiB {:.2}x",
-            client.name(),
-            w.mib_s / g.mib_s,
-            w.server_s_gib / g.server_s_gib
-        );
-    }
-    out
-}
-
-/// This sink over the `WALPLAYER_BENCH_SINK_BEFORE` one, with each client
-/// (empty without it).
-fn sink_before_after(servers: &[Server], clients: &[ClientKind], t: &[Vec<Summary>]) -> String {
-    let mut out = String::new();
-    let Some(before) = servers
-        .iter()
-        .position(|s| s.kind == ServerKind::WalplayerBefore)
-    else {
-        return out;
-    };
-    for (c, client) in clients.iter().enumerate() {
-        let (after, before) = (&t[0][c], &t[before][c]);
-        let _ = writeln!(
-            out,
-            "  sink / sink (before) with {}: throughput {:.2}x, server CPU per GiB {:.2}x",
-            client.name(),
-            after.mib_s / before.mib_s,
-            after.server_s_gib / before.server_s_gib
-        );
+    // Servers with the same client: walplayer sink over the grpc-go server,
+    // and over `WALPLAYER_BENCH_SINK_BEFORE`'s sink when there is one.
+    for (s, server) in servers.iter().enumerate().skip(1) {
+        for (c, client) in clients.iter().enumerate() {
+            let (w, other) = (&t[0][c], &t[s][c]);
+            let _ = writeln!(
+                out,
+                "  sink / {} with {}: throughput {:.2}x, server CPU per GiB {:.2}x",
+                server.kind.name(),
+                client.name(),
+                w.mib_s / other.mib_s,
+                w.server_s_gib / other.server_s_gib
+            );
+        }
     }
     out
 }

@@ -21,8 +21,8 @@
 #[allow(dead_code)]
 mod support;
 use support::{
-    part, process_cpu, raw_pipe, rounds, segments, smoke, wait_measured, walplayer_binary,
-    walplayer_command, Finished, ServerProcess,
+    client_flags, part, process_cpu, raw_pipe, rounds, segments, smoke, wait_measured,
+    walplayer_binary, walplayer_command, Finished, ServerProcess,
 };
 
 use std::fs::File;
@@ -485,18 +485,9 @@ fn play_process(
     scratch: &Path,
 ) -> Result<Finished> {
     let files = run.files;
-    let c = &certs.client;
     let (summary, log) = (scratch.join("summary.json"), scratch.join("play.log"));
-    let child = walplayer_command(bin, scratch)
-        .arg("play")
-        .arg(run.dir)
-        .args(["--cluster-name", CLUSTER, "--address", address])
-        .arg("--server-cert")
-        .arg(&c.ca)
-        .arg("--client-cert")
-        .arg(&c.cert)
-        .arg("--client-key")
-        .arg(&c.key)
+    let mut cmd = walplayer_command(bin, scratch);
+    let child = client_flags(cmd.arg("play").arg(run.dir), certs, CLUSTER, address)
         .args(["-j", &run.jobs.to_string()])
         .args(["--block-size", &run.block_kib.to_string()])
         .args(["--output", "/dev/null", "--quiet"])

@@ -41,8 +41,8 @@
 #[allow(dead_code)]
 mod support;
 use support::{
-    build_go, linked_wal, smoke, wait_measured, walplayer_binary, walplayer_command, Finished,
-    ServerProcess,
+    build_go, client_flags, linked_wal, smoke, wait_measured, walplayer_binary, walplayer_command,
+    Finished, ServerProcess,
 };
 
 use std::fs::File;
@@ -252,7 +252,6 @@ struct Measured {
 
 /// Runs `walplayer simulate` for `case` and checks its work.
 fn simulate(env: &Env, case: &Case, knobs: &Knobs) -> Result<Measured> {
-    let c = &env.certs.client;
     let (summary, log) = (env.home.join("summary.json"), env.home.join("simulate.log"));
     let _ = std::fs::remove_file(&summary);
     let mut cmd = walplayer_command(&env.bin, &env.home);
@@ -261,15 +260,9 @@ fn simulate(env: &Env, case: &Case, knobs: &Knobs) -> Result<Measured> {
         .args(["--wal-rate", &format!("{}KiB/s", case.rate / KIB)])
         .args(["--wal-size", &case.wal_size_mib.to_string()])
         .args(["--duration", &format!("{}s", knobs.duration.as_secs())])
-        .args(["--cluster-name", CLUSTER, "--address", &env.sink.address])
-        .arg("--server-cert")
-        .arg(&c.ca)
-        .arg("--client-cert")
-        .arg(&c.cert)
-        .arg("--client-key")
-        .arg(&c.key)
         .arg("--summary")
         .arg(&summary);
+    client_flags(&mut cmd, &env.certs, CLUSTER, &env.sink.address);
     if let Some(flush) = case.flush_bytes {
         cmd.args(["--flush-bytes", flush]);
     }

@@ -26,7 +26,8 @@
 #[allow(dead_code)]
 mod support;
 use support::{
-    rounds, segments, spawn_listening, wait_measured, walplayer_binary, walplayer_command,
+    client_flags, rounds, segments, sink_command, spawn_listening, wait_measured, walplayer_binary,
+    walplayer_command,
 };
 
 use std::fmt::Write as _;
@@ -217,22 +218,13 @@ impl Stored {
         data: &Path,
         writer: Writer,
     ) -> Result<Stored> {
-        let s = &certs.server;
         let fsync = if writer == Writer::SinkBlock {
             "block"
         } else {
             "none"
         };
-        let mut cmd = walplayer_command(bin, home);
-        cmd.args(["sink", "--listen", "127.0.0.1:0", "--fsync", fsync])
-            .arg("--data")
-            .arg(data)
-            .arg("--tls-cert")
-            .arg(&s.cert)
-            .arg("--tls-key")
-            .arg(&s.key)
-            .arg("--client-ca")
-            .arg(&s.ca);
+        let mut cmd = sink_command(bin, home, certs, &["--fsync", fsync]);
+        cmd.arg("--data").arg(data);
         let (child, address) = spawn_listening(&mut cmd, "walplayer sink", &home.join("sink.log"))?;
         Ok(Stored {
             child,
@@ -247,25 +239,20 @@ impl Stored {
     /// Plays `wal` to this sink; returns the `play` process's wall seconds
     /// after checking every file was stored whole.
     fn play(&self, wal: &Path, count: u64, jobs: usize, block_kib: usize) -> Result<f64> {
-        let c = &self.certs.client;
         let log = self.home.join("play.log");
         let mut cmd = walplayer_command(&self.bin, &self.home);
-        cmd.arg("play")
-            .arg(wal)
-            .args(["--cluster-name", certs::DEFAULT_CLUSTER])
-            .args(["--address", &self.address])
-            .arg("--server-cert")
-            .arg(&c.ca)
-            .arg("--client-cert")
-            .arg(&c.cert)
-            .arg("--client-key")
-            .arg(&c.key)
-            .args(["-j", &jobs.to_string()])
-            .args(["--block-size", &block_kib.to_string()])
-            .args(["--output", "/dev/null", "--quiet", "--retries", "0"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log)?);
+        client_flags(
+            cmd.arg("play").arg(wal),
+            &self.certs,
+            certs::DEFAULT_CLUSTER,
+            &self.address,
+        )
+        .args(["-j", &jobs.to_string()])
+        .args(["--block-size", &block_kib.to_string()])
+        .args(["--output", "/dev/null", "--quiet", "--retries", "0"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log)?);
         let start = Instant::now();
         let finished = wait_measured(
             cmd.spawn().context("cannot start walplayer play")?,

@@ -116,6 +116,40 @@ pub fn walplayer_command(bin: &Path, home: &Path) -> Command {
     cmd
 }
 
+/// `walplayer sink` of `bin` on a free loopback port with the minted server
+/// certificate, and `args` (storage, fsync).
+pub fn sink_command(bin: &Path, home: &Path, certs: &MintedCerts, args: &[&str]) -> Command {
+    let s = &certs.server;
+    let mut cmd = walplayer_command(bin, home);
+    cmd.args(["sink", "--listen", "127.0.0.1:0"])
+        .args(args)
+        .arg("--tls-cert")
+        .arg(&s.cert)
+        .arg("--tls-key")
+        .arg(&s.key)
+        .arg("--client-ca")
+        .arg(&s.ca);
+    cmd
+}
+
+/// Adds what a `play` or `simulate` of `cluster` needs to reach the sink at
+/// `address` with the minted client certificate.
+pub fn client_flags<'c>(
+    cmd: &'c mut Command,
+    certs: &MintedCerts,
+    cluster: &str,
+    address: &str,
+) -> &'c mut Command {
+    let c = &certs.client;
+    cmd.args(["--cluster-name", cluster, "--address", address])
+        .arg("--server-cert")
+        .arg(&c.ca)
+        .arg("--client-cert")
+        .arg(&c.cert)
+        .arg("--client-key")
+        .arg(&c.key)
+}
+
 /// Starts a server `cmd` whose first line on stdout is `listening on
 /// ADDR` (stderr goes to `log`); returns it and ADDR.
 pub fn spawn_listening(cmd: &mut Command, what: &str, log: &Path) -> Result<(Child, String)> {
@@ -175,22 +209,7 @@ impl ServerProcess {
     /// `walplayer sink --discard --fsync none` of `bin` with the minted
     /// server certificate; its log is `scratch/sink.log`.
     pub fn sink(bin: &Path, certs: &MintedCerts, scratch: &Path) -> Result<ServerProcess> {
-        let s = &certs.server;
-        let mut cmd = walplayer_command(bin, scratch);
-        cmd.args([
-            "sink",
-            "--listen",
-            "127.0.0.1:0",
-            "--discard",
-            "--fsync",
-            "none",
-        ])
-        .arg("--tls-cert")
-        .arg(&s.cert)
-        .arg("--tls-key")
-        .arg(&s.key)
-        .arg("--client-ca")
-        .arg(&s.ca);
+        let mut cmd = sink_command(bin, scratch, certs, &["--discard", "--fsync", "none"]);
         ServerProcess::start(&mut cmd, "walplayer sink", scratch.join("sink.log"))
     }
 
