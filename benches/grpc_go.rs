@@ -41,7 +41,7 @@
 #[allow(dead_code)]
 mod support;
 use support::{
-    build_go, client_flags, linked_wal, mem_available_kib, process_cpu, sink_command,
+    build_go, client_flags, go_player, linked_wal, mem_available_kib, process_cpu, sink_command,
     spawn_listening, wait_measured, walplayer_binary, walplayer_command,
 };
 
@@ -332,7 +332,6 @@ struct Measured {
 
 /// Runs one client to the end and checks that every byte was acknowledged.
 fn play(bins: &Bins, run: &Play, scratch: &Path) -> Result<Measured> {
-    let c = &bins.certs.client;
     let (out, log) = (scratch.join("client.out"), scratch.join("client.log"));
     let summary = scratch.join("summary.json");
     let mut cmd = match run.client {
@@ -348,16 +347,15 @@ fn play(bins: &Bins, run: &Play, scratch: &Path) -> Result<Measured> {
             cmd
         }
         ClientKind::Go | ClientKind::GoAes256 => {
-            let mut cmd = Command::new(&bins.go);
-            cmd.args(["play", "-addr", &run.server.address])
-                .arg("-ca")
-                .arg(&c.ca)
-                .arg("-cert")
-                .arg(&c.cert)
-                .arg("-key")
-                .arg(&c.key)
-                .args(["-cluster", CLUSTER, "-j", &run.jobs.to_string()])
-                .args(["-block", &run.block_kib.to_string()]);
+            let address = &run.server.address;
+            let mut cmd = go_player(
+                &bins.go,
+                &bins.certs,
+                CLUSTER,
+                address,
+                run.jobs,
+                run.block_kib,
+            );
             if run.client == ClientKind::GoAes256 {
                 cmd.arg("-aes256");
             }

@@ -41,13 +41,13 @@
 #[allow(dead_code)]
 mod support;
 use support::{
-    build_go, client_flags, linked_wal, smoke, wait_measured, walplayer_binary, walplayer_command,
-    Finished, ServerProcess,
+    build_go, client_flags, go_player, linked_wal, smoke, wait_measured, walplayer_binary,
+    walplayer_command, Finished, ServerProcess,
 };
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
@@ -509,18 +509,8 @@ fn go_play(
     files: u64,
     file_bytes: u64,
 ) -> Result<Finished> {
-    let c = &env.certs.client;
     let (out, log) = (env.home.join("go.out"), env.home.join("go.log"));
-    let mut cmd = Command::new(go);
-    cmd.args(["play", "-addr", &env.sink.address])
-        .arg("-ca")
-        .arg(&c.ca)
-        .arg("-cert")
-        .arg(&c.cert)
-        .arg("-key")
-        .arg(&c.key)
-        .args(["-cluster", CLUSTER, "-j", &jobs.to_string()])
-        .args(["-block", &block_kib.to_string()]);
+    let mut cmd = go_player(go, &env.certs, CLUSTER, &env.sink.address, jobs, block_kib);
     if let Some(pace) = pace {
         cmd.args(["-pace", &format!("{}ms", pace.as_millis())]);
     }

@@ -150,6 +150,31 @@ pub fn client_flags<'c>(
         .arg(&c.key)
 }
 
+/// The grpc-go baseline's player (`go`, from [`build_go`]) sending as
+/// `cluster` to `address` with `jobs` jobs and blocks of `block_kib`, with
+/// the minted client certificate; its options and directory go after.
+pub fn go_player(
+    go: &Path,
+    certs: &MintedCerts,
+    cluster: &str,
+    address: &str,
+    jobs: usize,
+    block_kib: usize,
+) -> Command {
+    let c = &certs.client;
+    let mut cmd = Command::new(go);
+    cmd.args(["play", "-addr", address])
+        .arg("-ca")
+        .arg(&c.ca)
+        .arg("-cert")
+        .arg(&c.cert)
+        .arg("-key")
+        .arg(&c.key)
+        .args(["-cluster", cluster, "-j", &jobs.to_string()])
+        .args(["-block", &block_kib.to_string()]);
+    cmd
+}
+
 /// Starts a server `cmd` whose first line on stdout is `listening on
 /// ADDR` (stderr goes to `log`); returns it and ADDR.
 pub fn spawn_listening(cmd: &mut Command, what: &str, log: &Path) -> Result<(Child, String)> {
