@@ -18,6 +18,21 @@ use crate::util::{signal, wait_bounded, wait_until, TestEnv};
 
 const LIMIT: Duration = Duration::from_secs(60);
 
+/// How many 16 MiB segments to ask for: far more than a test lets be
+/// written before it interrupts, but at most half the free space next to
+/// `dir`. An agent refuses a generation needing over 90% of its free
+/// space, and a fresh CI machine may have only a few GiB left after the
+/// build.
+fn many_segments(dir: &Path) -> u64 {
+    let free = walplayer_agent::shard::free_bytes(dir);
+    let segments = (free / 2 / (16 << 20)).min(400);
+    assert!(
+        segments >= 32,
+        "this test needs at least 1 GiB free next to {dir:?}; {free} bytes are"
+    );
+    segments
+}
+
 /// Names of the files in `dir` and their sizes.
 fn files(dir: &Path) -> Vec<(String, u64)> {
     let Ok(entries) = std::fs::read_dir(dir) else {
@@ -38,8 +53,16 @@ fn files(dir: &Path) -> Vec<(String, u64)> {
 fn generate_interrupted_exits_130_leaving_only_complete_segments() {
     let env = TestEnv::new();
     let dir = env.path("wal");
+    let length = many_segments(&env.path("")).to_string();
     let mut child = env
-        .walplayer(&["generate", "--length", "400", "--wal-size", "16", "--quiet"])
+        .walplayer(&[
+            "generate",
+            "--length",
+            &length,
+            "--wal-size",
+            "16",
+            "--quiet",
+        ])
         .arg(&dir)
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -135,7 +158,7 @@ async fn agent_aborted_while_generating_stops_and_removes_its_run() {
         matches!(registered, Some(Up::Register(_))),
         "{registered:?}"
     );
-    // 400 segments of 16 MiB: far more than the test lets it write.
+    let segments = many_segments(&c.env.path(""));
     let run_id = "run-abort";
     let assignment = Assignment {
         run_id: run_id.into(),
@@ -143,7 +166,7 @@ async fn agent_aborted_while_generating_stops_and_removes_its_run() {
         agent_count: 1,
         source: Source::Generate as i32,
         split: Split::Shard as i32,
-        segments_per_cluster: vec![400],
+        segments_per_cluster: vec![segments],
         wal_size_mib: 16,
         clusters: 1,
         jobs: 1,
@@ -158,14 +181,15 @@ async fn agent_aborted_while_generating_stops_and_removes_its_run() {
         .unwrap();
     let run_dir = c.env.path("agent-slow").join("runs").join(run_id);
     let seen = run_dir.clone();
-    tokio::task::spawn_blocking(move || {
-        wait_until("the agent generated two segments", LIMIT, || {
+    let mut agent = tokio::task::spawn_blocking(move || {
+        agent.wait_running("the agent generated two segments", LIMIT, || {
             files(&seen)
                 .iter()
                 .filter(|(n, _)| !n.ends_with(".tmp"))
                 .count()
                 >= 2
-        })
+        });
+        agent
     })
     .await
     .unwrap();

@@ -398,6 +398,28 @@ impl Logged {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Polls `done` until it holds, failing the test with `what` and the
+    /// log past `limit`, or at once if the process exits first (a refusal
+    /// is then in its log, not a minute's silence).
+    pub fn wait_running(&mut self, what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+        let deadline = Instant::now() + limit;
+        while !done() {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                self.wait(Duration::from_secs(1));
+                panic!(
+                    "{what}: the process exited ({status}) first; log:\n{}",
+                    self.text()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: not within {limit:?}; log:\n{}",
+                self.text()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// Waits (bounded) for the process to exit and for its last stderr
     /// lines to reach the log, so `text` then holds all of them.
     pub fn wait(&mut self, limit: Duration) -> std::process::ExitStatus {
